@@ -1,0 +1,12 @@
+#include "bindings/register.hpp"
+
+PYBIND11_MODULE(_core, core) {
+    core.doc() = "rmt's C++ core: kernels, ops, models and trainers";
+    rmt::bindings::register_runtime(core);
+    auto ops = core.def_submodule(
+        "ops", "Forward/backward pairs of every op, on numpy arrays (float32 or float64)");
+    rmt::bindings::register_ops_dense(ops);
+    rmt::bindings::register_ops_elementwise(ops);
+    rmt::bindings::register_ops_attention(ops);
+    rmt::bindings::register_ops_loss_optim(ops);
+}

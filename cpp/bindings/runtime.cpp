@@ -1,0 +1,88 @@
+// Threads, ISA selection and the GEMM, exposed at the top of `_core`.
+#include <pybind11/stl.h>
+
+#include "bindings/checks.hpp"
+#include "bindings/register.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/isa.hpp"
+#include "kernels/threads.hpp"
+
+namespace rmt::bindings {
+namespace {
+
+// C = alpha * op(A) op(B) + beta * C on 2-D arrays; returns C (a new array when c is None).
+template <typename T>
+py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans_a, bool trans_b,
+                            double alpha, double beta, bool reference) {
+    auto A = checked<T>(a, "a", 2);
+    auto B = checked<T>(b, "b", 2);
+    const int64_t M = trans_a ? dim(A, 1) : dim(A, 0), K = trans_a ? dim(A, 0) : dim(A, 1);
+    const int64_t KB = trans_b ? dim(B, 1) : dim(B, 0), N = trans_b ? dim(B, 0) : dim(B, 1);
+    if (K != KB)
+        throw py::value_error("gemm: inner dimensions differ: op(a) is " + std::to_string(M) + "x" +
+                              std::to_string(K) + ", op(b) is " + std::to_string(KB) + "x" +
+                              std::to_string(N));
+    py::array_t<T> out;
+    if (c.is_none()) {
+        out = new_array<T>({M, N}, false);
+        beta = 0;
+    } else {
+        checked_writeable<T>(c, "c", 2, {M, N});
+        out = py::reinterpret_borrow<py::array_t<T>>(c);
+    }
+    T* C = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        auto fn = reference ? &kernels::gemm_reference<T> : &kernels::gemm<T>;
+        fn(trans_a, trans_b, M, N, K, T(alpha), A.data(), dim(A, 1), B.data(), dim(B, 1), T(beta), C, N);
+    }
+    return out;
+}
+
+}  // namespace
+
+void register_runtime(py::module_& core) {
+    core.def("set_num_threads", &kernels::set_num_threads, py::arg("n"),
+             "Number of OpenMP threads the core uses (1 if built without OpenMP).");
+    core.def("get_num_threads", &kernels::get_num_threads);
+    core.def("available_isas", &kernels::available_isas,
+             "Instruction sets this CPU can run, best first ('scalar' always).");
+    core.def("get_isa", &kernels::current_isa, "The instruction set the kernels currently use.");
+    core.def("set_isa", [](const std::string& name) {
+        try {
+            kernels::set_isa(name);
+        } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+        }
+    }, py::arg("name"), "Force an instruction set ('avx512', 'avx2', 'scalar' or 'best').");
+    core.def("gemm_tile", []() {
+        auto& f = kernels::gemm_micro<float>();
+        return py::make_tuple(f.mr, f.nr);
+    }, "The (MR, NR) register tile of the active float32 GEMM micro-kernel.");
+#ifdef RMT_HAVE_OPENMP
+    core.attr("has_openmp") = true;
+#else
+    core.attr("has_openmp") = false;
+#endif
+
+    auto gemm = [](bool reference) {
+        return [reference](py::handle a, py::handle b, py::handle c, bool trans_a, bool trans_b,
+                           double alpha, double beta) -> py::array {
+            return dispatch_float(a, "a", [&](auto tag) -> py::array {
+                using T = decltype(tag);
+                return gemm_binding<T>(a, b, c, trans_a, trans_b, alpha, beta, reference);
+            });
+        };
+    };
+    const char* doc =
+        "C = alpha * op(a) @ op(b) + beta * c, with op(x) = x.T when trans_x. Returns c (a new "
+        "array when c is None). a, b, c: C-contiguous 2-D arrays of one float dtype.";
+    core.def("gemm", gemm(false), py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
+             py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
+             py::arg("beta") = 0.0, doc);
+    core.def("gemm_reference", gemm(true), py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
+             py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
+             py::arg("beta") = 0.0, "The scalar reference GEMM (same arguments as gemm).");
+}
+
+}  // namespace rmt::bindings

@@ -1,0 +1,146 @@
+// BLIS-style GEMM: the K dimension is cut into KC slices, the rows of op(A) into MC blocks, the
+// columns of op(B) into NC blocks; each slice of op(B) is packed once into NR-wide panels and each
+// block of op(A) into MR-tall panels, so the micro-kernel streams both from cache with unit
+// stride whatever the orientation of A and B. Threads split the (MC block x NR panel) tiles of
+// one KC slice. The first KC slice applies beta; later slices accumulate (beta = 1).
+#include "kernels/gemm.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "kernels/isa.hpp"
+#include "kernels/threads.hpp"
+
+namespace rmt::kernels {
+namespace {
+
+constexpr int64_t KC = 256;
+constexpr int64_t MC = 144;   // multiple of every MR used (4, 6, 8, 12, 16, 24)
+constexpr int64_t NC = 3072;
+
+struct FreeDeleter {
+    void operator()(void* p) const { std::free(p); }
+};
+
+template <typename T>
+std::unique_ptr<T, FreeDeleter> aligned_buffer(int64_t count) {
+    const size_t bytes = ((size_t(count) * sizeof(T) + 63) / 64) * 64;
+    return std::unique_ptr<T, FreeDeleter>(static_cast<T*>(std::aligned_alloc(64, bytes)));
+}
+
+// Element (i, k) of op(A).
+template <typename T>
+inline T a_at(const T* A, int64_t lda, bool trans_a, int64_t i, int64_t k) {
+    return trans_a ? A[k * lda + i] : A[i * lda + k];
+}
+
+// Pack rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall panels, zero-padding the edge.
+template <typename T>
+void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            int MR, T* out) {
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+        const int rows = int(std::min<int64_t>(MR, mc - ip));
+        T* panel = out + ip * kc;
+        if (!trans_a) {
+            for (int r = 0; r < rows; ++r) {
+                const T* src = A + (i0 + ip + r) * lda + k0;
+                for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = src[p];
+            }
+        } else {
+            for (int64_t p = 0; p < kc; ++p) {
+                const T* src = A + (k0 + p) * lda + i0 + ip;
+                for (int r = 0; r < rows; ++r) panel[p * MR + r] = src[r];
+            }
+        }
+        for (int r = rows; r < MR; ++r)
+            for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = T(0);
+    }
+}
+
+// Pack rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-wide panels, zero-padding the edge.
+template <typename T>
+void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+            int NR, T* out) {
+    for (int64_t jp = 0; jp < nc; jp += NR) {
+        const int cols = int(std::min<int64_t>(NR, nc - jp));
+        T* panel = out + jp * kc;
+        if (!trans_b) {
+            for (int64_t p = 0; p < kc; ++p) {
+                const T* src = B + (k0 + p) * ldb + j0 + jp;
+                T* dst = panel + p * NR;
+                for (int q = 0; q < cols; ++q) dst[q] = src[q];
+                for (int q = cols; q < NR; ++q) dst[q] = T(0);
+            }
+        } else {
+            for (int q = 0; q < cols; ++q) {
+                const T* src = B + (j0 + jp + q) * ldb + k0;
+                for (int64_t p = 0; p < kc; ++p) panel[p * NR + q] = src[p];
+            }
+            for (int q = cols; q < NR; ++q)
+                for (int64_t p = 0; p < kc; ++p) panel[p * NR + q] = T(0);
+        }
+    }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == T(0)) {
+        // Nothing to multiply: C = beta * C (beta == 0 overwrites, even NaN).
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+        return;
+    }
+    const GemmMicroKernel<T>& micro = gemm_micro<T>();
+    const int MR = micro.mr, NR = micro.nr;
+    const int64_t nc_max = std::min<int64_t>(NC, ((N + NR - 1) / NR) * NR);
+    const int64_t kc_max = std::min<int64_t>(KC, K);
+    auto b_packed = aligned_buffer<T>(nc_max * kc_max);
+    const bool parallel = !in_parallel_region() && get_num_threads() > 1;
+
+    for (int64_t j0 = 0; j0 < N; j0 += NC) {
+        const int64_t nc = std::min<int64_t>(NC, N - j0);
+        const int64_t n_panels = (nc + NR - 1) / NR;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = std::min<int64_t>(KC, K - k0);
+            const T beta_slice = k0 == 0 ? beta : T(1);
+            pack_b(B, ldb, trans_b, k0, kc, j0, nc, NR, b_packed.get());
+            const int64_t m_blocks = (M + MC - 1) / MC;
+#pragma omp parallel if (parallel)
+            {
+                auto a_packed = aligned_buffer<T>(MC * kc);
+                int64_t packed_block = -1;
+                // Tiles = (MC block, NR panel) pairs; a thread walks a contiguous range so it
+                // repacks its A block only when the block changes.
+#pragma omp for schedule(static)
+                for (int64_t tile = 0; tile < m_blocks * n_panels; ++tile) {
+                    const int64_t block = tile / n_panels, panel = tile % n_panels;
+                    const int64_t i0 = block * MC, mc = std::min<int64_t>(MC, M - i0);
+                    if (block != packed_block) {
+                        pack_a(A, lda, trans_a, i0, mc, k0, kc, MR, a_packed.get());
+                        packed_block = block;
+                    }
+                    const int64_t jp = panel * NR;
+                    const int n = int(std::min<int64_t>(NR, nc - jp));
+                    for (int64_t ip = 0; ip < mc; ip += MR) {
+                        const int m = int(std::min<int64_t>(MR, mc - ip));
+                        micro.run(kc, a_packed.get() + ip * kc, b_packed.get() + jp * kc,
+                                  C + (i0 + ip) * ldc + j0 + jp, ldc, alpha, beta_slice, m, n);
+                    }
+                }
+            }
+        }
+    }
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
+
+}  // namespace rmt::kernels

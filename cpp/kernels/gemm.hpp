@@ -1,0 +1,23 @@
+// GEMM: C = alpha * op(A) * op(B) + beta * C, row-major, with op(X) = X or X^T.
+//
+// The three orientations the backward pass needs come from the trans flags without ever
+// materialising a transpose:  Y = X W^T  -> gemm(false, true, ...)
+//                             dX = dY W  -> gemm(false, false, ...)
+//                             dW += dY^T X -> gemm(true, false, ..., beta = 1)
+// op(A) is M x K, op(B) is K x N, C is M x N; lda/ldb/ldc are the row strides of A, B, C as
+// stored. beta == 0 overwrites C without reading it.
+#pragma once
+#include <cstdint>
+
+namespace rmt::kernels {
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// The plain triple loop every fast path is tested against (accumulates in double).
+template <typename T>
+void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+}  // namespace rmt::kernels

@@ -1,0 +1,76 @@
+// GEMM micro-kernels: an MR x NR register tile, written once against xsimd and instantiated
+// per ISA in isa_<arch>.cpp. The scalar micro-kernel is the reference for all of them.
+#pragma once
+#include <cstdint>
+#include <xsimd/xsimd.hpp>
+
+#include "kernels/isa.hpp"
+
+namespace rmt::kernels {
+
+namespace reference {
+namespace {  // internal linkage, see vector_reference.hpp
+// One MR x NR tile from packed panels (see GemmMicroKernel in isa.hpp for the layout).
+template <typename T, int MR, int NR>
+void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
+                int m, int n) {
+    T acc[MR][NR] = {};
+    for (int64_t p = 0; p < kc; ++p)
+        for (int r = 0; r < MR; ++r)
+            for (int q = 0; q < NR; ++q) acc[r][q] += a_panel[p * MR + r] * b_panel[p * NR + q];
+    for (int r = 0; r < m; ++r)
+        for (int q = 0; q < n; ++q) {
+            T& out = c[r * ldc + q];
+            out = beta == T(0) ? alpha * acc[r][q] : alpha * acc[r][q] + beta * out;
+        }
+}
+}  // namespace
+}  // namespace reference
+
+namespace simd {
+// MR rows x NV vectors of the B panel held in registers.
+template <class Arch, typename T, int MR, int NV>
+void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
+                int m, int n) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int W = int(batch::size);
+    constexpr int NR = NV * W;
+    batch acc[MR][NV];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = batch(T(0));
+    for (int64_t p = 0; p < kc; ++p) {
+        batch b[NV];
+        for (int v = 0; v < NV; ++v) b[v] = batch::load_aligned(b_panel + p * NR + v * W);
+        for (int r = 0; r < MR; ++r) {
+            const batch a(a_panel[p * MR + r]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+        }
+    }
+    const batch valpha(alpha), vbeta(beta);
+    if (m == MR && n == NR) {
+        for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) {
+                T* out = c + r * ldc + v * W;
+                batch res = acc[r][v] * valpha;
+                if (beta != T(0)) res = xsimd::fma(vbeta, batch::load_unaligned(out), res);
+                res.store_unaligned(out);
+            }
+        return;
+    }
+    alignas(64) T tile[MR * NR];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v].store_aligned(tile + r * NR + v * W);
+    for (int r = 0; r < m; ++r)
+        for (int q = 0; q < n; ++q) {
+            T& out = c[r * ldc + q];
+            out = beta == T(0) ? alpha * tile[r * NR + q] : alpha * tile[r * NR + q] + beta * out;
+        }
+}
+
+template <class Arch, typename T, int MR, int NV>
+GemmMicroKernel<T> make_gemm_micro() {
+    return GemmMicroKernel<T>{MR, NV * int(xsimd::batch<T, Arch>::size), &gemm_micro<Arch, T, MR, NV>};
+}
+}  // namespace simd
+
+}  // namespace rmt::kernels

@@ -1,0 +1,67 @@
+// Run-time dispatch between the instruction sets one build carries.
+//
+// Every SIMD kernel is written once against xsimd (vector_kernels.hpp, gemm_kernels.hpp) and
+// compiled in one translation unit per ISA (isa_avx512.cpp, isa_avx2.cpp). Each of those fills a
+// KernelTable of function pointers; the scalar table holds the plain reference kernels. The
+// active table is chosen at start-up from what the CPU reports and can be forced (tests run
+// every op on every ISA the CPU has and compare).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rmt::kernels {
+
+// Vector kernels over contiguous arrays. n may be anything (tails handled).
+template <typename T>
+struct VectorKernels {
+    T (*dot)(const T* x, const T* y, int64_t n);
+    void (*axpy)(T a, const T* x, T* y, int64_t n);          // y += a * x
+    T (*max)(const T* x, int64_t n);                          // n >= 1
+    T (*exp_shift_sum)(T* x, T shift, int64_t n);             // x = exp(x - shift); returns sum(x)
+    void (*scale)(T* x, T a, int64_t n);                      // x *= a
+    // One AdamW step over a flat buffer (bias corrections folded into lr_t and the eps term).
+    void (*adamw)(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta2,
+                  T eps, T weight_decay_factor, T bias_correction1, T bias_correction2_sqrt);
+};
+
+// The GEMM micro-kernel: C[0:m, 0:n] = alpha * Apanel * Bpanel + beta * C for one MR x NR tile.
+// Apanel is packed MR-interleaved (kc columns of MR values), Bpanel NR-interleaved (kc rows of NR
+// values). m <= MR and n <= NR describe a partial edge tile. beta == 0 overwrites C (never reads it,
+// so NaN garbage in C does not leak).
+template <typename T>
+struct GemmMicroKernel {
+    int mr = 0;
+    int nr = 0;
+    void (*run)(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
+                int m, int n) = nullptr;
+};
+
+struct KernelTable {
+    const char* name;
+    GemmMicroKernel<float> gemm_f32;
+    GemmMicroKernel<double> gemm_f64;
+    VectorKernels<float> vec_f32;
+    VectorKernels<double> vec_f64;
+};
+
+// Per-ISA tables (each defined in its own translation unit).
+const KernelTable& scalar_table();
+const KernelTable& avx2_table();
+const KernelTable& avx512_table();
+
+// The active table and its selection.
+const KernelTable& active();
+std::vector<std::string> available_isas();   // best first; "scalar" always present
+std::string current_isa();
+void set_isa(const std::string& name);       // throws std::invalid_argument if not available
+
+template <typename T> const VectorKernels<T>& vec();
+template <> inline const VectorKernels<float>& vec<float>() { return active().vec_f32; }
+template <> inline const VectorKernels<double>& vec<double>() { return active().vec_f64; }
+
+template <typename T> const GemmMicroKernel<T>& gemm_micro();
+template <> inline const GemmMicroKernel<float>& gemm_micro<float>() { return active().gemm_f32; }
+template <> inline const GemmMicroKernel<double>& gemm_micro<double>() { return active().gemm_f64; }
+
+}  // namespace rmt::kernels

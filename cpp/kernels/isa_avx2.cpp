@@ -1,0 +1,19 @@
+// Compiled with -mavx2 -mfma (CMakeLists.txt): only the kernel table lives here.
+#include "kernels/gemm_kernels.hpp"
+#include "kernels/vector_kernels.hpp"
+
+namespace rmt::kernels {
+
+const KernelTable& avx2_table() {
+    using arch = xsimd::fma3<xsimd::avx2>;
+    static const KernelTable table{
+        "avx2",
+        simd::make_gemm_micro<arch, float, 6, 2>(),    // 6 x 16 floats: 12 of 16 ymm as accumulators
+        simd::make_gemm_micro<arch, double, 6, 2>(),   // 6 x 8 doubles
+        simd::make_vector_kernels<arch, float>(),
+        simd::make_vector_kernels<arch, double>(),
+    };
+    return table;
+}
+
+}  // namespace rmt::kernels

@@ -1,0 +1,24 @@
+#include "kernels/gemm_kernels.hpp"
+#include "kernels/isa.hpp"
+#include "kernels/vector_reference.hpp"
+
+namespace rmt::kernels {
+
+template <typename T>
+static VectorKernels<T> reference_vector_kernels() {
+    return VectorKernels<T>{&reference::dot<T>, &reference::axpy<T>, &reference::max<T>,
+                            &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>};
+}
+
+const KernelTable& scalar_table() {
+    static const KernelTable table{
+        "scalar",
+        GemmMicroKernel<float>{4, 4, &reference::gemm_micro<float, 4, 4>},
+        GemmMicroKernel<double>{4, 4, &reference::gemm_micro<double, 4, 4>},
+        reference_vector_kernels<float>(),
+        reference_vector_kernels<double>(),
+    };
+    return table;
+}
+
+}  // namespace rmt::kernels

@@ -1,0 +1,62 @@
+// Scalar reference for every vector kernel: the plain loop each SIMD version is tested against,
+// and the kernels of the "scalar" ISA.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+namespace rmt::kernels::reference {
+// Internal linkage: the ISA translation units include these too, and an AVX-512 copy must never
+// be merged by the linker into the baseline code.
+namespace {
+
+template <typename T>
+T dot(const T* x, const T* y, int64_t n) {
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];
+    return s;
+}
+
+template <typename T>
+void axpy(T a, const T* x, T* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+template <typename T>
+T max(const T* x, int64_t n) {
+    T m = x[0];
+    for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+template <typename T>
+T exp_shift_sum(T* x, T shift, int64_t n) {
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        x[i] = std::exp(x[i] - shift);
+        s += x[i];
+    }
+    return s;
+}
+
+template <typename T>
+void scale(T* x, T a, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+// param -= lr * (m_hat / (sqrt(v_hat) + eps)) after decoupled decay param *= weight_decay_factor.
+// m_hat = m / bias_correction1, sqrt(v_hat) = sqrt(v) / bias_correction2_sqrt (PyTorch's order).
+template <typename T>
+void adamw(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta2, T eps,
+           T weight_decay_factor, T bias_correction1, T bias_correction2_sqrt) {
+    const T step = lr / bias_correction1;
+    for (int64_t i = 0; i < n; ++i) {
+        const T g = grad[i];
+        m[i] = beta1 * m[i] + (1 - beta1) * g;
+        v[i] = beta2 * v[i] + (1 - beta2) * g * g;
+        const T denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
+        param[i] = param[i] * weight_decay_factor - step * m[i] / denom;
+    }
+}
+
+}  // namespace
+}  // namespace rmt::kernels::reference

@@ -1,0 +1,39 @@
+#include "ops/linear.hpp"
+
+#include "kernels/gemm.hpp"
+#include "kernels/threads.hpp"
+
+namespace rmt::ops {
+
+template <typename T>
+void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int64_t IC,
+                    int64_t OC) {
+    if (bias) {
+        // out = bias broadcast, then out += inp W^T: the bias rides in as beta = 1.
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t o = 0; o < OC; ++o) out[n * OC + o] = bias[o];
+        kernels::gemm<T>(false, true, N, OC, IC, T(1), inp, IC, weight, IC, T(1), out, OC);
+    } else {
+        kernels::gemm<T>(false, true, N, OC, IC, T(1), inp, IC, weight, IC, T(0), out, OC);
+    }
+}
+
+template <typename T>
+void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                     int64_t N, int64_t IC, int64_t OC) {
+    // dinp += dout @ W           (out = inp W^T)
+    if (dinp) kernels::gemm<T>(false, false, N, IC, OC, T(1), dout, OC, weight, IC, T(1), dinp, IC);
+    // dweight += dout^T @ inp
+    kernels::gemm<T>(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dweight, IC);
+    // dbias += sum over rows of dout
+    if (dbias)
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t o = 0; o < OC; ++o) dbias[o] += dout[n * OC + o];
+}
+
+template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t);
+template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t, int64_t, int64_t);
+template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, int64_t);
+template void linear_backward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, int64_t);
+
+}  // namespace rmt::ops

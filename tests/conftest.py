@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+import torch
+
+import rmt
+
+# Two OpenMP runtimes share this process (ours and torch's): pin both (shared/PITFALLS.md).
+torch.set_num_threads(2)
+rmt.set_num_threads(2)
+
+
+@pytest.fixture(params=rmt.available_isas())
+def isa(request):
+    """Runs a test once per instruction set this CPU has (avx512, avx2, scalar)."""
+    previous = rmt.get_isa()
+    rmt.set_isa(request.param)
+    yield request.param
+    rmt.set_isa(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
