@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, core) {
     rmt::bindings::register_ops_elementwise(ops);
     rmt::bindings::register_ops_attention(ops);
     rmt::bindings::register_ops_loss_optim(ops);
+    rmt::bindings::register_model(core);
 }

@@ -1,0 +1,214 @@
+// Bindings of the model kinds: parameters and gradients as numpy views (no copies) of the two
+// flat buffers, and one forward/backward over a batch of whole sequences.
+#include <pybind11/stl.h>
+
+#include <set>
+
+#include "bindings/checks.hpp"
+#include "bindings/register.hpp"
+#include "model/model.hpp"
+
+namespace rmt::bindings {
+namespace {
+
+using model::Model;
+using model::ModelConfig;
+
+ModelConfig config_from_dict(const py::dict& d) {
+    static const std::set<std::string> known = {
+        "kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_ff", "segment_len",
+        "num_mem_tokens", "mem_len", "clamp_len", "same_length", "untie_rel_bias", "dropout",
+        "dropatt", "mem_init", "layer_norm_eps", "init_std"};
+    for (auto item : d) {
+        const auto key = py::str(item.first).cast<std::string>();
+        if (!known.count(key)) throw py::value_error("unknown model config field '" + key + "'");
+    }
+    ModelConfig c;
+    auto get = [&](const char* key, auto& field) {
+        if (d.contains(key) && !d[key].is_none()) {
+            try {
+                field = d[key].cast<std::remove_reference_t<decltype(field)>>();
+            } catch (const py::cast_error&) {
+                throw py::type_error(std::string("model config field '") + key + "' has the wrong type (" +
+                                     std::string(py::str(py::type::of(d[key]).attr("__name__"))) + ")");
+            }
+        }
+    };
+    std::string kind = "rmt";
+    get("kind", kind);
+    try {
+        c.kind = model::kind_from_string(kind);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    get("vocab_size", c.vocab_size);
+    get("d_model", c.d_model);
+    get("n_layers", c.n_layers);
+    get("n_heads", c.n_heads);
+    get("d_head", c.d_head);
+    get("d_ff", c.d_ff);
+    get("segment_len", c.segment_len);
+    get("num_mem_tokens", c.num_mem_tokens);
+    get("mem_len", c.mem_len);
+    get("clamp_len", c.clamp_len);
+    get("same_length", c.same_length);
+    get("untie_rel_bias", c.untie_rel_bias);
+    get("dropout", c.dropout);
+    get("dropatt", c.dropatt);
+    get("mem_init", c.mem_init);
+    get("layer_norm_eps", c.layer_norm_eps);
+    get("init_std", c.init_std);
+    try {
+        c.validate();
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    return c;
+}
+
+// A numpy view of `count` floats at `data`, kept alive by `owner` (no copy).
+py::array_t<float> view(float* data, const std::vector<int64_t>& shape, py::handle owner) {
+    std::vector<py::ssize_t> s(shape.begin(), shape.end()), strides(shape.size());
+    py::ssize_t stride = sizeof(float);
+    for (int64_t i = int64_t(shape.size()) - 1; i >= 0; --i) {
+        strides[i] = stride;
+        stride *= s[i];
+    }
+    return py::array_t<float>(s, strides, data, owner);
+}
+
+py::dict named_views(Model& m, float* base, py::handle owner) {
+    py::dict out;
+    for (auto& slot : m.layout().slots()) out[py::str(slot.name)] = view(base + slot.offset, slot.shape, owner);
+    return out;
+}
+
+py::tuple loss_and_grad(Model& m, py::handle tokens_obj, py::handle targets_obj,
+                        py::handle mask_obj, py::object bptt_depth_obj, bool return_logits,
+                        py::handle init_memory_obj) {
+    const auto& cfg = m.config();
+    auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
+    if (tokens.ndim() != 2)
+        throw py::value_error("tokens must have shape (batch, length), got " + std::to_string(tokens.ndim()) + " dimensions");
+    const int64_t B = tokens.shape(0), Ltot = tokens.shape(1);
+    if (Ltot % cfg.segment_len != 0)
+        throw py::value_error("tokens length " + std::to_string(Ltot) + " is not a multiple of segment_len " +
+                              std::to_string(cfg.segment_len));
+    auto targets = checked_ids(targets_obj, "targets", cfg.vocab_size, true, -100);
+    if (targets.ndim() != 2 || targets.shape(0) != B || targets.shape(1) != Ltot)
+        throw py::value_error("targets must have the shape of tokens (" + std::to_string(B) + ", " +
+                              std::to_string(Ltot) + ")");
+    const float* mask = nullptr;
+    if (!mask_obj.is_none()) {
+        auto mv = checked<float>(mask_obj, "loss_mask", 2, {B, Ltot});
+        check_finite(mv, "loss_mask");
+        mask = mv.data();
+    }
+    int64_t depth = -1;
+    if (!bptt_depth_obj.is_none()) {
+        depth = bptt_depth_obj.cast<int64_t>();
+        if (depth < 0) throw py::value_error("bptt_depth must be None (full) or >= 0, got " + std::to_string(depth));
+    }
+    const float* init_memory = nullptr;
+    py::object init_grad = py::none();
+    float* init_grad_ptr = nullptr;
+    if (!init_memory_obj.is_none()) {
+        if (cfg.kind != model::Kind::RMT)
+            throw py::value_error("init_memory is only for kind 'rmt'");
+        auto im = checked<float>(init_memory_obj, "init_memory", 3, {B, cfg.num_mem_tokens, cfg.d_model});
+        check_finite(im, "init_memory");
+        init_memory = im.data();
+    }
+    if (cfg.kind == model::Kind::RMT) {
+        auto g = new_array<float>({B, cfg.num_mem_tokens, cfg.d_model});
+        init_grad_ptr = g.mutable_data();
+        init_grad = g;
+    }
+    py::object logits = py::none();
+    float* logits_ptr = nullptr;
+    if (return_logits) {
+        auto l = new_array<float>({B, Ltot, cfg.vocab_size}, false);
+        logits_ptr = l.mutable_data();
+        logits = l;
+    }
+    model::UnrollResult r;
+    {
+        py::gil_scoped_release release;
+        r = m.loss_and_grad(tokens.data(), targets.data(), mask, B, Ltot, depth, logits_ptr,
+                            init_memory, init_grad_ptr);
+    }
+    return py::make_tuple(r.loss, logits, init_grad);
+}
+
+py::array_t<float> step(Model& m, model::StreamState& st, py::handle tokens_obj) {
+    const auto& cfg = m.config();
+    auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
+    if (tokens.ndim() != 2 || tokens.shape(0) != st.batch || tokens.shape(1) != cfg.segment_len)
+        throw py::value_error("tokens must have shape (batch, segment_len) = (" + std::to_string(st.batch) +
+                              ", " + std::to_string(cfg.segment_len) + ")");
+    auto logits = new_array<float>({st.batch, cfg.segment_len, cfg.vocab_size}, false);
+    float* out = logits.mutable_data();
+    {
+        py::gil_scoped_release release;
+        m.step(st, tokens.data(), out);
+    }
+    return logits;
+}
+
+}  // namespace
+
+void register_model(py::module_& core) {
+    py::class_<model::StreamState>(core, "StreamState",
+                                   "Memory and caches carried between segments at inference.")
+        .def_readonly("batch", &model::StreamState::batch)
+        .def_readonly("cache_len", &model::StreamState::P)
+        .def_readonly("segments_seen", &model::StreamState::segments_seen)
+        .def_property_readonly("memory", [](py::object self) -> py::object {
+            auto& st = self.cast<model::StreamState&>();
+            if (st.memory.empty()) return py::none();
+            return view(st.memory.data(), {st.batch, st.mem_tokens, st.d_model}, self);
+        }, "The memory (batch, M, C) as a numpy view (no copy; writes go to the stream).");
+
+    core.def("validate_config", [](const py::dict& d) { config_from_dict(d); }, py::arg("config"),
+             "Raises ValueError naming the first bad field or combination of a model config dict.");
+    py::class_<Model>(core, "Model", "A decoder model kind over multi-segment unrolls (docs/MODELS.md).")
+        .def(py::init([](const py::dict& config, uint64_t seed) {
+                 return std::make_unique<Model>(config_from_dict(config), seed);
+             }),
+             py::arg("config"), py::arg("seed") = 0)
+        .def_property_readonly("kind", [](const Model& m) { return model::kind_name(m.config().kind); })
+        .def_property_readonly("num_parameters", &Model::num_parameters)
+        .def("parameters", [](py::object self) {
+            Model& m = self.cast<Model&>();
+            return named_views(m, m.params(), self);
+        }, "Named parameters: numpy views into the flat parameter buffer (writes go to the model).")
+        .def("grads", [](py::object self) {
+            Model& m = self.cast<Model&>();
+            return named_views(m, m.grads(), self);
+        }, "Named gradients: numpy views into the flat gradient buffer.")
+        .def_property_readonly("flat_parameters", [](py::object self) {
+            Model& m = self.cast<Model&>();
+            return view(m.params(), {m.layout().total()}, self);
+        })
+        .def_property_readonly("flat_grads", [](py::object self) {
+            Model& m = self.cast<Model&>();
+            return view(m.grads(), {m.layout().total()}, self);
+        })
+        .def("zero_grad", [](Model& m) {
+            std::fill(m.grads(), m.grads() + m.layout().total(), 0.0f);
+        })
+        .def("initialize", &Model::initialize, py::arg("seed"))
+        .def_property("training", &Model::training, &Model::set_training)
+        .def("set_dropout_seed", &Model::set_dropout_seed, py::arg("seed"))
+        .def("init_stream", &Model::init_stream, py::arg("batch"))
+        .def("step", &step, py::arg("state"), py::arg("tokens"),
+             "Runs one segment (batch, segment_len) without gradient, advancing the stream state; "
+             "returns the logits (batch, segment_len, vocab).")
+        .def("loss_and_grad", &loss_and_grad, py::arg("tokens"), py::arg("targets"),
+             py::arg("loss_mask") = py::none(), py::arg("bptt_depth") = py::none(),
+             py::arg("return_logits") = false, py::arg("init_memory") = py::none(),
+             "One forward and backward over whole sequences (batch, S * segment_len). Accumulates "
+             "into grads(). Returns (loss, logits or None, initial-memory gradient or None).");
+}
+
+}  // namespace rmt::bindings

@@ -1,0 +1,73 @@
+// One Transformer-XL layer (post-norm, relative positions), forward and backward side by side.
+// docs/MODELS.md "One layer" is the contract; every model kind runs this same layer.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace rmt::model {
+
+// Offsets of one layer's tensors in the flat parameter (and gradient) buffer.
+struct LayerOffsets {
+    int64_t qkv, r, o, ln1_w, ln1_b, fc1_w, fc1_b, fc2_w, fc2_b, ln2_w, ln2_b, u, v;
+};
+
+// Pointers to one layer's tensors in a flat buffer (parameters or gradients).
+template <typename P>
+struct LayerTensors {
+    P *qkv, *r, *o, *ln1_w, *ln1_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ln2_w, *ln2_b, *u, *v;
+    LayerTensors(P* base, const LayerOffsets& off)
+        : qkv(base + off.qkv), r(base + off.r), o(base + off.o), ln1_w(base + off.ln1_w),
+          ln1_b(base + off.ln1_b), fc1_w(base + off.fc1_w), fc1_b(base + off.fc1_b),
+          fc2_w(base + off.fc2_w), fc2_b(base + off.fc2_b), ln2_w(base + off.ln2_w),
+          ln2_b(base + off.ln2_b), u(base + off.u), v(base + off.v) {}
+};
+
+struct LayerDims {
+    int64_t B, Q, P, C, D, NH, hs, F;   // P: cache rows before the Q query rows
+    float eps;
+    int64_t K() const { return P + Q; }
+};
+
+// Seeded dropout: every call takes a fresh range of the counter stream, so a run is
+// reproducible from (seed, the order of calls) and independent of the thread count.
+struct DropoutStream {
+    float p = 0;
+    uint64_t seed = 0;
+    uint64_t counter = 0;
+    bool active() const { return p > 0; }
+};
+
+// What the backward pass of one layer needs from its forward (shapes in comments).
+struct LayerActivations {
+    std::vector<float> k_in;      // (B, K, C)  [cache; h]
+    std::vector<float> q;         // (B, Q, D)
+    std::vector<float> k, v;      // (B, K, D)
+    std::vector<float> rk;        // (K, D)
+    std::vector<float> probs;     // (B, NH, Q, K)
+    std::vector<float> attn;      // (B, Q, D)   softmax(S) v, input of W_o
+    std::vector<uint8_t> keep_proj;
+    std::vector<float> res1;      // (B, Q, C)   h + dropout(attn W_o^T), input of LN1
+    std::vector<float> ln1_mean, ln1_rstd;   // (B*Q)
+    std::vector<float> o;         // (B, Q, C)   LN1 output
+    std::vector<float> fc1;       // (B, Q, F)   pre-activation
+    std::vector<float> act;       // (B, Q, F)   dropout(relu(fc1))
+    std::vector<uint8_t> keep_act;
+    std::vector<uint8_t> keep_ff;
+    std::vector<float> res2;      // (B, Q, C)   o + dropout(fc2), input of LN2
+    std::vector<float> ln2_mean, ln2_rstd;
+    std::vector<float> out;       // (B, Q, C)   layer output
+};
+
+// h (B, Q, C) layer input; cache (B, P, C) or null when P = 0; allowed (Q, K) mask;
+// R (K, C) relative position encoding (after its dropout).
+void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, const float* h,
+                   const float* cache, const uint8_t* allowed, const float* R, const LayerDims& d,
+                   DropoutStream& drop);
+
+// Accumulates dh (B, Q, C) and the layer's parameter gradients g from dout (B, Q, C). The cache
+// gets no gradient (Transformer-XL stops it). h is the same input given to the forward.
+void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const LayerActivations& a,
+                    const LayerTensors<const float>& w, const float* h, const float* R,
+                    const LayerDims& d, float dropout_p);
+
+}  // namespace rmt::model

@@ -1,0 +1,104 @@
+// The decoder model kinds (transformer, memtr, txl, rmt incl. Tr-XL+RMT) over a multi-segment
+// unroll: forward, backward with exact BPTT depth, and the parameter/gradient buffers.
+// docs/MODELS.md is the contract this file implements.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/layer.hpp"
+#include "model/parameters.hpp"
+
+namespace rmt::model {
+
+// Everything one segment's backward needs from its forward.
+struct SegmentActivations {
+    int64_t P = 0;                        // cache rows each layer saw
+    std::vector<uint8_t> allowed;         // (Q, P + Q) mask
+    std::vector<float> R;                 // (P + Q, C) relative encoding after its dropout
+    std::vector<float> h0;                // (B, Q, C) layer-0 input after dropout
+    std::vector<uint8_t> keep_h0;
+    std::vector<LayerActivations> layers;
+    std::vector<float> token_out;         // (B, T, C) last-layer token rows, input of the head
+    std::vector<float> logits;            // (B, T, V)
+    std::vector<float> lse;               // (B, T)
+};
+
+// What one segment hands the next at inference: the memory (rmt), the per-layer caches (txl,
+// Tr-XL+RMT) and a reusable activation workspace, so that streaming any number of segments
+// runs in memory that does not grow.
+struct StreamState {
+    int64_t batch = 0, mem_tokens = 0, d_model = 0;
+    std::vector<float> memory;                 // (B, M, C)
+    std::vector<std::vector<float>> caches;    // per layer (B, P, C)
+    int64_t P = 0;
+    int64_t segments_seen = 0;
+    SegmentActivations workspace;
+};
+
+struct UnrollResult {
+    double loss = 0;            // weighted mean over the selected tokens of the whole unroll
+    int64_t selected = 0;       // number of tokens in the mean
+};
+
+class Model {
+public:
+    Model(const ModelConfig& config, uint64_t seed);
+
+    const ModelConfig& config() const { return config_; }
+    const ParameterLayout& layout() const { return layout_; }
+    float* params() { return params_.data(); }
+    float* grads() { return grads_.data(); }
+    int64_t num_parameters() const;   // without alignment padding
+
+    void set_training(bool training) { training_ = training; }
+    bool training() const { return training_; }
+    void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
+
+    // Re-draws every parameter with the initialisation of docs/MODELS.md.
+    void initialize(uint64_t seed);
+
+    // One forward and backward over whole sequences: tokens, targets (B, L) with L = S * T,
+    // loss_mask (B, L) or null. Accumulates parameter gradients into grads() (the caller zeroes
+    // them). bptt_depth < 0: full. logits_out (B, L, V) may be null. init_memory (B, M, C) may be
+    // null (rmt then starts from mem_tokens); init_memory_grad (B, M, C) receives its gradient.
+    UnrollResult loss_and_grad(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
+                               int64_t B, int64_t L, int64_t bptt_depth, float* logits_out,
+                               const float* init_memory, float* init_memory_grad);
+
+    // A fresh stream for `batch` sequences: memory from mem_tokens, empty caches.
+    StreamState init_stream(int64_t batch) const;
+    // Runs one segment tokens (B, T) forward (no gradient) from the stream's memory and caches,
+    // writes logits (B, T, V) and advances the stream.
+    void step(StreamState& state, const int32_t* tokens, float* logits_out);
+
+private:
+    void advance_caches(std::vector<std::vector<float>>& caches, int64_t& P,
+                        const SegmentActivations& seg, int64_t B) const;
+    LayerTensors<const float> layer_params(int64_t l) const;
+    LayerTensors<float> layer_grads(int64_t l);
+    const float* param(const std::string& name) const;
+    float* grad(const std::string& name);
+    void build_mask(std::vector<uint8_t>& allowed, int64_t P) const;
+    // Runs segment `s` forward from its memory (B, M, C) and caches; fills `seg`.
+    void segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
+                         const float* memory, const std::vector<std::vector<float>>& caches,
+                         int64_t P, DropoutStream& drop);
+    // One backward pass through a segment from the gradient at its last-layer output rows
+    // (B, Q, C); accumulates parameter gradients; returns the gradient at its layer-0 input.
+    void segment_backward(std::vector<float>& dh0, const SegmentActivations& seg,
+                          const std::vector<float>& dfinal, int64_t B, const int32_t* tokens);
+
+    ModelConfig config_;
+    ParameterLayout layout_;
+    std::vector<float> params_;
+    std::vector<float> grads_;
+    std::vector<LayerOffsets> layer_offsets_;
+    bool training_ = false;
+    uint64_t dropout_seed_ = 0;
+    uint64_t dropout_calls_ = 0;
+};
+
+}  // namespace rmt::model
