@@ -37,6 +37,8 @@ class CMakeBuild(build_ext):
             pass
         if os.environ.get("RMT_USE_OPENMP") == "0":
             configure.append("-DRMT_USE_OPENMP=OFF")
+        if os.environ.get("RMT_WITH_MODELS") == "0":
+            configure.append("-DRMT_WITH_MODELS=OFF")
         subprocess.run(configure, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
