@@ -83,9 +83,9 @@ py::dict named_views(Model& m, float* base, py::handle owner) {
     return out;
 }
 
-py::tuple loss_and_grad(Model& m, py::handle tokens_obj, py::handle targets_obj,
-                        py::handle mask_obj, py::object bptt_depth_obj, bool return_logits,
-                        py::handle init_memory_obj) {
+py::tuple run_unroll(Model& m, py::handle tokens_obj, py::handle targets_obj,
+                     py::handle mask_obj, py::object bptt_depth_obj, bool return_logits,
+                     py::handle init_memory_obj, bool compute_grad) {
     const auto& cfg = m.config();
     auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
     if (tokens.ndim() != 2)
@@ -94,6 +94,15 @@ py::tuple loss_and_grad(Model& m, py::handle tokens_obj, py::handle targets_obj,
     if (Ltot % cfg.segment_len != 0)
         throw py::value_error("tokens length " + std::to_string(Ltot) + " is not a multiple of segment_len " +
                               std::to_string(cfg.segment_len));
+    if (B == 0 || Ltot == 0) throw py::value_error("tokens is empty (shape " + std::to_string(B) + ", " + std::to_string(Ltot) + ")");
+    // Forward without targets: every target ignored, no loss.
+    py::object no_targets;
+    if (targets_obj.is_none()) {
+        py::array_t<int32_t> t({B, Ltot});
+        std::fill(t.mutable_data(), t.mutable_data() + B * Ltot, -100);
+        no_targets = t;
+        targets_obj = no_targets;
+    }
     auto targets = checked_ids(targets_obj, "targets", cfg.vocab_size, true, -100);
     if (targets.ndim() != 2 || targets.shape(0) != B || targets.shape(1) != Ltot)
         throw py::value_error("targets must have the shape of tokens (" + std::to_string(B) + ", " +
@@ -119,7 +128,7 @@ py::tuple loss_and_grad(Model& m, py::handle tokens_obj, py::handle targets_obj,
         check_finite(im, "init_memory");
         init_memory = im.data();
     }
-    if (cfg.kind == model::Kind::RMT) {
+    if (cfg.kind == model::Kind::RMT && compute_grad) {
         auto g = new_array<float>({B, cfg.num_mem_tokens, cfg.d_model});
         init_grad_ptr = g.mutable_data();
         init_grad = g;
@@ -135,9 +144,11 @@ py::tuple loss_and_grad(Model& m, py::handle tokens_obj, py::handle targets_obj,
     {
         py::gil_scoped_release release;
         r = m.loss_and_grad(tokens.data(), targets.data(), mask, B, Ltot, depth, logits_ptr,
-                            init_memory, init_grad_ptr);
+                            init_memory, init_grad_ptr, compute_grad);
     }
-    return py::make_tuple(r.loss, logits, init_grad);
+    if (compute_grad) return py::make_tuple(r.loss, logits, init_grad);
+    py::object loss = r.selected > 0 ? py::object(py::float_(r.loss)) : py::object(py::none());
+    return py::make_tuple(loss, logits, r.selected);
 }
 
 py::array_t<float> step(Model& m, model::StreamState& st, py::handle tokens_obj) {
@@ -160,6 +171,8 @@ py::array_t<float> step(Model& m, model::StreamState& st, py::handle tokens_obj)
 void register_model(py::module_& core) {
     py::class_<model::StreamState>(core, "StreamState",
                                    "Memory and caches carried between segments at inference.")
+        .def("copy", [](const model::StreamState& s) { return model::StreamState(s); },
+             "An independent copy of the state.")
         .def_readonly("batch", &model::StreamState::batch)
         .def_readonly("cache_len", &model::StreamState::P)
         .def_readonly("segments_seen", &model::StreamState::segments_seen)
@@ -204,11 +217,26 @@ void register_model(py::module_& core) {
         .def("step", &step, py::arg("state"), py::arg("tokens"),
              "Runs one segment (batch, segment_len) without gradient, advancing the stream state; "
              "returns the logits (batch, segment_len, vocab).")
-        .def("loss_and_grad", &loss_and_grad, py::arg("tokens"), py::arg("targets"),
+        .def("loss_and_grad",
+             [](Model& m, py::handle tokens, py::handle targets, py::handle loss_mask,
+                py::object bptt_depth, bool return_logits, py::handle init_memory) {
+                 if (targets.is_none()) throw py::value_error("targets is required (use forward() for logits only)");
+                 return run_unroll(m, tokens, targets, loss_mask, bptt_depth, return_logits, init_memory, true);
+             },
+             py::arg("tokens"), py::arg("targets"),
              py::arg("loss_mask") = py::none(), py::arg("bptt_depth") = py::none(),
              py::arg("return_logits") = false, py::arg("init_memory") = py::none(),
              "One forward and backward over whole sequences (batch, S * segment_len). Accumulates "
-             "into grads(). Returns (loss, logits or None, initial-memory gradient or None).");
+             "into grads(). Returns (loss, logits or None, initial-memory gradient or None).")
+        .def("forward",
+             [](Model& m, py::handle tokens, py::handle targets, py::handle loss_mask,
+                py::handle init_memory) {
+                 return run_unroll(m, tokens, targets, loss_mask, py::none(), true, init_memory, false);
+             },
+             py::arg("tokens"), py::arg("targets") = py::none(), py::arg("loss_mask") = py::none(),
+             py::arg("init_memory") = py::none(),
+             "Forward only over whole sequences: returns (loss or None, logits (batch, L, vocab), "
+             "number of tokens in the loss). Gradients are untouched.");
 }
 
 }  // namespace rmt::bindings

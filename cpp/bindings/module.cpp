@@ -11,5 +11,6 @@ PYBIND11_MODULE(_core, core) {
     rmt::bindings::register_ops_loss_optim(ops);
 #ifdef RMT_WITH_MODELS
     rmt::bindings::register_model(core);
+    rmt::bindings::register_training(core);
 #endif
 }

@@ -11,5 +11,6 @@ void register_ops_elementwise(py::module_& ops);    // layer norm, relu, gelu, d
 void register_ops_attention(py::module_& ops);      // softmax, masks, attention, rel. attention
 void register_ops_loss_optim(py::module_& ops);     // cross-entropy, adam(w), clipping
 void register_model(py::module_& core);             // the model kinds
+void register_training(py::module_& core);          // the C++ training step
 
 }  // namespace rmt::bindings

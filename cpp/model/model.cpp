@@ -286,7 +286,8 @@ void Model::step(StreamState& st, const int32_t* tokens, float* logits_out) {
 UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
                                   const float* loss_mask, int64_t B, int64_t Ltot,
                                   int64_t bptt_depth, float* logits_out, const float* init_memory,
-                                  float* init_memory_grad) {
+                                  float* init_memory_grad, bool compute_grad,
+                                  int64_t normaliser) {
     const int64_t C = config_.d_model, T = config_.segment_len, M = config_.num_mem_tokens,
                   Q = config_.query_rows(), V = config_.vocab_size, L = config_.n_layers;
     if (B < 1) throw std::invalid_argument("batch is empty");
@@ -355,8 +356,9 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     }
     UnrollResult result;
     result.selected = selected;
-    result.loss = selected > 0 ? loss_sum / double(selected) : 0.0;
-    if (selected == 0) return result;   // nothing to learn from: zero gradient
+    const double denom = normaliser > 0 ? double(normaliser) : double(selected);
+    result.loss = selected > 0 ? loss_sum / denom : 0.0;
+    if (selected == 0 || !compute_grad) return result;   // nothing to learn from: zero gradient
 
     // ---- backward, last segment first ----
     // streams[a]: gradient at the current segment's memory output that comes from the loss of the
@@ -371,7 +373,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     for (int64_t s = S - 1; s >= 0; --s) {
         SegmentActivations& seg = segs[s];
         // Loss head: dlogits, then the gradient at the token rows of the last layer.
-        std::vector<float> dlosses(B * T, float(1.0 / double(selected)));
+        std::vector<float> dlosses(B * T, float(1.0 / denom));
         std::vector<float> dlogits(B * T * V, 0.0f);
         ops::cross_entropy_backward<float>(dlogits.data(), dlosses.data(), seg.logits.data(),
                                            seg.lse.data(), seg_targets[s].data(),

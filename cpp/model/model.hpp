@@ -64,9 +64,13 @@ public:
     // loss_mask (B, L) or null. Accumulates parameter gradients into grads() (the caller zeroes
     // them). bptt_depth < 0: full. logits_out (B, L, V) may be null. init_memory (B, M, C) may be
     // null (rmt then starts from mem_tokens); init_memory_grad (B, M, C) receives its gradient.
+    // compute_grad = false runs the forward only (evaluation): nothing is accumulated.
+    // normaliser > 0 divides the loss sum by it instead of this call's own token count, so that
+    // micro-batches of one batch add up to exactly the batch's mean and gradient.
     UnrollResult loss_and_grad(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
                                int64_t B, int64_t L, int64_t bptt_depth, float* logits_out,
-                               const float* init_memory, float* init_memory_grad);
+                               const float* init_memory, float* init_memory_grad,
+                               bool compute_grad = true, int64_t normaliser = 0);
 
     // A fresh stream for `batch` sequences: memory from mem_tokens, empty caches.
     StreamState init_stream(int64_t batch) const;

@@ -1,0 +1,267 @@
+"""The model kinds as Python classes over the C++ core (docs/MODELS.md is their exact semantics).
+
+    model = rmt.RMT(rmt.ModelConfig(vocab_size=12, d_model=128, n_layers=4, n_heads=4, d_ff=256,
+                                    segment_len=24, num_mem_tokens=24))
+    loss, _ = model.loss_and_grad(tokens, targets)      # gradients land in model.grads()
+    logits = model(tokens)                               # forward only
+    state = model.init_memory(batch_size=1)              # memory (and cache) for streaming
+    logits, state = model.step(segment, state)
+
+Parameters and gradients live in two flat C++ buffers; `parameters()` and `grads()` are named
+numpy views of them (no copies): writing into a view changes the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from .config import ModelConfig
+
+ConfigLike = Union[ModelConfig, dict, None]
+
+
+class MemoryState:
+    """What one segment hands the next at inference: the RMT memory (batch, M, C) and the
+    Transformer-XL cache. Its tensors are numpy views of the C++ state (no copies). It does not
+    grow with the number of segments run through it."""
+
+    def __init__(self, core_state, model: "Model"):
+        self._state = core_state
+        self._model = model
+
+    @property
+    def memory(self) -> Optional[np.ndarray]:
+        """The memory (batch, M, C) as a view, or None for kinds without recurrent memory."""
+        return self._state.memory
+
+    @property
+    def batch_size(self) -> int:
+        return self._state.batch
+
+    @property
+    def cache_len(self) -> int:
+        """Rows in each layer's Transformer-XL cache (0 without a cache)."""
+        return self._state.cache_len
+
+    @property
+    def segments_seen(self) -> int:
+        return self._state.segments_seen
+
+    def copy(self) -> "MemoryState":
+        """An independent copy (used by generation to look ahead without committing)."""
+        return MemoryState(self._state.copy(), self._model)
+
+    def __repr__(self):
+        return (f"MemoryState(batch_size={self.batch_size}, segments_seen={self.segments_seen}, "
+                f"cache_len={self.cache_len}, memory={None if self.memory is None else self.memory.shape})")
+
+
+class Model:
+    """Base class of the model kinds. Construct a subclass: Transformer, MemoryTransformer,
+    TransformerXL, RMT (or RMTEncoder)."""
+
+    kind: str = ""
+
+    def __init__(self, config: ConfigLike = None, *, seed: int = 0, **overrides):
+        if config is None:
+            config = ModelConfig(kind=self.kind, **overrides)
+        else:
+            if isinstance(config, dict):
+                config = ModelConfig.from_dict({**config, **overrides, "kind": self.kind})
+            elif isinstance(config, ModelConfig):
+                config = dataclasses.replace(config, kind=self.kind, **overrides)
+            else:
+                raise TypeError(f"config must be a ModelConfig or a dict, got {type(config).__name__}")
+        self.config: ModelConfig = config
+        self._core = _core.Model(config.to_dict(), int(seed))
+        self._core.training = True
+
+    # ---- parameters ----
+    @property
+    def num_parameters(self) -> int:
+        return self._core.num_parameters
+
+    def parameters(self) -> Dict[str, np.ndarray]:
+        """Named parameters as numpy views into the flat buffer (PyTorch-style dotted names)."""
+        return self._core.parameters()
+
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
+        return iter(self._core.parameters().items())
+
+    def grads(self) -> Dict[str, np.ndarray]:
+        """Named gradients, views into the flat gradient buffer (same layout as parameters)."""
+        return self._core.grads()
+
+    @property
+    def flat_parameters(self) -> np.ndarray:
+        return self._core.flat_parameters
+
+    @property
+    def flat_grads(self) -> np.ndarray:
+        return self._core.flat_grads
+
+    def zero_grad(self) -> None:
+        self._core.zero_grad()
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter, in buffer order."""
+        return OrderedDict((k, v.copy()) for k, v in self._core.parameters().items())
+
+    def load_state_dict(self, state_dict: Dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copies tensors into the model. strict: the names must match exactly. Shapes always must;
+        a mismatch raises ValueError listing what differs, before anything is written."""
+        params = self._core.parameters()
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        for k, v in state_dict.items():
+            if k in params:
+                arr = np.asarray(v)
+                if arr.shape != params[k].shape:
+                    problems.append(f"{k}: shape {arr.shape} in the state dict, {params[k].shape} in the model")
+                elif not np.issubdtype(arr.dtype, np.floating):
+                    problems.append(f"{k}: dtype {arr.dtype} is not floating point")
+                elif not np.all(np.isfinite(arr)):
+                    problems.append(f"{k}: contains NaN or inf")
+        if problems:
+            raise ValueError("state dict does not match the model: " + "; ".join(problems))
+        for k, v in state_dict.items():
+            if k in params:
+                params[k][...] = np.asarray(v, dtype=np.float32)
+
+    # ---- modes ----
+    @property
+    def training(self) -> bool:
+        return self._core.training
+
+    def train(self, mode: bool = True) -> "Model":
+        """Training mode: dropout on (with the model's dropout seed)."""
+        self._core.training = bool(mode)
+        return self
+
+    def eval(self) -> "Model":
+        """Evaluation mode: no dropout; Transformer-XL's same_length applies."""
+        return self.train(False)
+
+    def set_dropout_seed(self, seed: int) -> None:
+        self._core.set_dropout_seed(int(seed))
+
+    # ---- whole sequences ----
+    def loss_and_grad(self, tokens, targets, loss_mask=None, bptt_depth: Optional[int] = None,
+                      return_logits: bool = False, init_memory=None):
+        """One forward and backward over a batch of whole sequences (batch, S * segment_len).
+
+        The loss is the mean cross-entropy over the selected tokens (target != -100 and a non-zero
+        loss_mask, weighted by it) of the whole unroll. Gradients ACCUMULATE into grads() (call
+        zero_grad() first). Returns (loss, logits or None); with init_memory (RMT), also its gradient.
+        """
+        loss, logits, init_grad = self._core.loss_and_grad(
+            tokens, targets, loss_mask=loss_mask, bptt_depth=bptt_depth,
+            return_logits=return_logits, init_memory=init_memory)
+        if init_memory is not None:
+            return loss, logits, init_grad
+        return loss, logits
+
+    def forward(self, tokens, targets=None, loss_mask=None):
+        """Forward only over whole sequences: logits (batch, L, vocab), or (loss, logits) when
+        targets are given. Uses the current mode (call eval() to turn dropout off)."""
+        loss, logits, _ = self._core.forward(tokens, targets=targets, loss_mask=loss_mask)
+        return logits if targets is None else (loss, logits)
+
+    __call__ = forward
+
+    # ---- one segment at a time ----
+    def init_memory(self, batch_size: int = 1) -> MemoryState:
+        """A fresh memory state: the initial memory (RMT) and empty caches (Transformer-XL)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return MemoryState(self._core.init_stream(int(batch_size)), self)
+
+    def step(self, segment, memory: Optional[MemoryState] = None):
+        """Runs one segment (batch, segment_len) without gradient from `memory` and returns
+        (logits (batch, segment_len, vocab), memory). The state is advanced in place."""
+        segment = np.asarray(segment)
+        if segment.ndim == 1:
+            segment = segment[None, :]
+        if memory is None:
+            memory = self.init_memory(segment.shape[0])
+        if not isinstance(memory, MemoryState) or memory._model is not self:
+            raise TypeError("memory must be a MemoryState made by this model's init_memory()")
+        logits = self._core.step(memory._state, segment)
+        return logits, memory
+
+    def stream(self, segments: Iterable, memory: Optional[MemoryState] = None,
+               return_memory: bool = False) -> Iterator[np.ndarray]:
+        """Runs the model over an input of any length, given as an iterable of segments
+        (batch, segment_len), in constant memory; yields each segment's logits (or
+        (logits, memory) with return_memory)."""
+        for segment in segments:
+            logits, memory = self.step(segment, memory)
+            yield (logits, memory) if return_memory else logits
+
+    # ---- checkpoints ----
+    def save(self, path, metadata: Optional[Dict[str, str]] = None) -> None:
+        """Writes a safetensors file with the config in its metadata. Atomic: a killed save
+        never destroys an existing file at `path`."""
+        from .checkpoint import save_model
+
+        save_model(self, path, metadata)
+
+    def load_weights(self, path) -> None:
+        """Loads a checkpoint's weights into this model; its config must match."""
+        from .checkpoint import load_into
+
+        load_into(self, path)
+
+    def __repr__(self):
+        c = self.config
+        return (f"{type(self).__name__}(vocab_size={c.vocab_size}, d_model={c.d_model}, "
+                f"n_layers={c.n_layers}, n_heads={c.n_heads}, segment_len={c.segment_len}, "
+                f"num_mem_tokens={c.num_mem_tokens}, mem_len={c.mem_len}, "
+                f"parameters={self.num_parameters:,})")
+
+
+class Transformer(Model):
+    """The baseline: segments processed independently (relative positions, no cache)."""
+    kind = "transformer"
+
+
+class MemoryTransformer(Model):
+    """MemTr: learned memory tokens prepended to every segment, no recurrence."""
+    kind = "memtr"
+
+
+class TransformerXL(Model):
+    """Transformer-XL: a per-layer cache of mem_len hidden states, gradient stopped."""
+    kind = "txl"
+
+
+class RMT(Model):
+    """The Recurrent Memory Transformer (decoder): [mem_read; x; mem_write], the write block's
+    outputs become the next segment's memory, with gradient (bptt_depth). With mem_len > 0 it
+    also keeps a Transformer-XL cache (Tr-XL+RMT)."""
+    kind = "rmt"
+
+
+class RMTEncoder(Model):
+    """The RMT encoder of the 1M-token report: [CLS][mem][SEP] x [SEP], bidirectional."""
+    kind = "rmt_encoder"
+
+
+MODEL_CLASSES = {cls.kind: cls for cls in (Transformer, MemoryTransformer, TransformerXL, RMT,
+                                           RMTEncoder)}
+
+
+def from_config(config: Union[ModelConfig, dict], seed: int = 0) -> Model:
+    """The model class for config.kind, built from the config."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return MODEL_CLASSES[config.kind](config, seed=seed)
