@@ -1,0 +1,96 @@
+#include "ops/layernorm.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/threads.hpp"
+
+namespace rmt::ops {
+namespace {
+
+// Fork threads only for work worth it, and never from inside a parallel region.
+bool worth_threads(int64_t work) {
+    return work >= (int64_t(1) << 15) && !kernels::in_parallel_region() &&
+           kernels::get_num_threads() > 1;
+}
+
+}  // namespace
+
+template <typename T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
+                       int64_t N, int64_t C, T eps) {
+    const bool parallel = worth_threads(N * C);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t n = 0; n < N; ++n) {
+        const T* x = inp + n * C;
+        T* o = out + n * C;
+        // Two passes in double: the variance of (x - mean) does not cancel catastrophically.
+        double s = 0;
+        for (int64_t c = 0; c < C; ++c) s += double(x[c]);
+        const double mu = s / double(C);
+        double ss = 0;
+        for (int64_t c = 0; c < C; ++c) {
+            const double d = double(x[c]) - mu;
+            ss += d * d;
+        }
+        const double var = ss / double(C);   // biased, as nn.LayerNorm
+        const T m = T(mu);
+        const T r = T(1.0 / std::sqrt(var + double(eps)));
+        for (int64_t c = 0; c < C; ++c) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+        mean[n] = m;
+        rstd[n] = r;
+    }
+}
+
+template <typename T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                        const T* mean, const T* rstd, int64_t N, int64_t C) {
+    const bool parallel = worth_threads(N * C);
+    // out = xhat * weight + bias, xhat = (x - mean) * rstd:
+    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight.
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t n = 0; n < N; ++n) {
+        const T* x = inp + n * C;
+        const T* dy = dout + n * C;
+        T* dx = dinp + n * C;
+        const T m = mean[n], r = rstd[n];
+        double sum_dxhat = 0, sum_dxhat_xhat = 0;
+        for (int64_t c = 0; c < C; ++c) {
+            const T xhat = (x[c] - m) * r;
+            const T dxhat = dy[c] * weight[c];
+            sum_dxhat += double(dxhat);
+            sum_dxhat_xhat += double(dxhat) * double(xhat);
+        }
+        const T mean_dxhat = T(sum_dxhat / double(C));
+        const T mean_dxhat_xhat = T(sum_dxhat_xhat / double(C));
+        for (int64_t c = 0; c < C; ++c) {
+            const T xhat = (x[c] - m) * r;
+            const T dxhat = dy[c] * weight[c];
+            dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+    }
+    // dweight += sum_n dout * xhat, dbias += sum_n dout: each thread owns a block of columns and
+    // walks the rows in order, so the sums do not depend on the thread count.
+    constexpr int64_t block = 64;
+    const int64_t n_blocks = (C + block - 1) / block;
+#pragma omp parallel for schedule(static) if (parallel && n_blocks > 1)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t c0 = b * block, c1 = std::min(C, c0 + block);
+        for (int64_t n = 0; n < N; ++n) {
+            const T* x = inp + n * C;
+            const T* dy = dout + n * C;
+            const T m = mean[n], r = rstd[n];
+            for (int64_t c = c0; c < c1; ++c) {
+                dweight[c] += dy[c] * ((x[c] - m) * r);
+                dbias[c] += dy[c];
+            }
+        }
+    }
+}
+
+template void layernorm_forward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, float);
+template void layernorm_forward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, double);
+template void layernorm_backward<float>(float*, float*, float*, const float*, const float*, const float*, const float*, const float*, int64_t, int64_t);
+template void layernorm_backward<double>(double*, double*, double*, const double*, const double*, const double*, const double*, const double*, int64_t, int64_t);
+
+}  // namespace rmt::ops
