@@ -1,0 +1,105 @@
+#include "ops/softmax.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include "kernels/isa.hpp"
+#include "kernels/threads.hpp"
+#include "ops/softmax_rows.hpp"
+
+namespace rmt::ops {
+
+template <typename T>
+void masked_softmax_rows(T* probs, const T* scores, const uint8_t* allowed, int64_t R, int64_t N,
+                         int64_t mask_rows) {
+    const auto& vk = kernels::vec<T>();
+    for (int64_t r = 0; r < R; ++r) {
+        const T* s = scores + r * N;
+        T* p = probs + r * N;
+        const uint8_t* a = allowed ? allowed + (r % mask_rows) * N : nullptr;
+        int64_t lo = 0, hi = N;   // the allowed keys all lie in [lo, hi)
+        if (a) {
+            while (lo < N && !a[lo]) ++lo;
+            while (hi > lo && !a[hi - 1]) --hi;
+        }
+        if (lo == hi) {   // nothing allowed: zeros, not NaN
+            std::fill(p, p + N, T(0));
+            continue;
+        }
+        // Masked keys inside [lo, hi) are set to -inf, whose exp is exactly 0 (scalar and xsimd),
+        // so the vector exp and sum run over the whole range.
+        T mx;
+        bool holes = false;
+        if (a) {
+            mx = s[lo];
+            for (int64_t j = lo; j < hi; ++j) {
+                if (a[j]) mx = std::max(mx, s[j]);
+                else holes = true;
+            }
+        } else {
+            mx = vk.max(s, N);
+        }
+        if (p != s) std::copy(s + lo, s + hi, p + lo);
+        if (holes) {
+            for (int64_t j = lo; j < hi; ++j)
+                if (!a[j]) p[j] = -std::numeric_limits<T>::infinity();
+        }
+        const T sum = vk.exp_shift_sum(p + lo, mx, hi - lo);
+        vk.scale(p + lo, T(1) / sum, hi - lo);
+        std::fill(p, p + lo, T(0));
+        std::fill(p + hi, p + N, T(0));
+    }
+}
+
+template <typename T>
+void softmax_rows_backward(T* dscores, const T* dprobs, const T* probs, int64_t R, int64_t N,
+                           T scale, bool overwrite) {
+    const auto& vk = kernels::vec<T>();
+    for (int64_t r = 0; r < R; ++r) {
+        const T* dp = dprobs + r * N;
+        const T* p = probs + r * N;
+        T* ds = dscores + r * N;
+        // probs = softmax(scores): dscores = probs * (dprobs - <dprobs, probs>)
+        const T inner = vk.dot(dp, p, N);
+        if (overwrite)
+            for (int64_t j = 0; j < N; ++j) ds[j] = scale * p[j] * (dp[j] - inner);
+        else
+            for (int64_t j = 0; j < N; ++j) ds[j] += scale * p[j] * (dp[j] - inner);
+    }
+}
+
+template <typename T>
+void masked_softmax_forward(T* probs, const T* scores, const uint8_t* allowed, int64_t R, int64_t N,
+                            int64_t mask_rows) {
+    if (mask_rows < 1) mask_rows = 1;
+    const bool parallel = !kernels::in_parallel_region() && R > 1;
+    (void)parallel;
+#ifdef RMT_HAVE_OPENMP
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+    for (int64_t r = 0; r < R; ++r)
+        masked_softmax_rows<T>(probs + r * N, scores + r * N,
+                               allowed ? allowed + (r % mask_rows) * N : nullptr, 1, N, 1);
+}
+
+template <typename T>
+void masked_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_t R, int64_t N) {
+    const bool parallel = !kernels::in_parallel_region() && R > 1;
+    (void)parallel;
+#ifdef RMT_HAVE_OPENMP
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+    for (int64_t r = 0; r < R; ++r)
+        softmax_rows_backward<T>(dscores + r * N, dprobs + r * N, probs + r * N, 1, N, T(1), false);
+}
+
+template void masked_softmax_rows<float>(float*, const float*, const uint8_t*, int64_t, int64_t, int64_t);
+template void masked_softmax_rows<double>(double*, const double*, const uint8_t*, int64_t, int64_t, int64_t);
+template void softmax_rows_backward<float>(float*, const float*, const float*, int64_t, int64_t, float, bool);
+template void softmax_rows_backward<double>(double*, const double*, const double*, int64_t, int64_t, double, bool);
+template void masked_softmax_forward<float>(float*, const float*, const uint8_t*, int64_t, int64_t, int64_t);
+template void masked_softmax_forward<double>(double*, const double*, const uint8_t*, int64_t, int64_t, int64_t);
+template void masked_softmax_backward<float>(float*, const float*, const float*, int64_t, int64_t);
+template void masked_softmax_backward<double>(double*, const double*, const double*, int64_t, int64_t);
+
+}  // namespace rmt::ops
