@@ -35,10 +35,10 @@ class CMakeBuild(build_ext):
             configure += ["-G", "Ninja"]
         except ImportError:
             pass
-        if os.environ.get("RMT_USE_OPENMP") == "0":
-            configure.append("-DRMT_USE_OPENMP=OFF")
-        if os.environ.get("RMT_WITH_MODELS") == "0":
-            configure.append("-DRMT_WITH_MODELS=OFF")
+        # Always explicit: a CMake cache keeps an option's last value otherwise.
+        off = lambda name: "OFF" if os.environ.get(name) == "0" else "ON"  # noqa: E731
+        configure.append(f"-DRMT_USE_OPENMP={off('RMT_USE_OPENMP')}")
+        configure.append(f"-DRMT_WITH_MODELS={off('RMT_WITH_MODELS')}")
         subprocess.run(configure, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
