@@ -55,7 +55,12 @@ public:
 
     void set_training(bool training) { training_ = training; }
     bool training() const { return training_; }
-    void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
+    // Seeding restarts the stream: the dropout masks of the calls that follow depend only on
+    // (seed, their order since this call), so a resumed run can replay them.
+    void set_dropout_seed(uint64_t seed) {
+        dropout_seed_ = seed;
+        dropout_calls_ = 0;
+    }
 
     // Re-draws every parameter with the initialisation of docs/MODELS.md.
     void initialize(uint64_t seed);

@@ -1,7 +1,13 @@
 """rmt: the Recurrent Memory Transformer and Transformer-XL on the CPU.
 
 A C++ core (xsimd kernels, OpenMP threads, hand-written forward and backward passes) under a
-numpy API. ``rmt.ops`` holds every op as a forward/backward pair on numpy arrays.
+numpy API:
+
+- model kinds: ``rmt.Transformer``, ``rmt.MemoryTransformer``, ``rmt.TransformerXL``, ``rmt.RMT``
+  (``rmt.RMTEncoder``), configured by ``rmt.ModelConfig``;
+- training: ``rmt.Trainer`` with ``rmt.Adam`` / ``rmt.AdamW``, schedules, clipping, BPTT depth,
+  curricula (``rmt.Stage``), checkpoints (``model.save`` / ``rmt.load``);
+- ``rmt.ops``: every op as a forward/backward pair on numpy arrays.
 """
 from . import _core
 from ._core import (
@@ -16,10 +22,27 @@ from ._core import (
     set_num_threads,
 )
 from ._core import ops
+from .checkpoint import load
+from .config import ModelConfig
+from .models import (
+    MemoryState,
+    MemoryTransformer,
+    Model,
+    RMT,
+    RMTEncoder,
+    Transformer,
+    TransformerXL,
+    from_config,
+)
+from .optim import Adam, AdamW, Constant, Cosine, Linear, ReduceOnPlateau
+from .trainer import Stage, Trainer, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "available_isas", "gemm", "gemm_reference", "gemm_tile", "get_isa", "get_num_threads",
-    "has_openmp", "ops", "set_isa", "set_num_threads",
+    "Adam", "AdamW", "Constant", "Cosine", "Linear", "MemoryState", "MemoryTransformer", "Model",
+    "ModelConfig", "ReduceOnPlateau", "RMT", "RMTEncoder", "Stage", "Trainer", "Transformer",
+    "TransformerXL", "available_isas", "evaluate", "from_config", "gemm", "gemm_reference",
+    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "load", "ops", "set_isa",
+    "set_num_threads",
 ]
