@@ -16,6 +16,17 @@ namespace rmt::ops {
 
 using kernels::gemm;
 
+namespace {
+
+// Threads pay off only past a few tens of microseconds of work: waking them costs more than a
+// tiny (batch, head) loop, and much more when other processes hold the cores.
+bool worth_parallel(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
+    return B * NH > 1 && B * NH * Tq * Tk * (hs + 8) >= (int64_t(1) << 15) &&
+           !kernels::in_parallel_region();
+}
+
+}  // namespace
+
 template <typename T>
 void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, const uint8_t* allowed,
                        int64_t mask_batch_stride, int64_t B, int64_t Tq, int64_t Tk, int64_t NH,
@@ -23,7 +34,7 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) if (B * NH > 1 && !kernels::in_parallel_region())
+#pragma omp parallel for schedule(dynamic, 1) if (worth_parallel(B, NH, Tq, Tk, hs))
 #endif
     for (int64_t bh = 0; bh < B * NH; ++bh) {
         const int64_t b = bh / NH, h = bh % NH;
@@ -47,7 +58,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (B * NH > 1 && !kernels::in_parallel_region())
+#pragma omp parallel if (worth_parallel(B, NH, Tq, Tk, hs))
 #endif
     {
         std::vector<T> ds(size_t(Tq * Tk));
@@ -84,7 +95,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (B * NH > 1 && !kernels::in_parallel_region())
+#pragma omp parallel if (worth_parallel(B, NH, Q, K, hs))
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * K));
@@ -138,7 +149,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
     if (B > 1) parts.assign(size_t(B * (K * C + 2 * C)), T(0));
     auto part = [&](int64_t b) { return parts.data() + b * (K * C + 2 * C); };
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (B * NH > 1 && !kernels::in_parallel_region())
+#pragma omp parallel if (worth_parallel(B, NH, Q, K, hs))
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), dqx(size_t(Q * hs));

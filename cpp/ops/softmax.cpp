@@ -72,7 +72,7 @@ template <typename T>
 void masked_softmax_forward(T* probs, const T* scores, const uint8_t* allowed, int64_t R, int64_t N,
                             int64_t mask_rows) {
     if (mask_rows < 1) mask_rows = 1;
-    const bool parallel = !kernels::in_parallel_region() && R > 1;
+    const bool parallel = !kernels::in_parallel_region() && R > 1 && R * N >= (int64_t(1) << 14);
     (void)parallel;
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel for schedule(static) if (parallel)
@@ -84,7 +84,7 @@ void masked_softmax_forward(T* probs, const T* scores, const uint8_t* allowed, i
 
 template <typename T>
 void masked_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_t R, int64_t N) {
-    const bool parallel = !kernels::in_parallel_region() && R > 1;
+    const bool parallel = !kernels::in_parallel_region() && R > 1 && R * N >= (int64_t(1) << 14);
     (void)parallel;
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel for schedule(static) if (parallel)
