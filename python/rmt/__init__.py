@@ -6,6 +6,7 @@ numpy API. ``rmt.ops`` holds every op as a forward/backward pair on numpy arrays
 from . import _core
 from ._core import (
     available_isas,
+    fma_peak_gflops,
     gemm,
     gemm_reference,
     gemm_tile,
@@ -15,11 +16,11 @@ from ._core import (
     set_isa,
     set_num_threads,
 )
-from ._core import ops
+from ._core import kernels, ops
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "available_isas", "gemm", "gemm_reference", "gemm_tile", "get_isa", "get_num_threads",
-    "has_openmp", "ops", "set_isa", "set_num_threads",
+    "available_isas", "fma_peak_gflops", "gemm", "gemm_reference", "gemm_tile", "get_isa", "get_num_threads",
+    "has_openmp", "kernels", "ops", "set_isa", "set_num_threads",
 ]
