@@ -6,6 +6,7 @@ namespace rmt::bindings {
 namespace py = pybind11;
 
 void register_runtime(py::module_& core);           // threads, ISA selection, gemm, peak
+void register_kernels(py::module_& kernels);      // vector kernels vs their references
 void register_ops_dense(py::module_& ops);          // embedding, linear
 void register_ops_elementwise(py::module_& ops);    // layer norm, relu, gelu, dropout
 void register_ops_attention(py::module_& ops);      // softmax, masks, attention, rel. attention

@@ -59,6 +59,16 @@ void register_runtime(py::module_& core) {
         auto& f = kernels::gemm_micro<float>();
         return py::make_tuple(f.mr, f.nr);
     }, "The (MR, NR) register tile of the active float32 GEMM micro-kernel.");
+    core.def("fma_peak_gflops", [](py::object threads, double seconds) {
+        const int n = threads.is_none() ? kernels::get_num_threads() : threads.cast<int>();
+        if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
+        if (!(seconds > 0)) throw py::value_error("seconds must be > 0");
+        py::gil_scoped_release release;
+        return kernels::fma_peak_gflops(n, seconds);
+    }, py::arg("threads") = py::none(), py::arg("seconds") = 0.2,
+       "Measured float32 FMA peak in GFLOP/s of `threads` threads (default: the current number) "
+       "running a register-only FMA loop of the active ISA at once; best of 5 runs after a "
+       "warm-up, about `seconds` in all.");
 #ifdef RMT_HAVE_OPENMP
     core.attr("has_openmp") = true;
 #else

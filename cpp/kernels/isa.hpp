@@ -43,6 +43,9 @@ struct KernelTable {
     GemmMicroKernel<double> gemm_f64;
     VectorKernels<float> vec_f32;
     VectorKernels<double> vec_f64;
+    // FMA-peak micro-benchmark (fma_peak.hpp): runs `iterations` rounds of independent float32
+    // FMAs in registers only and returns the number of flops done.
+    double (*fma_peak_f32)(int64_t iterations);
 };
 
 // Per-ISA tables (each defined in its own translation unit).
@@ -55,6 +58,10 @@ const KernelTable& active();
 std::vector<std::string> available_isas();   // best first; "scalar" always present
 std::string current_isa();
 void set_isa(const std::string& name);       // throws std::invalid_argument if not available
+
+// Measured float32 FMA peak in GFLOP/s of `threads` threads running the active table's
+// fma_peak_f32 at once (best of 5 timed runs after a warm-up, about `seconds` in all).
+double fma_peak_gflops(int threads, double seconds);
 
 template <typename T> const VectorKernels<T>& vec();
 template <> inline const VectorKernels<float>& vec<float>() { return active().vec_f32; }

@@ -1,4 +1,5 @@
 // Compiled with -mavx2 -mfma (CMakeLists.txt): only the kernel table lives here.
+#include "kernels/fma_peak.hpp"
 #include "kernels/gemm_kernels.hpp"
 #include "kernels/vector_kernels.hpp"
 
@@ -12,6 +13,7 @@ const KernelTable& avx2_table() {
         simd::make_gemm_micro<arch, double, 6, 2>(),   // 6 x 8 doubles
         simd::make_vector_kernels<arch, float>(),
         simd::make_vector_kernels<arch, double>(),
+        &simd::fma_peak_f32<arch, 12>,                 // 12 of 16 ymm: covers latency x 2 ports
     };
     return table;
 }

@@ -1,3 +1,4 @@
+#include "kernels/fma_peak.hpp"
 #include "kernels/gemm_kernels.hpp"
 #include "kernels/isa.hpp"
 #include "kernels/vector_reference.hpp"
@@ -17,6 +18,7 @@ const KernelTable& scalar_table() {
         GemmMicroKernel<double>{4, 4, &reference::gemm_micro<double, 4, 4>},
         reference_vector_kernels<float>(),
         reference_vector_kernels<double>(),
+        &reference::fma_peak_f32<16>,
     };
     return table;
 }

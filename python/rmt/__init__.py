@@ -12,6 +12,7 @@ numpy API:
 from . import _core
 from ._core import (
     available_isas,
+    fma_peak_gflops,
     gemm,
     gemm_reference,
     gemm_tile,
@@ -21,7 +22,7 @@ from ._core import (
     set_isa,
     set_num_threads,
 )
-from ._core import ops
+from ._core import kernels, ops
 from .checkpoint import load
 from .config import ModelConfig
 from .models import (
@@ -42,7 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam", "AdamW", "Constant", "Cosine", "Linear", "MemoryState", "MemoryTransformer", "Model",
     "ModelConfig", "ReduceOnPlateau", "RMT", "RMTEncoder", "Stage", "Trainer", "Transformer",
-    "TransformerXL", "available_isas", "evaluate", "from_config", "gemm", "gemm_reference",
-    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "load", "ops", "set_isa",
+    "TransformerXL", "available_isas", "evaluate", "fma_peak_gflops", "from_config", "gemm", "gemm_reference",
+    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "set_isa",
     "set_num_threads",
 ]

@@ -207,6 +207,68 @@ class Model:
             logits, memory = self.step(segment, memory)
             yield (logits, memory) if return_memory else logits
 
+    def generate(self, prompt, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: Optional[int] = None, greedy: bool = False, seed: Optional[int] = None,
+                 memory: Optional[MemoryState] = None, pad_id: int = 0) -> np.ndarray:
+        """Continues `prompt` (batch, P) or (P,) by `max_new_tokens` tokens, carrying the memory
+        and cache across segments: full segments are committed to the memory as they fill up;
+        the next token of a partial segment is read from a look-ahead copy of the state with the
+        segment padded by `pad_id` (the causal mask keeps the padding invisible to it).
+        greedy (or temperature 0): argmax; otherwise sampling at `temperature`, from the `top_k`
+        most likely tokens if given. Returns (batch, P + max_new_tokens) token ids."""
+        if self.kind == "rmt_encoder":
+            raise TypeError("generate() is for the decoder kinds; the encoder classifies")
+        prompt = np.asarray(prompt)
+        squeeze = prompt.ndim == 1
+        if squeeze:
+            prompt = prompt[None, :]
+        if prompt.ndim != 2 or prompt.shape[1] < 1 or prompt.shape[0] < 1:
+            raise ValueError(f"prompt must have shape (batch, length >= 1), got {prompt.shape}")
+        if not np.issubdtype(prompt.dtype, np.integer):
+            raise TypeError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        if not (temperature >= 0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        V, T = self.config.vocab_size, self.config.segment_len
+        if not 0 <= pad_id < V:
+            raise ValueError(f"pad_id must be in [0, {V}), got {pad_id}")
+        rng = np.random.default_rng(seed)
+        B = prompt.shape[0]
+        was_training = self.training
+        self.eval()
+        try:
+            state = memory if memory is not None else self.init_memory(B)
+            out = [prompt.astype(np.int64)]
+            full = (prompt.shape[1] // T) * T
+            last_logits = None
+            for s in range(0, full, T):
+                logits, state = self.step(prompt[:, s:s + T], state)
+                last_logits = logits[:, -1]
+            pending = prompt[:, full:].astype(np.int64)
+            for _ in range(int(max_new_tokens)):
+                r = pending.shape[1]
+                if r > 0:
+                    seg = np.full((B, T), pad_id, np.int64)
+                    seg[:, :r] = pending
+                    logits, _ = self.step(seg, state.copy())
+                    next_logits = logits[:, r - 1]
+                else:
+                    next_logits = last_logits
+                token = _sample(next_logits, temperature, top_k, greedy, rng)
+                out.append(token[:, None])
+                pending = np.concatenate([pending, token[:, None]], axis=1)
+                if pending.shape[1] == T:
+                    logits, state = self.step(pending, state)
+                    last_logits = logits[:, -1]
+                    pending = pending[:, :0]
+        finally:
+            self.train(was_training)
+        result = np.concatenate(out, axis=1)
+        return result[0] if squeeze else result
+
     # ---- checkpoints ----
     def save(self, path, metadata: Optional[Dict[str, str]] = None) -> None:
         """Writes a safetensors file with the config in its metadata. Atomic: a killed save
@@ -265,3 +327,18 @@ def from_config(config: Union[ModelConfig, dict], seed: int = 0) -> Model:
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
     return MODEL_CLASSES[config.kind](config, seed=seed)
+
+
+def _sample(logits: np.ndarray, temperature: float, top_k: Optional[int], greedy: bool,
+            rng: np.random.Generator) -> np.ndarray:
+    """One token per row of logits (B, V)."""
+    if greedy or temperature == 0:
+        return logits.argmax(-1).astype(np.int64)
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    z -= z.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    return np.array([rng.choice(p.shape[-1], p=row) for row in p], dtype=np.int64)

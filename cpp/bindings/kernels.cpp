@@ -1,0 +1,129 @@
+// `_core.kernels`: the vector kernels of the active ISA (or, with reference=True, their scalar
+// references) on 1-D numpy arrays, so tests can compare every ISA against the plain loops.
+// Inputs are never modified: in-place kernels run on copies that are returned.
+#include "bindings/checks.hpp"
+#include "bindings/register.hpp"
+#include "kernels/isa.hpp"
+
+namespace rmt::bindings {
+namespace {
+
+template <typename T>
+const kernels::VectorKernels<T>& table(bool reference) {
+    const kernels::KernelTable& t = reference ? kernels::scalar_table() : kernels::active();
+    if constexpr (std::is_same_v<T, float>) return t.vec_f32;
+    else return t.vec_f64;
+}
+
+// A 1-D array of dtype T, empty allowed, with its length checked against n (n < 0: any).
+template <typename T>
+NumpyView<T> vec_arg(py::handle obj, const char* name, int64_t n = -1) {
+    return checked<T>(obj, name, 1, {n}, /*allow_empty=*/true);
+}
+
+template <typename T>
+py::array_t<T> copy_of(const NumpyView<T>& v) {
+    auto out = new_array<T>({int64_t(v.size())}, false);
+    std::copy(v.data(), v.data() + v.size(), out.mutable_data());
+    return out;
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+    const auto ref = py::arg("reference") = false;
+
+    m.def("vec_dot", [](py::handle x, py::handle y, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = vec_arg<T>(x, "x");
+            auto Y = vec_arg<T>(y, "y", int64_t(X.size()));
+            T r;
+            {
+                py::gil_scoped_release release;
+                r = table<T>(reference).dot(X.data(), Y.data(), int64_t(X.size()));
+            }
+            return py::float_(double(r));
+        });
+    }, py::arg("x"), py::arg("y"), ref, "sum(x * y)");
+
+    m.def("vec_axpy", [](double a, py::handle x, py::handle y, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = vec_arg<T>(x, "x");
+            auto out = copy_of<T>(vec_arg<T>(y, "y", int64_t(X.size())));
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).axpy(T(a), X.data(), o, int64_t(X.size()));
+            }
+            return std::move(out);
+        });
+    }, py::arg("a"), py::arg("x"), py::arg("y"), ref, "Returns y + a * x (y is not modified).");
+
+    m.def("vec_max", [](py::handle x, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = checked<T>(x, "x", 1);   // max of nothing is undefined: non-empty
+            T r;
+            {
+                py::gil_scoped_release release;
+                r = table<T>(reference).max(X.data(), int64_t(X.size()));
+            }
+            return py::float_(double(r));
+        });
+    }, py::arg("x"), ref, "max(x); x must be non-empty.");
+
+    m.def("vec_exp_shift_sum", [](py::handle x, double shift, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto out = copy_of<T>(vec_arg<T>(x, "x"));
+            T* o = out.mutable_data();
+            T s;
+            {
+                py::gil_scoped_release release;
+                s = table<T>(reference).exp_shift_sum(o, T(shift), int64_t(out.size()));
+            }
+            return py::make_tuple(std::move(out), double(s));
+        });
+    }, py::arg("x"), py::arg("shift"), ref, "Returns (exp(x - shift), its sum).");
+
+    m.def("vec_scale", [](py::handle x, double a, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto out = copy_of<T>(vec_arg<T>(x, "x"));
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).scale(o, T(a), int64_t(out.size()));
+            }
+            return std::move(out);
+        });
+    }, py::arg("x"), py::arg("a"), ref, "Returns x * a.");
+
+    m.def("vec_adamw", [](py::handle param, py::handle grad, py::handle m_, py::handle v_, double lr,
+                          double beta1, double beta2, double eps, double weight_decay_factor,
+                          double bias_correction1, double bias_correction2_sqrt, bool reference) {
+        return dispatch_float(param, "param", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto p = copy_of<T>(vec_arg<T>(param, "param"));
+            const int64_t n = int64_t(p.size());
+            auto g = vec_arg<T>(grad, "grad", n);
+            auto mo = copy_of<T>(vec_arg<T>(m_, "m", n));
+            auto vo = copy_of<T>(vec_arg<T>(v_, "v", n));
+            T *pp = p.mutable_data(), *mp = mo.mutable_data(), *vp = vo.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).adamw(pp, g.data(), mp, vp, n, T(lr), T(beta1), T(beta2),
+                                          T(eps), T(weight_decay_factor), T(bias_correction1),
+                                          T(bias_correction2_sqrt));
+            }
+            return py::make_tuple(std::move(p), std::move(mo), std::move(vo));
+        });
+    }, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("lr"),
+       py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay_factor"),
+       py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"), ref,
+       "One AdamW step; returns the updated (param, m, v) as new arrays (inputs unchanged).");
+}
+
+}  // namespace rmt::bindings

@@ -1,0 +1,187 @@
+"""The algorithmic tasks of the RMT paper (P1 appendix A; SPEC section 4): copy, reverse and
+associative retrieval, as batches for rmt.Trainer.
+
+Every task builds a token stream `s = input ++ answer`, feeds `s[:-1]` and predicts `s[1:]`; the loss
+and the accuracy count only the answer positions (the last `answer_size` targets). The model input is
+left-padded with 0 to a multiple of the number of segments, so it cuts into equal segments.
+
+Ids: 0 = pad, 1 = start-of-answer (copy/reverse) or query marker (retrieval), 2.. = symbols.
+
+Splits: `task.split(n_val, n_test)` draws held-out validation and test sets with their own seeds;
+training batches (`task.train_batches(batch_size)`) never contain a held-out sample (they are
+redrawn), so train/validation/test do not overlap.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Set, Tuple
+
+import numpy as np
+
+PAD, START = 0, 1
+
+
+class Task:
+    """Base class: subclasses define `_draw(rng, n) -> (inputs, answers)` (int arrays)."""
+
+    name = ""
+    answer_size = 0
+    input_len = 0
+    vocab_size = 0
+
+    def __init__(self, num_segments: int = 1, seed: int = 0):
+        if not isinstance(num_segments, int) or num_segments < 1:
+            raise ValueError(f"num_segments must be an int >= 1, got {num_segments!r}")
+        self.num_segments = num_segments
+        self.seed = int(seed)
+        stream = self.input_len + 1 + self.answer_len_in_stream()
+        model_len = stream - 1
+        self.segment_len = -(-model_len // num_segments)
+        self.seq_len = self.segment_len * num_segments
+        self.left_pad = self.seq_len - model_len
+        self._held_out: Set[bytes] = set()
+        self._splits: Dict[str, Dict[str, np.ndarray]] = {}
+
+    def answer_len_in_stream(self) -> int:
+        return self.answer_size
+
+    # ---- samples ----
+    def _draw(self, rng: np.random.Generator, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _streams(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        n = inputs.shape[0]
+        return np.concatenate([inputs, np.full((n, 1), START, np.int64), answers], axis=1)
+
+    def make_batch(self, inputs: np.ndarray, answers: np.ndarray) -> Dict[str, np.ndarray]:
+        s = self._streams(inputs, answers)
+        n = s.shape[0]
+        tokens = np.zeros((n, self.seq_len), np.int64)
+        targets = np.full((n, self.seq_len), -100, np.int64)
+        tokens[:, self.left_pad:] = s[:, :-1]
+        targets[:, self.left_pad:] = s[:, 1:]
+        targets[:, :-self.answer_size] = -100   # only the answer positions count
+        return {"tokens": tokens, "targets": targets}
+
+    def sample(self, n: int, rng: np.random.Generator, exclude: Optional[Set[bytes]] = None):
+        """n samples as (inputs, answers), none of whose inputs is in `exclude`."""
+        inputs, answers = self._draw(rng, n)
+        if exclude:
+            for i in range(n):
+                while inputs[i].tobytes() in exclude:
+                    a, b = self._draw(rng, 1)
+                    inputs[i], answers[i] = a[0], b[0]
+        return inputs, answers
+
+    # ---- splits ----
+    def split(self, n_val: int = 1000, n_test: int = 1000) -> Dict[str, Dict[str, np.ndarray]]:
+        """Validation and test batches, disjoint from each other and (from then on) from every
+        training batch. Deterministic in the task's seed."""
+        rng_val = np.random.default_rng([self.seed, 1])
+        rng_test = np.random.default_rng([self.seed, 2])
+        val = self._unique(rng_val, n_val, set())
+        val_keys = {x.tobytes() for x in val[0]}
+        test = self._unique(rng_test, n_test, val_keys)
+        self._held_out = val_keys | {x.tobytes() for x in test[0]}
+        self._splits = {"val": self.make_batch(*val), "test": self.make_batch(*test)}
+        return self._splits
+
+    def _unique(self, rng, n, exclude):
+        inputs, answers = self._draw(rng, n)
+        seen = set(exclude)
+        for i in range(n):
+            while inputs[i].tobytes() in seen:
+                a, b = self._draw(rng, 1)
+                inputs[i], answers[i] = a[0], b[0]
+            seen.add(inputs[i].tobytes())
+        return inputs, answers
+
+    def train_batches(self, batch_size: int):
+        """A callable step -> batch for rmt.Trainer.fit: batch `step` is a function of (seed,
+        step), so a resumed run sees the same batches; held-out samples are never drawn."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+        def batch(step: int):
+            rng = np.random.default_rng([self.seed, 0, step])
+            return self.make_batch(*self.sample(batch_size, rng, self._held_out))
+
+        return batch
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(num_segments={self.num_segments}, segment_len="
+                f"{self.segment_len}, vocab_size={self.vocab_size}, answer_size={self.answer_size})")
+
+
+class CopyTask(Task):
+    """Copy-L: x = randint(2, V, L); answer [1] + x + x (the input twice); loss on the last 2L
+    targets. Copy-24: V = 12, model input 72 tokens (1/3/6/9 segments of 72/24/12/8)."""
+
+    name = "copy"
+
+    def __init__(self, length: int = 24, vocab_size: Optional[int] = None, num_segments: int = 1,
+                 seed: int = 0):
+        self.length = length
+        self.vocab_size = vocab_size if vocab_size is not None else (12 if length <= 24 else 10)
+        if self.vocab_size < 3:
+            raise ValueError("vocab_size must be >= 3 (0 = pad, 1 = start, symbols from 2)")
+        self.input_len = length
+        self.answer_size = 2 * length
+        super().__init__(num_segments, seed)
+
+    def _draw(self, rng, n):
+        x = rng.integers(2, self.vocab_size, (n, self.length))
+        return x, np.concatenate([x, x], axis=1)
+
+
+class ReverseTask(CopyTask):
+    """Reverse-L: answer [1] + reversed(x); loss on the last L targets. Reverse-24: model input
+    48 tokens (1/2/4/6 segments)."""
+
+    name = "reverse"
+
+    def __init__(self, length: int = 24, vocab_size: Optional[int] = None, num_segments: int = 1,
+                 seed: int = 0):
+        self.length = length
+        self.vocab_size = vocab_size if vocab_size is not None else (12 if length <= 24 else 10)
+        self.input_len = length
+        self.answer_size = length
+        Task.__init__(self, num_segments, seed)
+
+    def _draw(self, rng, n):
+        x = rng.integers(2, self.vocab_size, (n, self.length))
+        return x, x[:, ::-1].copy()
+
+
+class AssociativeRetrievalTask(Task):
+    """Associative retrieval (Ba et al.'s fast weights): `pairs` key-value pairs, keys letters
+    (26, without replacement), values digits (without replacement); input k1 v1 .. kn vn, then the
+    query marker, the query key, and the answer: the query's value. Loss on that one target.
+    Ids: letters 2..27, digits 28..37, V = 38."""
+
+    name = "retrieval"
+
+    def __init__(self, pairs: int = 4, num_segments: int = 1, seed: int = 0):
+        if not 1 <= pairs <= 10:
+            raise ValueError("pairs must be in [1, 10] (values are distinct digits)")
+        self.pairs = pairs
+        self.vocab_size = 38
+        self.input_len = 2 * pairs
+        self.answer_size = 1
+        super().__init__(num_segments, seed)
+
+    def answer_len_in_stream(self):
+        return 2   # the query key, then its value
+
+    def _draw(self, rng, n):
+        keys = np.argsort(rng.random((n, 26)), axis=1)[:, :self.pairs] + 2
+        values = np.argsort(rng.random((n, 10)), axis=1)[:, :self.pairs] + 28
+        inputs = np.empty((n, 2 * self.pairs), np.int64)
+        inputs[:, 0::2] = keys
+        inputs[:, 1::2] = values
+        which = rng.integers(0, self.pairs, n)
+        rows = np.arange(n)
+        answers = np.stack([keys[rows, which], values[rows, which]], axis=1)
+        return inputs, answers
+
+
+TASKS = {"copy": CopyTask, "reverse": ReverseTask, "retrieval": AssociativeRetrievalTask}

@@ -1,0 +1,166 @@
+"""rmt.gemm against the scalar reference and numpy float64: awkward sizes (tails of the MR x NR
+register tile, more than one MC block, KC slice and NC block), all four orientations, alpha/beta,
+float32 and float64, every ISA, 1 and 2 threads; and bad input."""
+import functools
+import itertools
+
+import numpy as np
+import pytest
+
+import rmt
+
+SIZES = [1, 7, 33, 127, 300]   # 300 > MC (144) and > KC (256): several blocks and K slices
+SMALL = [1, 7, 33, 127]
+ORIENTATIONS = list(itertools.product([False, True], repeat=2))   # (trans_a, trans_b)
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    previous = rmt.get_num_threads()
+    rmt.set_num_threads(request.param)
+    yield request.param
+    rmt.set_num_threads(previous)
+
+
+def operands(rng, M, N, K, trans_a, trans_b, dtype):
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+    return a, b
+
+
+def exact(a, b, trans_a, trans_b, alpha=1.0, beta=0.0, c=None):
+    """alpha op(a) op(b) + beta c in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    out = alpha * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64))
+    if beta != 0.0:
+        out += beta * c.astype(np.float64)
+    return out
+
+
+def tol(dtype, K):
+    # Standard normal inputs: sums of K products carry about eps * K absolute rounding error.
+    eps = np.finfo(dtype).eps
+    return dict(rtol=16 * eps, atol=16 * eps * K)
+
+
+@functools.lru_cache(maxsize=None)
+def case(M, N, K, trans_a, trans_b, dtype):
+    """Operands and their exact product, shared by every ISA and thread count."""
+    rng = np.random.default_rng([M, N, K, trans_a, trans_b, np.dtype(dtype).itemsize])
+    a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
+    return a, b, exact(a, b, trans_a, trans_b)
+
+
+# Every combination on one thread; on two, the shapes big enough to be split between threads.
+SHAPES_BY_THREADS = {1: list(itertools.product(SIZES, repeat=3)),
+                     2: list(itertools.product([33, 300], [7, 300], [1, 127, 300]))}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", ORIENTATIONS)
+def test_gemm_matches_numpy_all_sizes(isa, threads, trans_a, trans_b, dtype):
+    for M, N, K in SHAPES_BY_THREADS[threads]:
+        a, b, expected = case(M, N, K, trans_a, trans_b, dtype)
+        c = rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+        assert c.dtype == dtype and c.shape == (M, N)
+        np.testing.assert_allclose(c, expected, **tol(dtype, K), err_msg=f"M={M} N={N} K={K} trans_a={trans_a} trans_b={trans_b}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", ORIENTATIONS)
+def test_gemm_matches_reference(isa, rng, trans_a, trans_b, dtype):
+    for M, N, K in itertools.product(SMALL, repeat=3):
+        a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
+        c0 = rng.standard_normal((M, N)).astype(dtype)
+        kw = dict(trans_a=trans_a, trans_b=trans_b, alpha=-0.75, beta=1.25)
+        ours = rmt.gemm(a, b, c0.copy(), **kw)
+        ref = rmt.gemm_reference(a, b, c0.copy(), **kw)
+        np.testing.assert_allclose(ours, ref, **tol(dtype, K), err_msg=f"M={M} N={N} K={K}")
+
+
+def test_reference_matches_numpy(rng):
+    for trans_a, trans_b in ORIENTATIONS:
+        a, b = operands(rng, 33, 17, 300, trans_a, trans_b, np.float64)
+        c0 = rng.standard_normal((33, 17))
+        ref = rmt.gemm_reference(a, b, c0.copy(), trans_a, trans_b, alpha=0.5, beta=-2.0)
+        np.testing.assert_allclose(ref, exact(a, b, trans_a, trans_b, 0.5, -2.0, c0),
+                                   rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", ORIENTATIONS)
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -1.5), (2.0, 0.0), (0.0, 0.5), (0.0, 0.0)])
+def test_gemm_alpha_beta_in_place(isa, threads, rng, trans_a, trans_b, alpha, beta, dtype):
+    M, N, K = 37, 45, 300   # K > KC: the second K slice must accumulate, not reapply beta
+    a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)
+    c = c0.copy()
+    out = rmt.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+    assert out is c   # written in place and returned
+    np.testing.assert_allclose(c, exact(a, b, trans_a, trans_b, alpha, beta, c0), **tol(dtype, K))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", [(7, 33, 5), (300, 127, 300), (1, 1, 1)])
+def test_gemm_beta_zero_overwrites_nan(isa, threads, rng, M, N, K, dtype):
+    for trans_a, trans_b in ORIENTATIONS:
+        a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
+        for alpha in (1.0, 0.0):
+            c = np.full((M, N), np.nan, dtype=dtype)
+            rmt.gemm(a, b, c, trans_a, trans_b, alpha=alpha, beta=0.0)
+            assert np.isfinite(c).all()
+            np.testing.assert_allclose(c, exact(a, b, trans_a, trans_b, alpha), **tol(dtype, K))
+            c = np.full((M, N), np.nan, dtype=dtype)
+            rmt.gemm_reference(a, b, c, trans_a, trans_b, alpha=alpha, beta=0.0)
+            assert np.isfinite(c).all()
+
+
+def test_gemm_wide_n_crosses_nc_blocks(isa, rng):
+    # N > NC (3072): more than one column block of packed B.
+    for trans_a, trans_b in ORIENTATIONS:
+        a, b = operands(rng, 9, 3100, 17, trans_a, trans_b, np.float32)
+        c = rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+        np.testing.assert_allclose(c, exact(a, b, trans_a, trans_b), **tol(np.float32, 17))
+
+
+def test_gemm_leaves_inputs_unchanged(rng):
+    a, b = operands(rng, 33, 7, 127, True, False, np.float32)
+    a0, b0 = a.copy(), b.copy()
+    rmt.gemm(a, b, trans_a=True)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+
+
+@pytest.mark.parametrize("fn", [rmt.gemm, rmt.gemm_reference])
+def test_gemm_rejects_bad_input(fn):
+    a = np.ones((4, 5), np.float32)
+    b = np.ones((5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"inner dimensions.*op\(a\) is 4x5, op\(b\) is 3x5"):
+        fn(a, b, trans_b=True)
+    with pytest.raises(ValueError, match=r"inner dimensions.*op\(a\) is 5x4"):
+        fn(a, b, trans_a=True)
+    with pytest.raises(ValueError, match="c has shape"):
+        fn(a, b, np.ones((4, 4), np.float32))
+    with pytest.raises(TypeError, match="a must have dtype float32 or float64"):
+        fn(a.astype(np.int64), b)
+    with pytest.raises(TypeError, match="b must have dtype float32"):
+        fn(a, b.astype(np.float64))
+    with pytest.raises(TypeError, match="c must have dtype float32"):
+        fn(a, b, np.ones((4, 3)))
+    with pytest.raises(TypeError, match="a must be a numpy array"):
+        fn(a.tolist(), b)
+    with pytest.raises(ValueError, match="a must be C-contiguous"):
+        fn(np.ones((5, 4), np.float32).T, b)
+    with pytest.raises(ValueError, match="b must be C-contiguous"):
+        fn(a, np.ones((5, 6), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="c must be C-contiguous"):
+        fn(a, b, np.ones((3, 4), np.float32).T)
+    with pytest.raises(ValueError, match="b must have 2 dimensions"):
+        fn(a, np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="a is empty"):
+        fn(np.ones((0, 5), np.float32), b)
+    c = np.ones((4, 3), np.float32)
+    c.flags.writeable = False
+    with pytest.raises(ValueError, match="c must be writeable"):
+        fn(a, b, c)

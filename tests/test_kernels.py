@@ -1,0 +1,127 @@
+"""The vector kernels of every ISA against their scalar references and against numpy."""
+import numpy as np
+import pytest
+
+import rmt
+
+k = rmt.kernels
+
+LENGTHS = [0, 1, 7, 15, 16, 17, 33, 127, 1000]   # tails around the 8/16-lane vector widths
+DTYPES = [np.float32, np.float64]
+
+
+def tol(dtype, n=1):
+    """Tolerance for a result summed over n terms in a different order."""
+    eps = np.finfo(dtype).eps
+    return dict(rtol=8 * eps, atol=8 * eps * max(n, 1))
+
+
+def vec(rng, n, dtype, scale=1.0):
+    return (scale * rng.standard_normal(n)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_dot(isa, rng, n, dtype):
+    x, y = vec(rng, n, dtype), vec(rng, n, dtype)
+    ours, ref = k.vec_dot(x, y), k.vec_dot(x, y, reference=True)
+    exact = float(np.dot(x.astype(np.float64), y.astype(np.float64)))
+    t = tol(dtype, n)
+    assert ours == pytest.approx(ref, rel=t["rtol"], abs=t["atol"])
+    assert ours == pytest.approx(exact, rel=t["rtol"], abs=t["atol"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_axpy(isa, rng, n, dtype):
+    x, y = vec(rng, n, dtype), vec(rng, n, dtype)
+    y_before = y.copy()
+    ours, ref = k.vec_axpy(-1.7, x, y), k.vec_axpy(-1.7, x, y, reference=True)
+    np.testing.assert_array_equal(y, y_before)   # the binding works on a copy
+    assert ours.dtype == dtype and ours.shape == (n,)
+    np.testing.assert_allclose(ours, ref, **tol(dtype))
+    np.testing.assert_allclose(ours, y + dtype(-1.7) * x, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [n for n in LENGTHS if n > 0])
+def test_max(isa, rng, n, dtype):
+    x = vec(rng, n, dtype)
+    # The maximum at every position in turn catches a lane or a tail the kernel skips.
+    for pos in sorted({0, n // 2, n - 1}):
+        z = x.copy()
+        z[pos] = 100.0
+        assert k.vec_max(z) == k.vec_max(z, reference=True) == 100.0
+    assert k.vec_max(x) == k.vec_max(x, reference=True) == float(np.max(x))
+    assert k.vec_max(-np.abs(x) - 1) == float(np.max(-np.abs(x) - 1))   # all negative
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_exp_shift_sum(isa, rng, n, dtype):
+    x = vec(rng, n, dtype, scale=4.0)
+    shift = float(np.max(x)) if n else 0.0
+    ours, s = k.vec_exp_shift_sum(x, shift)
+    ref, s_ref = k.vec_exp_shift_sum(x, shift, reference=True)
+    expected = np.exp(x.astype(np.float64) - shift)
+    rtol = 4e-6 if dtype == np.float32 else 1e-13   # xsimd's exp is a few ulp off libm's
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=0)
+    np.testing.assert_allclose(ours, expected, rtol=rtol, atol=0)
+    assert s == pytest.approx(s_ref, rel=rtol * 4, abs=1e-30)
+    assert s == pytest.approx(expected.sum(), rel=rtol * 4, abs=1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_scale(isa, rng, n, dtype):
+    x = vec(rng, n, dtype)
+    ours, ref = k.vec_scale(x, 0.3), k.vec_scale(x, 0.3, reference=True)
+    np.testing.assert_array_equal(ours, ref)   # one rounding either way
+    np.testing.assert_array_equal(ours, x * dtype(0.3))
+
+
+def adamw_numpy(param, grad, m, v, lr, beta1, beta2, eps, decay, bc1, bc2_sqrt):
+    param, grad, m, v = (a.astype(np.float64) for a in (param, grad, m, v))
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad * grad
+    param = param * decay - (lr / bc1) * m / (np.sqrt(v) / bc2_sqrt + eps)
+    return param, m, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_adamw(isa, rng, n, dtype):
+    param, grad, m = vec(rng, n, dtype), vec(rng, n, dtype), vec(rng, n, dtype, 0.1)
+    v = np.abs(vec(rng, n, dtype, 0.01))
+    step = 3
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay_factor=1 - 1e-2 * 0.1,
+              bias_correction1=1 - 0.9**step, bias_correction2_sqrt=np.sqrt(1 - 0.999**step))
+    inputs = [a.copy() for a in (param, grad, m, v)]
+    ours = k.vec_adamw(param, grad, m, v, **hp)
+    ref = k.vec_adamw(param, grad, m, v, **hp, reference=True)
+    for a, b in zip(inputs, (param, grad, m, v)):
+        np.testing.assert_array_equal(a, b)   # inputs untouched
+    expected = adamw_numpy(param, grad, m, v, *hp.values())
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for name, o, r, e in zip(("param", "m", "v"), ours, ref, expected):
+        assert o.dtype == dtype and o.shape == (n,)
+        np.testing.assert_allclose(o, r, rtol=rtol, atol=rtol * 1e-2, err_msg=name)
+        np.testing.assert_allclose(o, e, rtol=rtol, atol=rtol * 1e-2, err_msg=name)
+
+
+def test_kernels_reject_bad_input():
+    x = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="y has shape"):
+        k.vec_dot(x, np.ones(7, np.float32))
+    with pytest.raises(TypeError, match="y must have dtype float32"):
+        k.vec_dot(x, np.ones(8))
+    with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
+        k.vec_scale(np.ones(8, np.int32), 2.0)
+    with pytest.raises(ValueError, match="x is empty"):
+        k.vec_max(np.ones(0, np.float64))
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        k.vec_scale(np.ones(16)[::2], 2.0)
+    with pytest.raises(ValueError, match="x must have 1 dimensions"):
+        k.vec_exp_shift_sum(np.ones((2, 2)), 0.0)
+    with pytest.raises(ValueError, match="v has shape"):
+        k.vec_adamw(x, x, x, np.ones(9, np.float32), 1e-3, 0.9, 0.999, 1e-8, 1.0, 0.1, 0.1)
