@@ -368,9 +368,13 @@ REL_SHAPES = [  # (B, Q, K, C, NH)
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# float32 on every shape; float64 (tight tolerances) on the two that exercise most
+REL_CASES = [shape + (np.float32,) for shape in REL_SHAPES] + \
+    [REL_SHAPES[2] + (np.float64,), REL_SHAPES[4] + (np.float64,)]
+
+
 @pytest.mark.parametrize("kind", ["causal_cache", "same_length", "padding", "none", "random"])
-@pytest.mark.parametrize("B,Q,K,C,NH", REL_SHAPES)
+@pytest.mark.parametrize("B,Q,K,C,NH,dtype", REL_CASES)
 def test_rel_attention_matches_torch(isa, rng, B, Q, K, C, NH, kind, dtype):
     q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
     allowed = make_mask(kind, B, Q, K, rng)
