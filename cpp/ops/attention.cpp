@@ -18,12 +18,41 @@ using kernels::gemm;
 
 namespace {
 
-// Threads pay off only past a few tens of microseconds of work: waking them costs more than a
+// Threads pay off only past some tens of microseconds of work: waking them costs more than a
 // tiny (batch, head) loop, and much more when other processes hold the cores.
-bool worth_parallel(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
-    return B * NH > 1 && B * NH * Tq * Tk * (hs + 8) >= (int64_t(1) << 15) &&
-           !kernels::in_parallel_region();
+bool is_small(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
+    return B * NH * Tq * Tk * (hs + 8) < (int64_t(1) << 16);
 }
+
+// Split the (batch, head) pairs over threads? (Otherwise a single large pair lets each GEMM
+// use the threads itself.)
+bool split_heads(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
+    return B * NH > 1 && !is_small(B, NH, Tq, Tk, hs) && !kernels::in_parallel_region();
+}
+
+// kernels::gemm starts its own threads unless it runs inside a parallel region; a small problem
+// keeps every GEMM on the calling thread for the scope of this guard.
+class SerialIfSmall {
+public:
+    SerialIfSmall(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
+#ifdef RMT_HAVE_OPENMP
+        if (is_small(B, NH, Tq, Tk, hs) && !kernels::in_parallel_region()) {
+            saved_ = omp_get_max_threads();
+            omp_set_num_threads(1);
+        }
+#endif
+    }
+    ~SerialIfSmall() {
+#ifdef RMT_HAVE_OPENMP
+        if (saved_ > 0) omp_set_num_threads(saved_);
+#endif
+    }
+    SerialIfSmall(const SerialIfSmall&) = delete;
+    SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+
+private:
+    int saved_ = 0;
+};
 
 }  // namespace
 
@@ -33,8 +62,9 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
                        int64_t hs) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) if (worth_parallel(B, NH, Tq, Tk, hs))
+#pragma omp parallel for schedule(dynamic, 1) if (split_heads(B, NH, Tq, Tk, hs))
 #endif
     for (int64_t bh = 0; bh < B * NH; ++bh) {
         const int64_t b = bh / NH, h = bh % NH;
@@ -57,8 +87,9 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
                         const T* probs, int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t hs) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (worth_parallel(B, NH, Tq, Tk, hs))
+#pragma omp parallel if (split_heads(B, NH, Tq, Tk, hs))
 #endif
     {
         std::vector<T> ds(size_t(Tq * Tk));
@@ -94,8 +125,9 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                            int64_t hs) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    SerialIfSmall serial_if_small(B, NH, Q, K, hs);
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (worth_parallel(B, NH, Q, K, hs))
+#pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * K));
@@ -143,13 +175,14 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                             int64_t NH, int64_t hs) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    SerialIfSmall serial_if_small(B, NH, Q, K, hs);
     // drk, du and dv_bias are shared by the batch rows: with B > 1 each row accumulates into its
     // own slice, summed at the end, so the (batch, head) pairs stay independent.
     std::vector<T> parts;
     if (B > 1) parts.assign(size_t(B * (K * C + 2 * C)), T(0));
     auto part = [&](int64_t b) { return parts.data() + b * (K * C + 2 * C); };
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (worth_parallel(B, NH, Q, K, hs))
+#pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), dqx(size_t(Q * hs));
