@@ -19,7 +19,7 @@ class ModelConfig:
     n_heads: int
     d_ff: int
     segment_len: int
-    kind: str = "rmt"
+    kind: Optional[str] = None   # None: set by the model class (rmt.RMT(cfg) makes it "rmt")
     d_head: Optional[int] = None
     num_mem_tokens: int = 0
     mem_len: int = 0
@@ -33,8 +33,8 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS} or None, got {self.kind!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", "Optional[int]") and value is not None:
@@ -48,7 +48,11 @@ class ModelConfig:
         # one place, the same errors from Python and from a checkpoint.
         from . import _core
 
-        _core.validate_config(self.to_dict())
+        d = self.to_dict()
+        if d["kind"] is None:
+            # No kind yet: check everything but the kind's own rules, as the kind the sizes imply.
+            d["kind"] = "rmt" if self.num_mem_tokens > 0 else ("txl" if self.mem_len > 0 else "transformer")
+        _core.validate_config(d)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)

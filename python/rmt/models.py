@@ -326,6 +326,8 @@ def from_config(config: Union[ModelConfig, dict], seed: int = 0) -> Model:
     """The model class for config.kind, built from the config."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
+    if config.kind is None:
+        raise ValueError("config.kind is None: pick a model class (rmt.RMT(config), ...) or set kind")
     return MODEL_CLASSES[config.kind](config, seed=seed)
 
 
