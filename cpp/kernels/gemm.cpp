@@ -101,22 +101,32 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     const int64_t nc_max = std::min<int64_t>(NC, ((N + NR - 1) / NR) * NR);
     const int64_t kc_max = std::min<int64_t>(KC, K);
     auto b_packed = aligned_buffer<T>(nc_max * kc_max);
-    const bool parallel = !in_parallel_region() && get_num_threads() > 1;
+    // Threads only pay off above some work: waking a team costs microseconds, and a busy machine
+    // makes every barrier dearer. Below ~0.5 M multiply-adds the calling thread does it alone.
+    const bool parallel = !in_parallel_region() && get_num_threads() > 1 &&
+                          double(M) * double(N) * double(K) >= 5e5;
 
-    for (int64_t j0 = 0; j0 < N; j0 += NC) {
-        const int64_t nc = std::min<int64_t>(NC, N - j0);
-        const int64_t n_panels = (nc + NR - 1) / NR;
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            const int64_t kc = std::min<int64_t>(KC, K - k0);
-            const T beta_slice = k0 == 0 ? beta : T(1);
-            pack_b(B, ldb, trans_b, k0, kc, j0, nc, NR, b_packed.get());
-            const int64_t m_blocks = (M + MC - 1) / MC;
+    // One parallel region per call: inside it, each (NC, KC) slice packs B cooperatively
+    // (panels split across threads), then walks the (MC block, NR panel) tiles.
 #pragma omp parallel if (parallel)
-            {
-                auto a_packed = aligned_buffer<T>(MC * kc);
+    {
+        auto a_packed = aligned_buffer<T>(MC * kc_max);
+        for (int64_t j0 = 0; j0 < N; j0 += NC) {
+            const int64_t nc = std::min<int64_t>(NC, N - j0);
+            const int64_t n_panels = (nc + NR - 1) / NR;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = std::min<int64_t>(KC, K - k0);
+                const T beta_slice = k0 == 0 ? beta : T(1);
+#pragma omp for schedule(static)
+                for (int64_t panel = 0; panel < n_panels; ++panel) {
+                    const int64_t jp = panel * NR;
+                    pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
+                           b_packed.get() + jp * kc);
+                }
+                const int64_t m_blocks = (M + MC - 1) / MC;
                 int64_t packed_block = -1;
-                // Tiles = (MC block, NR panel) pairs; a thread walks a contiguous range so it
-                // repacks its A block only when the block changes.
+                // A thread walks a contiguous range of tiles so it repacks its A block only when
+                // the block changes.
 #pragma omp for schedule(static)
                 for (int64_t tile = 0; tile < m_blocks * n_panels; ++tile) {
                     const int64_t block = tile / n_panels, panel = tile % n_panels;
@@ -133,6 +143,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                                   C + (i0 + ip) * ldc + j0 + jp, ldc, alpha, beta_slice, m, n);
                     }
                 }
+                // The implicit barrier of the loop above keeps b_packed alive for every thread
+                // until the next slice repacks it.
             }
         }
     }
