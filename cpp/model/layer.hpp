@@ -1,5 +1,6 @@
 // One Transformer-XL layer (post-norm, relative positions), forward and backward side by side.
-// docs/MODELS.md "One layer" is the contract; every model kind runs this same layer.
+// docs/MODELS.md "One layer" is the contract; every model kind runs this same layer (rmt_encoder
+// with plain attention and GELU, see LayerDims).
 #pragma once
 #include <cstdint>
 #include <vector>
