@@ -116,6 +116,11 @@ def test_streaming_steps_give_the_final_logits_of_classify():
         for b in range(4):
             empty = bool((tokens[b, s * T:(s + 1) * T] == 0).all())
             assert np.isnan(logits[b]).all() == empty
+        if s == 0:   # samples 1-3 skipped segment 0: their memory is still mem_tokens
+            mem = state.memory
+            for b in (1, 2, 3):
+                np.testing.assert_array_equal(mem[b], model.parameters()["mem_tokens"])
+            assert not np.allclose(mem[0], model.parameters()["mem_tokens"])
     assert state.segments_seen == S
     np.testing.assert_allclose(logits, model.classify(tokens), rtol=1e-6, atol=1e-6)
 
