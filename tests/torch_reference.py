@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 DEFAULTS = dict(d_head=None, num_mem_tokens=0, mem_len=0, clamp_len=-1, same_length=False,
-                untie_rel_bias=False, dropout=0.0, dropatt=0.0, layer_norm_eps=1e-5)
+                untie_rel_bias=False, dropout=0.0, dropatt=0.0, layer_norm_eps=1e-5,
+                num_classes=0, cls_id=1, sep_id=2, pad_id=0)
 
 
 def full_config(cfg):
@@ -31,6 +32,8 @@ def param_shapes(cfg):
     V, C, F_, NH, hs, M = (c["vocab_size"], c["d_model"], c["d_ff"], c["n_heads"], c["d_head"],
                            c["num_mem_tokens"])
     D = NH * hs
+    if c["kind"] == "rmt_encoder":
+        return encoder_param_shapes(c)
     shapes = OrderedDict()
     shapes["word_emb.weight"] = (V, C)
     if M > 0:
@@ -263,3 +266,107 @@ def forward_loss(cfg, params, tokens, targets, loss_mask=None, bptt_depth=None, 
             total = total + token_losses(logits, t)
     loss = total / max(n_selected, 1)
     return loss, torch.cat(all_logits, dim=1)
+
+
+# ---- rmt_encoder (P2): [CLS][mem][SEP] x [SEP], bidirectional, absolute positions ----
+
+def encoder_param_shapes(c):
+    V, C, F_, NH, hs, M = (c["vocab_size"], c["d_model"], c["d_ff"], c["n_heads"], c["d_head"],
+                           c["num_mem_tokens"])
+    D = NH * hs
+    Q = c["segment_len"] + M + 3
+    shapes = OrderedDict()
+    shapes["word_emb.weight"] = (V, C)
+    shapes["mem_tokens"] = (M, C)
+    shapes["pos_emb.weight"] = (Q, C)
+    shapes["emb_norm.weight"] = (C,)
+    shapes["emb_norm.bias"] = (C,)
+    for layer in range(c["n_layers"]):
+        p = f"layers.{layer}."
+        shapes[p + "attn.qkv.weight"] = (3 * D, C)
+        shapes[p + "attn.o.weight"] = (C, D)
+        shapes[p + "attn.norm.weight"] = (C,)
+        shapes[p + "attn.norm.bias"] = (C,)
+        shapes[p + "ff.fc1.weight"] = (F_, C)
+        shapes[p + "ff.fc1.bias"] = (F_,)
+        shapes[p + "ff.fc2.weight"] = (C, F_)
+        shapes[p + "ff.fc2.bias"] = (C,)
+        shapes[p + "ff.norm.weight"] = (C,)
+        shapes[p + "ff.norm.bias"] = (C,)
+    shapes["pooler.weight"] = (C, C)
+    shapes["pooler.bias"] = (C,)
+    shapes["cls_head.weight"] = (c["num_classes"], C)
+    shapes["cls_head.bias"] = (c["num_classes"],)
+    return shapes
+
+
+def encoder_layer_forward(c, p, layer, h, key_ok):
+    """One post-norm BERT layer: plain softmax(q k^T / sqrt(hs)) attention over every key that is
+    not padding (key_ok (Q,) bool), exact-erf GELU. h (Q, C) of ONE sample."""
+    pre = f"layers.{layer}."
+    Q, C = h.shape
+    NH, hs = c["n_heads"], c["d_head"]
+    D = NH * hs
+    w = p[pre + "attn.qkv.weight"]
+    q = (h @ w[:D].T).view(Q, NH, hs).transpose(0, 1)        # (NH, Q, hs)
+    k = (h @ w[D:2 * D].T).view(Q, NH, hs).transpose(0, 1)
+    v = (h @ w[2 * D:].T).view(Q, NH, hs).transpose(0, 1)
+    scores = q @ k.transpose(1, 2) / math.sqrt(hs)           # (NH, Q, Q)
+    scores = scores.masked_fill(~key_ok.view(1, 1, Q), float("-inf"))
+    attn = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(Q, D)
+    eps = c["layer_norm_eps"]
+    o = F.layer_norm(h + attn @ p[pre + "attn.o.weight"].T, (C,), p[pre + "attn.norm.weight"],
+                     p[pre + "attn.norm.bias"], eps)
+    ff = F.gelu(o @ p[pre + "ff.fc1.weight"].T + p[pre + "ff.fc1.bias"])
+    ff = ff @ p[pre + "ff.fc2.weight"].T + p[pre + "ff.fc2.bias"]
+    return F.layer_norm(o + ff, (C,), p[pre + "ff.norm.weight"], p[pre + "ff.norm.bias"], eps)
+
+
+def encoder_segment(c, p, x, memory):
+    """One segment of ONE sample: x (T,) content ids, memory (M, C). Returns (logits
+    (num_classes,), next memory (M, C))."""
+    M, C = c["num_mem_tokens"], c["d_model"]
+    E = p["word_emb.weight"]
+    cls = torch.tensor([c["cls_id"]])
+    sep = torch.tensor([c["sep_id"]])
+    rows = torch.cat([E[cls], memory, E[sep], E[x], E[sep]], dim=0)         # (Q, C)
+    h = F.layer_norm(rows + p["pos_emb.weight"], (C,), p["emb_norm.weight"], p["emb_norm.bias"],
+                     c["layer_norm_eps"])
+    key_ok = torch.cat([torch.ones(M + 2, dtype=torch.bool), x != c["pad_id"],
+                        torch.ones(1, dtype=torch.bool)])
+    for layer in range(c["n_layers"]):
+        h = encoder_layer_forward(c, p, layer, h, key_ok)
+    pooled = torch.tanh(h[0] @ p["pooler.weight"].T + p["pooler.bias"])
+    logits = pooled @ p["cls_head.weight"].T + p["cls_head.bias"]
+    return logits, h[1:M + 1]
+
+
+def encoder_forward_loss(cfg, params, tokens, labels=None, bptt_depth=None):
+    """The rmt_encoder loss: each sample on its own, over its non-empty segments only (a segment
+    of pad_id only is skipped), the memory carried with gradient except that with bptt_depth = k
+    the memory entering the sample's segment t-k (t = its last, counting its non-empty segments
+    only) is detached. Loss = mean over the
+    batch of the cross-entropy of the last segment's CLS logits. tokens (B, S*T) int64.
+    Returns (loss or None, logits (B, num_classes))."""
+    c = full_config(cfg)
+    T = c["segment_len"]
+    B, L = tokens.shape
+    all_logits = []
+    for b in range(B):
+        segs = [tokens[b, s * T:(s + 1) * T] for s in range(L // T)]
+        segs = [x for x in segs if bool((x != c["pad_id"]).any())]
+        t = len(segs) - 1
+        start = 0 if bptt_depth is None else max(0, t - bptt_depth)
+        memory = params["mem_tokens"]
+        with torch.no_grad():                       # the constant part of the unroll
+            for x in segs[:start]:
+                _, memory = encoder_segment(c, params, x, memory)
+        if bptt_depth is not None and t - bptt_depth >= 0:
+            memory = memory.detach()     # the memory entering segment t-k is a constant
+        # (for t - k < 0 the initial memory stays live, as for the rmt decoder)
+        for x in segs[start:]:
+            logits, memory = encoder_segment(c, params, x, memory)
+        all_logits.append(logits)
+    logits = torch.stack(all_logits)
+    loss = None if labels is None else F.cross_entropy(logits, labels)
+    return loss, logits

@@ -18,7 +18,8 @@ ModelConfig config_from_dict(const py::dict& d) {
     static const std::set<std::string> known = {
         "kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_ff", "segment_len",
         "num_mem_tokens", "mem_len", "clamp_len", "same_length", "untie_rel_bias", "dropout",
-        "dropatt", "mem_init", "layer_norm_eps", "init_std"};
+        "dropatt", "mem_init", "layer_norm_eps", "init_std", "num_classes", "cls_id", "sep_id",
+        "pad_id"};
     for (auto item : d) {
         const auto key = py::str(item.first).cast<std::string>();
         if (!known.count(key)) throw py::value_error("unknown model config field '" + key + "'");
@@ -58,6 +59,10 @@ ModelConfig config_from_dict(const py::dict& d) {
     get("mem_init", c.mem_init);
     get("layer_norm_eps", c.layer_norm_eps);
     get("init_std", c.init_std);
+    get("num_classes", c.num_classes);
+    get("cls_id", c.cls_id);
+    get("sep_id", c.sep_id);
+    get("pad_id", c.pad_id);
     try {
         c.validate();
     } catch (const std::invalid_argument& e) {
@@ -87,6 +92,8 @@ py::tuple run_unroll(Model& m, py::handle tokens_obj, py::handle targets_obj,
                      py::handle mask_obj, py::object bptt_depth_obj, bool return_logits,
                      py::handle init_memory_obj, bool compute_grad) {
     const auto& cfg = m.config();
+    if (cfg.kind == model::Kind::RMTEncoder)
+        throw py::value_error("kind 'rmt_encoder' is a classifier: use classify_loss_and_grad / classify");
     auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
     if (tokens.ndim() != 2)
         throw py::value_error("tokens must have shape (batch, length), got " + std::to_string(tokens.ndim()) + " dimensions");
@@ -151,12 +158,67 @@ py::tuple run_unroll(Model& m, py::handle tokens_obj, py::handle targets_obj,
     return py::make_tuple(loss, logits, r.selected);
 }
 
+// rmt_encoder: (loss or None, logits (B, num_classes) or None) over right-aligned sequences.
+py::tuple run_classify(Model& m, py::handle tokens_obj, py::handle labels_obj,
+                       py::object bptt_depth_obj, bool return_logits, bool compute_grad) {
+    const auto& cfg = m.config();
+    if (cfg.kind != model::Kind::RMTEncoder)
+        throw py::value_error(std::string("classify needs kind 'rmt_encoder', this model is '") +
+                              model::kind_name(cfg.kind) + "' (use loss_and_grad / forward)");
+    auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
+    if (tokens.ndim() != 2)
+        throw py::value_error("tokens must have shape (batch, length), got " + std::to_string(tokens.ndim()) + " dimensions");
+    const int64_t B = tokens.shape(0), Ltot = tokens.shape(1);
+    if (Ltot % cfg.segment_len != 0)
+        throw py::value_error("tokens length " + std::to_string(Ltot) + " is not a multiple of segment_len " +
+                              std::to_string(cfg.segment_len));
+    const int32_t* labels = nullptr;
+    py::array_t<int32_t> label_arr;
+    if (!labels_obj.is_none()) {
+        label_arr = checked_ids(labels_obj, "labels", cfg.num_classes);
+        if (label_arr.ndim() != 1 || label_arr.shape(0) != B)
+            throw py::value_error("labels must have shape (batch,) = (" + std::to_string(B) + ",)");
+        labels = label_arr.data();
+    }
+    int64_t depth = -1;
+    if (!bptt_depth_obj.is_none()) {
+        depth = bptt_depth_obj.cast<int64_t>();
+        if (depth < 0) throw py::value_error("bptt_depth must be None (full) or >= 0, got " + std::to_string(depth));
+    }
+    py::object logits = py::none();
+    float* logits_ptr = nullptr;
+    if (return_logits) {
+        auto l = new_array<float>({B, cfg.num_classes}, false);
+        logits_ptr = l.mutable_data();
+        logits = l;
+    }
+    model::ClassifyResult r;
+    {
+        py::gil_scoped_release release;
+        r = m.classify_loss_and_grad(tokens.data(), labels, B, Ltot, depth, logits_ptr, compute_grad);
+    }
+    py::object loss = labels ? py::object(py::float_(r.loss)) : py::object(py::none());
+    return py::make_tuple(loss, logits);
+}
+
 py::array_t<float> step(Model& m, model::StreamState& st, py::handle tokens_obj) {
     const auto& cfg = m.config();
     auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
     if (tokens.ndim() != 2 || tokens.shape(0) != st.batch || tokens.shape(1) != cfg.segment_len)
         throw py::value_error("tokens must have shape (batch, segment_len) = (" + std::to_string(st.batch) +
                               ", " + std::to_string(cfg.segment_len) + ")");
+    if (cfg.kind == model::Kind::RMTEncoder) {
+        if (st.mem_tokens != cfg.num_mem_tokens || st.d_model != cfg.d_model ||
+            int64_t(st.memory.size()) != st.batch * cfg.num_mem_tokens * cfg.d_model)
+            throw py::value_error("state was not made by this model's init_stream");
+        auto logits = new_array<float>({st.batch, cfg.num_classes}, false);
+        float* out = logits.mutable_data();
+        {
+            py::gil_scoped_release release;
+            m.step(st, tokens.data(), out);
+        }
+        return logits;
+    }
     auto logits = new_array<float>({st.batch, cfg.segment_len, cfg.vocab_size}, false);
     float* out = logits.mutable_data();
     {
@@ -184,7 +246,7 @@ void register_model(py::module_& core) {
 
     core.def("validate_config", [](const py::dict& d) { config_from_dict(d); }, py::arg("config"),
              "Raises ValueError naming the first bad field or combination of a model config dict.");
-    py::class_<Model>(core, "Model", "A decoder model kind over multi-segment unrolls (docs/MODELS.md).")
+    py::class_<Model>(core, "Model", "A model kind over multi-segment unrolls (docs/MODELS.md).")
         .def(py::init([](const py::dict& config, uint64_t seed) {
                  return std::make_unique<Model>(config_from_dict(config), seed);
              }),
@@ -216,7 +278,27 @@ void register_model(py::module_& core) {
         .def("init_stream", &Model::init_stream, py::arg("batch"))
         .def("step", &step, py::arg("state"), py::arg("tokens"),
              "Runs one segment (batch, segment_len) without gradient, advancing the stream state; "
-             "returns the logits (batch, segment_len, vocab).")
+             "returns the logits (batch, segment_len, vocab); rmt_encoder: the segment's CLS "
+             "logits (batch, num_classes), NaN for a sample whose segment is all padding (its "
+             "memory is kept).")
+        .def("classify_loss_and_grad",
+             [](Model& m, py::handle tokens, py::handle labels, py::object bptt_depth,
+                bool return_logits) {
+                 if (labels.is_none()) throw py::value_error("labels is required (use classify() for logits only)");
+                 return run_classify(m, tokens, labels, bptt_depth, return_logits, true);
+             },
+             py::arg("tokens"), py::arg("labels"), py::arg("bptt_depth") = py::none(),
+             py::arg("return_logits") = false,
+             "rmt_encoder: one forward and backward over right-aligned sequences (batch, S * "
+             "segment_len), pad_id marking empty positions, against labels (batch,). Accumulates "
+             "into grads(). Returns (loss, logits (batch, num_classes) or None).")
+        .def("classify",
+             [](Model& m, py::handle tokens) {
+                 py::tuple r = run_classify(m, tokens, py::none(), py::none(), true, false);
+                 return py::object(r[1]);
+             },
+             py::arg("tokens"),
+             "rmt_encoder: forward only; returns the last segment's CLS logits (batch, num_classes).")
         .def("loss_and_grad",
              [](Model& m, py::handle tokens, py::handle targets, py::handle loss_mask,
                 py::object bptt_depth, bool return_logits, py::handle init_memory) {

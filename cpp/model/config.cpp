@@ -53,6 +53,7 @@ void ModelConfig::validate() const {
             "mem_init must be 'repeat' or 'randn', got '" + mem_init + "'");
     require(layer_norm_eps > 0, "layer_norm_eps must be > 0");
     require(init_std > 0, "init_std must be > 0");
+    require(num_classes >= 0, "num_classes must be >= 0, got " + std::to_string(num_classes));
     switch (kind) {
         case Kind::Transformer:
             require(num_mem_tokens == 0, "kind 'transformer' has no memory: num_mem_tokens must be 0");
@@ -73,6 +74,13 @@ void ModelConfig::validate() const {
         case Kind::RMTEncoder:
             require(num_mem_tokens >= 1, "kind 'rmt_encoder' needs num_mem_tokens >= 1");
             require(mem_len == 0, "kind 'rmt_encoder' has no cache: mem_len must be 0");
+            require(num_classes >= 2, "kind 'rmt_encoder' needs num_classes >= 2, got " +
+                                          std::to_string(num_classes));
+            for (auto [name, id] : {std::pair<const char*, int64_t>{"cls_id", cls_id},
+                                    {"sep_id", sep_id}, {"pad_id", pad_id}})
+                require(id >= 0 && id < vocab_size, std::string(name) + " must be in [0, vocab_size = " +
+                                                        std::to_string(vocab_size) + "), got " +
+                                                        std::to_string(id));
             break;
     }
 }
@@ -81,6 +89,7 @@ int64_t ModelConfig::query_rows() const {
     switch (kind) {
         case Kind::MemTr: return num_mem_tokens + segment_len;
         case Kind::RMT: return 2 * num_mem_tokens + segment_len;
+        case Kind::RMTEncoder: return segment_len + num_mem_tokens + 3;
         default: return segment_len;
     }
 }

@@ -29,6 +29,11 @@ struct ModelConfig {
     std::string mem_init = "repeat";   // "repeat" (LM-RMT) or "randn" (HF wrapper)
     double layer_norm_eps = 1e-5;
     double init_std = 0.02;
+    // rmt_encoder only (ignored by the decoders): classes of the head and the special ids.
+    int64_t num_classes = 0;
+    int64_t cls_id = 1;
+    int64_t sep_id = 2;
+    int64_t pad_id = 0;
 
     // Throws std::invalid_argument naming the first bad field (or bad combination).
     void validate() const;
@@ -38,9 +43,13 @@ struct ModelConfig {
     bool has_memory() const { return kind == Kind::MemTr || kind == Kind::RMT || kind == Kind::RMTEncoder; }
     bool recurrent_memory() const { return kind == Kind::RMT || kind == Kind::RMTEncoder; }
     bool has_cache() const { return mem_len > 0 && (kind == Kind::TransformerXL || kind == Kind::RMT); }
-    // Rows of one segment's layer input: [mem_read; x; mem_write] for rmt, [mem; x] for memtr.
+    // Rows of one segment's layer input: [mem_read; x; mem_write] for rmt, [mem; x] for memtr,
+    // [CLS; mem; SEP; x; SEP] for rmt_encoder.
     int64_t query_rows() const;
-    int64_t token_row_offset() const { return has_memory() ? num_mem_tokens : 0; }
+    int64_t token_row_offset() const {
+        if (kind == Kind::RMTEncoder) return num_mem_tokens + 2;
+        return has_memory() ? num_mem_tokens : 0;
+    }
 };
 
 }  // namespace rmt::model

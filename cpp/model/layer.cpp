@@ -53,15 +53,21 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     ops::linear_forward<float>(a.q.data(), h, w.qkv, nullptr, NQ, C, D);
     ops::linear_forward<float>(a.k.data(), a.k_in.data(), w.qkv + D * C, nullptr, B * K, C, D);
     ops::linear_forward<float>(a.v.data(), a.k_in.data(), w.qkv + 2 * D * C, nullptr, B * K, C, D);
-    // rk = R Wr^T
-    a.rk.resize(K * D);
-    ops::linear_forward<float>(a.rk.data(), R, w.r, nullptr, K, C, D);
-    // attn = softmax(S | mask) v with S the Transformer-XL relative score
     a.probs.resize(B * d.NH * Q * K);
     a.attn.resize(NQ * D);
-    ops::rel_attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
-                                      a.v.data(), a.rk.data(), w.u, w.v, allowed, 0, B, Q, K, d.NH,
-                                      d.hs);
+    if (d.relative) {
+        // rk = R Wr^T; attn = softmax(S | mask) v with S the Transformer-XL relative score
+        a.rk.resize(K * D);
+        ops::linear_forward<float>(a.rk.data(), R, w.r, nullptr, K, C, D);
+        ops::rel_attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
+                                          a.v.data(), a.rk.data(), w.u, w.v, allowed,
+                                          d.mask_batch_stride, B, Q, K, d.NH, d.hs);
+    } else {
+        // attn = softmax(q k^T / sqrt(hs) | mask) v (absolute positions live in the embedding)
+        a.rk.clear();
+        ops::attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
+                                      a.v.data(), allowed, d.mask_batch_stride, B, Q, K, d.NH, d.hs);
+    }
     // res1 = h + dropout(attn Wo^T); o = LN1(res1)
     a.res1.resize(NQ * C);
     ops::linear_forward<float>(a.res1.data(), a.attn.data(), w.o, nullptr, NQ, D, C);
@@ -72,11 +78,14 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     a.o.resize(NQ * C);
     ops::layernorm_forward<float>(a.o.data(), a.ln1_mean.data(), a.ln1_rstd.data(), a.res1.data(),
                                   w.ln1_w, w.ln1_b, NQ, C, d.eps);
-    // act = dropout(relu(o W1^T + b1)); res2 = o + dropout(act W2^T + b2); out = LN2(res2)
+    // act = dropout(relu or gelu(o W1^T + b1)); res2 = o + dropout(act W2^T + b2); out = LN2(res2)
     a.fc1.resize(NQ * F);
     ops::linear_forward<float>(a.fc1.data(), a.o.data(), w.fc1_w, w.fc1_b, NQ, C, F);
     a.act.resize(NQ * F);
-    ops::relu_forward<float>(a.act.data(), a.fc1.data(), NQ * F);
+    if (d.gelu)
+        ops::gelu_forward<float>(a.act.data(), a.fc1.data(), NQ * F, false);
+    else
+        ops::relu_forward<float>(a.act.data(), a.fc1.data(), NQ * F);
     dropout_inplace(a.act, a.keep_act, drop);
     a.res2.resize(NQ * C);
     ops::linear_forward<float>(a.res2.data(), a.act.data(), w.fc2_w, w.fc2_b, NQ, F, C);
@@ -107,7 +116,10 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     // act = dropout(relu(fc1)); fc1 = o W1^T + b1
     const float* dact_pre = dropout_grad(dact, a.keep_act, dropout_p, scratch);
     std::vector<float> dfc1(NQ * F, 0.0f);
-    ops::relu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F);
+    if (d.gelu)
+        ops::gelu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, false);
+    else
+        ops::relu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F);
     ops::linear_backward<float>(d_o.data(), g.fc1_w, g.fc1_b, dfc1.data(), a.o.data(), w.fc1_w, NQ,
                                 C, F);
     // o = LN1(res1)
@@ -120,12 +132,19 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     std::vector<float> dattn(NQ * D, 0.0f);
     ops::linear_backward<float>(dattn.data(), g.o, nullptr, dproj, a.attn.data(), w.o, NQ, D, C);
     // attn = softmax(S) v
-    std::vector<float> dq(NQ * D, 0.0f), dk(B * K * D, 0.0f), dv(B * K * D, 0.0f), drk(K * D, 0.0f);
-    ops::rel_attention_backward<float>(dq.data(), dk.data(), dv.data(), drk.data(), g.u, g.v,
-                                       dattn.data(), a.q.data(), a.k.data(), a.v.data(),
-                                       a.rk.data(), w.u, w.v, a.probs.data(), B, Q, K, d.NH, d.hs);
-    // rk = R Wr^T (R is a constant)
-    ops::linear_backward<float>(nullptr, g.r, nullptr, drk.data(), R, w.r, K, C, D);
+    std::vector<float> dq(NQ * D, 0.0f), dk(B * K * D, 0.0f), dv(B * K * D, 0.0f);
+    if (d.relative) {
+        std::vector<float> drk(K * D, 0.0f);
+        ops::rel_attention_backward<float>(dq.data(), dk.data(), dv.data(), drk.data(), g.u, g.v,
+                                           dattn.data(), a.q.data(), a.k.data(), a.v.data(),
+                                           a.rk.data(), w.u, w.v, a.probs.data(), B, Q, K, d.NH,
+                                           d.hs);
+        // rk = R Wr^T (R is a constant)
+        ops::linear_backward<float>(nullptr, g.r, nullptr, drk.data(), R, w.r, K, C, D);
+    } else {
+        ops::attention_backward<float>(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(),
+                                       a.k.data(), a.v.data(), a.probs.data(), B, Q, K, d.NH, d.hs);
+    }
     // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T
     std::vector<float> dk_in(B * K * C, 0.0f);
     ops::linear_backward<float>(dk_in.data(), g.qkv + D * C, nullptr, dk.data(), a.k_in.data(),

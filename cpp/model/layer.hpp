@@ -1,5 +1,6 @@
 // One Transformer-XL layer (post-norm, relative positions), forward and backward side by side.
-// docs/MODELS.md "One layer" is the contract; every model kind runs this same layer.
+// docs/MODELS.md "One layer" is the contract; every model kind runs this same layer (rmt_encoder
+// with plain attention and GELU, see LayerDims).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -25,6 +26,12 @@ struct LayerTensors {
 struct LayerDims {
     int64_t B, Q, P, C, D, NH, hs, F;   // P: cache rows before the Q query rows
     float eps;
+    // The decoders use relative attention (W_r, u, v) and ReLU; the encoder (absolute learned
+    // positions, BERT) plain attention and exact-erf GELU. With plain attention the r, u, v
+    // tensors are never read (their offsets may be anything).
+    bool relative = true;
+    bool gelu = false;
+    int64_t mask_batch_stride = 0;   // 0: one (Q, K) mask for the batch; Q * K: one per batch row
     int64_t K() const { return P + Q; }
 };
 
@@ -42,7 +49,7 @@ struct LayerActivations {
     std::vector<float> k_in;      // (B, K, C)  [cache; h]
     std::vector<float> q;         // (B, Q, D)
     std::vector<float> k, v;      // (B, K, D)
-    std::vector<float> rk;        // (K, D)
+    std::vector<float> rk;        // (K, D), relative attention only
     std::vector<float> probs;     // (B, NH, Q, K)
     std::vector<float> attn;      // (B, Q, D)   softmax(S) v, input of W_o
     std::vector<uint8_t> keep_proj;
@@ -50,7 +57,7 @@ struct LayerActivations {
     std::vector<float> ln1_mean, ln1_rstd;   // (B*Q)
     std::vector<float> o;         // (B, Q, C)   LN1 output
     std::vector<float> fc1;       // (B, Q, F)   pre-activation
-    std::vector<float> act;       // (B, Q, F)   dropout(relu(fc1))
+    std::vector<float> act;       // (B, Q, F)   dropout(relu or gelu(fc1))
     std::vector<uint8_t> keep_act;
     std::vector<uint8_t> keep_ff;
     std::vector<float> res2;      // (B, Q, C)   o + dropout(fc2), input of LN2
@@ -58,8 +65,9 @@ struct LayerActivations {
     std::vector<float> out;       // (B, Q, C)   layer output
 };
 
-// h (B, Q, C) layer input; cache (B, P, C) or null when P = 0; allowed (Q, K) mask;
-// R (K, C) relative position encoding (after its dropout).
+// h (B, Q, C) layer input; cache (B, P, C) or null when P = 0; allowed (Q, K) mask (or B of them,
+// see LayerDims::mask_batch_stride); R (K, C) relative position encoding (after its dropout), null
+// with plain attention.
 void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, const float* h,
                    const float* cache, const uint8_t* allowed, const float* R, const LayerDims& d,
                    DropoutStream& drop);

@@ -17,14 +17,19 @@ namespace rmt::model {
 
 Model::Model(const ModelConfig& config, uint64_t seed) : config_(config) {
     config_.validate();
-    if (config_.kind == Kind::RMTEncoder)
-        throw std::invalid_argument("kind 'rmt_encoder' is not implemented in this engine yet");
     const int64_t V = config_.vocab_size, C = config_.d_model, D = config_.attn_dim(),
                   F = config_.d_ff, NH = config_.n_heads, hs = config_.head_size(),
                   M = config_.num_mem_tokens;
+    const bool encoder = config_.kind == Kind::RMTEncoder;
     layout_.add("word_emb.weight", {V, C});
     if (M > 0) layout_.add("mem_tokens", {M, C});
-    if (!config_.untie_rel_bias) {
+    if (encoder) {
+        // BERT-style embedding: learned absolute positions and an embedding LayerNorm.
+        layout_.add("pos_emb.weight", {config_.query_rows(), C});
+        layout_.add("emb_norm.weight", {C});
+        layout_.add("emb_norm.bias", {C});
+    }
+    if (!config_.untie_rel_bias && !encoder) {
         layout_.add("r_w_bias", {NH, hs});
         layout_.add("r_r_bias", {NH, hs});
     }
@@ -32,9 +37,9 @@ Model::Model(const ModelConfig& config, uint64_t seed) : config_(config) {
         const std::string p = "layers." + std::to_string(l) + ".";
         LayerOffsets off{};
         off.qkv = layout_.add(p + "attn.qkv.weight", {3 * D, C});
-        off.r = layout_.add(p + "attn.r.weight", {D, C});
+        if (!encoder) off.r = layout_.add(p + "attn.r.weight", {D, C});
         off.o = layout_.add(p + "attn.o.weight", {C, D});
-        if (config_.untie_rel_bias) {
+        if (config_.untie_rel_bias && !encoder) {
             off.u = layout_.add(p + "attn.r_w_bias", {NH, hs});
             off.v = layout_.add(p + "attn.r_r_bias", {NH, hs});
         }
@@ -48,12 +53,20 @@ Model::Model(const ModelConfig& config, uint64_t seed) : config_(config) {
         off.ln2_b = layout_.add(p + "ff.norm.bias", {C});
         layer_offsets_.push_back(off);
     }
-    if (!config_.untie_rel_bias)
+    if (!config_.untie_rel_bias && !encoder)
         for (auto& off : layer_offsets_) {
             off.u = layout_.find("r_w_bias").offset;
             off.v = layout_.find("r_r_bias").offset;
         }
-    layout_.add("out_bias", {V});
+    if (encoder) {
+        const int64_t NC = config_.num_classes;
+        layout_.add("pooler.weight", {C, C});
+        layout_.add("pooler.bias", {C});
+        layout_.add("cls_head.weight", {NC, C});
+        layout_.add("cls_head.bias", {NC});
+    } else {
+        layout_.add("out_bias", {V});
+    }
     params_.assign(layout_.total(), 0.0f);
     grads_.assign(layout_.total(), 0.0f);
     initialize(seed);
@@ -258,7 +271,7 @@ StreamState Model::init_stream(int64_t batch) const {
     st.mem_tokens = config_.num_mem_tokens;
     st.d_model = config_.d_model;
     st.caches.resize(config_.n_layers);
-    if (config_.kind == Kind::RMT) {
+    if (config_.recurrent_memory()) {
         const int64_t M = config_.num_mem_tokens, C = config_.d_model;
         st.memory.resize(batch * M * C);
         for (int64_t b = 0; b < batch; ++b)
@@ -270,6 +283,7 @@ StreamState Model::init_stream(int64_t batch) const {
 void Model::step(StreamState& st, const int32_t* tokens, float* logits_out) {
     const int64_t B = st.batch, C = config_.d_model, T = config_.segment_len,
                   M = config_.num_mem_tokens, Q = config_.query_rows(), V = config_.vocab_size;
+    if (config_.kind == Kind::RMTEncoder) return encoder_step(st, tokens, logits_out);
     DropoutStream drop;   // inference: no dropout
     SegmentActivations& seg = st.workspace;
     segment_forward(seg, tokens, B, st.memory.empty() ? nullptr : st.memory.data(), st.caches, st.P, drop);
@@ -290,6 +304,8 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
                                   int64_t normaliser) {
     const int64_t C = config_.d_model, T = config_.segment_len, M = config_.num_mem_tokens,
                   Q = config_.query_rows(), V = config_.vocab_size, L = config_.n_layers;
+    if (config_.kind == Kind::RMTEncoder)
+        throw std::invalid_argument("kind 'rmt_encoder' is a classifier: use classify_loss_and_grad");
     if (B < 1) throw std::invalid_argument("batch is empty");
     if (Ltot < T || Ltot % T != 0)
         throw std::invalid_argument("sequence length " + std::to_string(Ltot) +

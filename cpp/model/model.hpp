@@ -1,4 +1,4 @@
-// The decoder model kinds (transformer, memtr, txl, rmt incl. Tr-XL+RMT) over a multi-segment
+// The model kinds (transformer, memtr, txl, rmt incl. Tr-XL+RMT, rmt_encoder) over a multi-segment
 // unroll: forward, backward with exact BPTT depth, and the parameter/gradient buffers.
 // docs/MODELS.md is the contract this file implements.
 #pragma once
@@ -22,8 +22,16 @@ struct SegmentActivations {
     std::vector<uint8_t> keep_h0;
     std::vector<LayerActivations> layers;
     std::vector<float> token_out;         // (B, T, C) last-layer token rows, input of the head
-    std::vector<float> logits;            // (B, T, V)
+    std::vector<float> logits;            // (B, T, V); rmt_encoder: (Bs, num_classes)
     std::vector<float> lse;               // (B, T)
+    // rmt_encoder only. The segment runs for the Bs samples whose content is not all padding
+    // (`rows`, ascending); every other array has Bs rows.
+    std::vector<int64_t> rows;            // (Bs) batch rows that ran
+    std::vector<int32_t> ids;             // (Bs, Q) [CLS, -1 x M, SEP, x, SEP]
+    std::vector<float> emb_in;            // (Bs, Q, C) E[id] or memory, + pos_emb: LN_emb input
+    std::vector<float> emb_mean, emb_rstd;
+    std::vector<float> cls_out;           // (Bs, C) last-layer CLS row
+    std::vector<float> pooled;            // (Bs, C) tanh(pooler(cls_out))
 };
 
 // What one segment hands the next at inference: the memory (rmt), the per-layer caches (txl,
@@ -36,6 +44,11 @@ struct StreamState {
     int64_t P = 0;
     int64_t segments_seen = 0;
     SegmentActivations workspace;
+};
+
+struct ClassifyResult {
+    double loss = 0;            // mean cross-entropy of the last segment's CLS logits
+    int64_t samples = 0;
 };
 
 struct UnrollResult {
@@ -77,10 +90,22 @@ public:
                                const float* init_memory, float* init_memory_grad,
                                bool compute_grad = true, int64_t normaliser = 0);
 
+    // rmt_encoder: one forward and backward over right-aligned sequences tokens (B, L), L = S * T,
+    // pad_id marking empty positions; labels (B,) in [0, num_classes) or null (no loss, no
+    // gradient). The loss is the mean cross-entropy of the last segment's CLS logits (divided by
+    // normaliser instead of B when > 0). logits_out (B, num_classes) may be null. Accumulates
+    // parameter gradients when compute_grad and labels are given. Throws std::invalid_argument if
+    // a sample's last segment is empty.
+    ClassifyResult classify_loss_and_grad(const int32_t* tokens, const int32_t* labels, int64_t B,
+                                          int64_t L, int64_t bptt_depth, float* logits_out,
+                                          bool compute_grad = true, int64_t normaliser = 0);
+
     // A fresh stream for `batch` sequences: memory from mem_tokens, empty caches.
     StreamState init_stream(int64_t batch) const;
     // Runs one segment tokens (B, T) forward (no gradient) from the stream's memory and caches,
-    // writes logits (B, T, V) and advances the stream.
+    // writes logits (B, T, V) and advances the stream. rmt_encoder: logits (B, num_classes) of
+    // the segment's CLS row; a sample whose segment is all padding keeps its memory and gets NaN
+    // logits.
     void step(StreamState& state, const int32_t* tokens, float* logits_out);
 
 private:
@@ -99,6 +124,20 @@ private:
     // (B, Q, C); accumulates parameter gradients; returns the gradient at its layer-0 input.
     void segment_backward(std::vector<float>& dh0, const SegmentActivations& seg,
                           const std::vector<float>& dfinal, int64_t B, const int32_t* tokens);
+
+    // rmt_encoder: runs the non-empty samples of segment tokens (B, T) from memory (B, M, C).
+    void encoder_segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
+                                 const float* memory, DropoutStream& drop);
+    // Backward through the samples that ran (dfinal (Bs, Q, C) at the last-layer outputs);
+    // accumulates parameter gradients, writes the gradient at the entering memory (Bs, M, C).
+    void encoder_segment_backward(std::vector<float>& dmem, const SegmentActivations& seg,
+                                  const std::vector<float>& dfinal);
+    // The CLS head: logits (Bs, num_classes) from seg.cls_out; its backward returns dcls (Bs, C).
+    void encoder_head_forward(SegmentActivations& seg) const;
+    void encoder_head_backward(std::vector<float>& dcls, const SegmentActivations& seg,
+                               const float* dlogits);
+    LayerDims encoder_dims(int64_t Bs) const;
+    void encoder_step(StreamState& state, const int32_t* tokens, float* logits_out);
 
     ModelConfig config_;
     ParameterLayout layout_;

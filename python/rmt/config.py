@@ -31,6 +31,11 @@ class ModelConfig:
     mem_init: str = "repeat"
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
+    # rmt_encoder only (the decoders ignore them): classes of the head and the special token ids.
+    num_classes: int = 0
+    cls_id: int = 1
+    sep_id: int = 2
+    pad_id: int = 0
 
     def __post_init__(self):
         if self.kind is not None and self.kind not in KINDS:
