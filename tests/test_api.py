@@ -392,3 +392,38 @@ def test_splits_are_disjoint_deterministic_and_never_in_training():
         assert not train & (val | test)
     again = tasks.CopyTask(length=3, vocab_size=5, num_segments=1, seed=7).split(8, 8)
     np.testing.assert_array_equal(again["val"]["tokens"], split["val"]["tokens"])
+
+
+# ---- the encoder through the public API ----
+
+def encoder(**kw):
+    cfg = dict(vocab_size=20, d_model=16, n_layers=1, n_heads=2, d_ff=32, segment_len=5,
+               num_mem_tokens=2, num_classes=3, dropout=0.0)
+    return rmt.RMTEncoder(rmt.ModelConfig(**{**cfg, **kw}))
+
+
+def test_encoder_trains_classifies_and_streams():
+    model = encoder()
+    g = np.random.default_rng(0)
+    samples = [g.integers(3, 20, n) for n in (12, 5, 3, 9)]
+    tokens = rmt.right_align(samples, segment_len=5)
+    assert tokens.shape == (4, 15) and (tokens[1, :10] == 0).all()
+    labels = np.array([0, 1, 2, 1])
+    trainer = rmt.Trainer(model, rmt.AdamW(lr=1e-2))
+    losses = [trainer.step({"tokens": tokens, "labels": labels})["loss"] for _ in range(15)]
+    assert losses[-1] < losses[0]
+    model.eval()
+    logits = model(tokens)
+    assert logits.shape == (4, 3)
+    metrics = rmt.evaluate(model, {"tokens": tokens, "labels": labels})
+    assert metrics["accuracy"] == np.mean(logits.argmax(-1) == labels)
+    last = None
+    for seg_logits in model.stream(tokens[:, s * 5:(s + 1) * 5] for s in range(3)):
+        last = seg_logits
+    np.testing.assert_allclose(last, logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError, match="labels"):
+        trainer.step({"tokens": tokens, "labels": np.array([0, 1, 2, 3])})
+    with pytest.raises(TypeError, match="classif"):
+        model.generate(tokens[:1], 2)
+    with pytest.raises(ValueError, match="num_segments"):
+        rmt.right_align(samples, segment_len=5, num_segments=2)

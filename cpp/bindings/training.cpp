@@ -16,6 +16,8 @@ py::array_t<float> view_of(std::vector<float>& buf, py::handle owner) {
 py::dict step(Trainer& t, py::handle tokens_obj, py::handle targets_obj, py::handle mask_obj,
               double lr, int64_t accumulate) {
     const auto& cfg = t.model().config();
+    if (cfg.kind == model::Kind::RMTEncoder)
+        throw py::value_error("kind 'rmt_encoder' is a classifier: use step_classify(tokens, labels)");
     if (!(lr >= 0) || !std::isfinite(lr)) throw py::value_error("lr must be a finite number >= 0");
     auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
     if (tokens.ndim() != 2) throw py::value_error("tokens must have shape (batch, length)");
@@ -40,6 +42,38 @@ py::dict step(Trainer& t, py::handle tokens_obj, py::handle targets_obj, py::han
     {
         py::gil_scoped_release release;
         s = t.step(tokens.data(), targets.data(), mask, B, L, lr, accumulate);
+    }
+    py::dict out;
+    out["loss"] = s.loss;
+    out["grad_norm"] = s.grad_norm;
+    out["tokens"] = s.selected;
+    out["finite"] = s.finite;
+    return out;
+}
+
+py::dict step_classify(Trainer& t, py::handle tokens_obj, py::handle labels_obj, double lr,
+                       int64_t accumulate) {
+    const auto& cfg = t.model().config();
+    if (cfg.kind != model::Kind::RMTEncoder)
+        throw py::value_error("step_classify is for kind 'rmt_encoder'; use step() for decoders");
+    if (!(lr >= 0) || !std::isfinite(lr)) throw py::value_error("lr must be a finite number >= 0");
+    auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
+    if (tokens.ndim() != 2) throw py::value_error("tokens must have shape (batch, length)");
+    const int64_t B = tokens.shape(0), L = tokens.shape(1);
+    if (B == 0 || L == 0) throw py::value_error("tokens is empty");
+    if (L % cfg.segment_len != 0)
+        throw py::value_error("tokens length " + std::to_string(L) + " is not a multiple of segment_len " +
+                              std::to_string(cfg.segment_len));
+    auto labels = checked_ids(labels_obj, "labels", cfg.num_classes);
+    if (labels.ndim() != 1 || labels.shape(0) != B)
+        throw py::value_error("labels must have shape (batch,) = (" + std::to_string(B) + ",)");
+    if (accumulate < 1 || accumulate > B)
+        throw py::value_error("accumulate must be in [1, batch size " + std::to_string(B) + "], got " +
+                              std::to_string(accumulate));
+    training::StepStats s;
+    {
+        py::gil_scoped_release release;
+        s = t.step_classify(tokens.data(), labels.data(), B, L, lr, accumulate);
     }
     py::dict out;
     out["loss"] = s.loss;
@@ -85,6 +119,9 @@ void register_training(py::module_& core) {
              "Zeroes the gradients, runs forward and backward over `accumulate` row chunks of the "
              "batch, clips, and takes one optimizer step (skipped when the loss or gradient is not "
              "finite). Returns {loss, grad_norm, tokens, finite}.")
+        .def("step_classify", &step_classify, py::arg("tokens"), py::arg("labels"), py::arg("lr"),
+             py::arg("accumulate") = 1,
+             "step() for the rmt_encoder: labels (batch,) of the last segment's classification.")
         .def_property("steps_taken", &Trainer::steps_taken, &Trainer::set_steps_taken)
         .def_property_readonly("exp_avg", [](py::object self) {
             return view_of(self.cast<Trainer&>().exp_avg(), self);

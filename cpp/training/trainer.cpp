@@ -39,9 +39,36 @@ StepStats Trainer::step(const int32_t* tokens, const int32_t* targets, const flo
                                             bptt_depth, nullptr, nullptr, nullptr, true, selected);
         stats.loss += r.loss;
     }
+    finish_step(stats, lr);
+    return stats;
+}
+
+StepStats Trainer::step_classify(const int32_t* tokens, const int32_t* labels, int64_t B, int64_t L,
+                                 double lr, int64_t micro_batches) {
+    if (micro_batches < 1 || micro_batches > B)
+        throw std::invalid_argument("accumulate must be in [1, batch size " + std::to_string(B) +
+                                    "], got " + std::to_string(micro_batches));
+    const int64_t n = model_.layout().total();
+    float* grads = model_.grads();
+    std::fill(grads, grads + n, 0.0f);
+    StepStats stats;
+    stats.selected = B;
+    for (int64_t k = 0; k < micro_batches; ++k) {
+        const int64_t b0 = B * k / micro_batches, b1 = B * (k + 1) / micro_batches;
+        const auto r = model_.classify_loss_and_grad(tokens + b0 * L, labels + b0, b1 - b0, L,
+                                                     bptt_depth, nullptr, true, B);
+        stats.loss += r.loss;
+    }
+    finish_step(stats, lr);
+    return stats;
+}
+
+void Trainer::finish_step(StepStats& stats, double lr) {
+    const int64_t n = model_.layout().total();
+    float* grads = model_.grads();
     stats.grad_norm = ops::grad_norm<float>(grads, n);
     stats.finite = std::isfinite(stats.loss) && std::isfinite(stats.grad_norm);
-    if (!stats.finite) return stats;   // the caller decides; the parameters are untouched
+    if (!stats.finite) return;   // the caller decides; the parameters are untouched
     if (clip_norm > 0) ops::clip_grad_norm<float>(grads, n, clip_norm);
     if (clip_value > 0) ops::clip_grad_value<float>(grads, n, clip_value);
     ops::AdamHyper<float> h;
@@ -53,7 +80,6 @@ StepStats Trainer::step(const int32_t* tokens, const int32_t* targets, const flo
     h.decoupled_weight_decay = settings_.decoupled_weight_decay;
     ++steps_;
     ops::adam_step<float>(model_.params(), grads, m_.data(), v_.data(), n, steps_, h);
-    return stats;
 }
 
 }  // namespace rmt::training

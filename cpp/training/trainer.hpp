@@ -32,6 +32,10 @@ public:
     StepStats step(const int32_t* tokens, const int32_t* targets, const float* loss_mask, int64_t B,
                    int64_t L, double lr, int64_t micro_batches);
 
+    // rmt_encoder: the same step for classification, labels (B,).
+    StepStats step_classify(const int32_t* tokens, const int32_t* labels, int64_t B, int64_t L,
+                            double lr, int64_t micro_batches);
+
     int64_t steps_taken() const { return steps_; }
     void set_steps_taken(int64_t steps) { steps_ = steps; }
     std::vector<float>& exp_avg() { return m_; }
@@ -42,6 +46,9 @@ public:
     int64_t bptt_depth = -1;
 
 private:
+    // Norm, clipping and the Adam update on the accumulated gradients.
+    void finish_step(StepStats& stats, double lr);
+
     model::Model& model_;
     OptimizerSettings settings_;
     std::vector<float> m_, v_;

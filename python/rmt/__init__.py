@@ -34,6 +34,7 @@ from .models import (
     Transformer,
     TransformerXL,
     from_config,
+    right_align,
 )
 from .optim import Adam, AdamW, Constant, Cosine, Linear, ReduceOnPlateau
 from .trainer import Stage, Trainer, evaluate
@@ -44,6 +45,6 @@ __all__ = [
     "Adam", "AdamW", "Constant", "Cosine", "Linear", "MemoryState", "MemoryTransformer", "Model",
     "ModelConfig", "ReduceOnPlateau", "RMT", "RMTEncoder", "Stage", "Trainer", "Transformer",
     "TransformerXL", "available_isas", "evaluate", "fma_peak_gflops", "from_config", "gemm", "gemm_reference",
-    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "set_isa",
+    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "set_isa",
     "set_num_threads",
 ]

@@ -314,8 +314,62 @@ class RMT(Model):
 
 
 class RMTEncoder(Model):
-    """The RMT encoder of the 1M-token report: [CLS][mem][SEP] x [SEP], bidirectional."""
+    """The RMT encoder of the 1M-token report: each segment is [CLS][mem][SEP] x [SEP],
+    bidirectional, learned absolute positions; a classification head reads the CLS output of the
+    last segment. Inputs are right-aligned: pad_id fills the front of shorter samples (see
+    rmt.right_align), so every sample ends on the last segment."""
     kind = "rmt_encoder"
+
+    def loss_and_grad(self, tokens, labels, bptt_depth: Optional[int] = None,
+                      return_logits: bool = False):
+        """One forward and backward over right-aligned sequences (batch, S * segment_len) with
+        labels (batch,). Gradients accumulate into grads(). Returns (loss, logits or None)."""
+        return self._core.classify_loss_and_grad(tokens, labels, bptt_depth=bptt_depth,
+                                                 return_logits=return_logits)
+
+    def forward(self, tokens, labels=None):
+        """Class logits (batch, num_classes) of the last segment, or (loss, logits) with labels."""
+        if labels is None:
+            return self._core.classify(tokens)
+        return self._classify_eval(tokens, labels)
+
+    def _classify_eval(self, tokens, labels):
+        """(mean cross-entropy, logits) without touching the gradients."""
+        logits = self._core.classify(tokens)
+        labels = np.asarray(labels)
+        z = logits.astype(np.float64)
+        z = z - z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        if labels.shape != (logits.shape[0],):
+            raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
+        if labels.min() < 0 or labels.max() >= logits.shape[1]:
+            raise IndexError(f"labels must be in [0, {logits.shape[1]})")
+        return float(-logp[np.arange(len(labels)), labels].mean()), logits
+
+    __call__ = forward
+    classify = forward
+
+    def generate(self, *args, **kwargs):
+        raise TypeError("generate() is for the decoder kinds; the encoder classifies")
+
+
+def right_align(samples, segment_len: int, pad_id: int = 0, num_segments: Optional[int] = None) -> np.ndarray:
+    """Right-aligns token sequences of different lengths into (batch, S * segment_len): each
+    sample ends on the last segment, shorter ones get leading pad_id (and so leading empty
+    segments). S = the longest sample's segment count, or num_segments."""
+    samples = [np.asarray(s) for s in samples]
+    if not samples:
+        raise ValueError("samples is empty")
+    if any(s.ndim != 1 or s.size == 0 for s in samples):
+        raise ValueError("every sample must be a non-empty 1-D sequence of token ids")
+    need = max(-(-s.size // segment_len) for s in samples)
+    S = need if num_segments is None else num_segments
+    if S < need:
+        raise ValueError(f"a sample needs {need} segments, more than num_segments = {S}")
+    out = np.full((len(samples), S * segment_len), pad_id, np.int64)
+    for i, s in enumerate(samples):
+        out[i, out.shape[1] - s.size:] = s
+    return out
 
 
 MODEL_CLASSES = {cls.kind: cls for cls in (Transformer, MemoryTransformer, TransformerXL, RMT,

@@ -31,7 +31,13 @@ from .optim import Adam, AdamW, ReduceOnPlateau, Schedule, make_schedule
 
 
 def as_batch(batch) -> Dict[str, Any]:
-    """A batch as a dict {tokens, targets, loss_mask (or None)}; TypeError for anything else."""
+    """A batch as a dict {tokens, targets, loss_mask (or None)}, or {tokens, labels} for the
+    encoder; TypeError for anything else."""
+    if isinstance(batch, dict) and "labels" in batch:
+        unknown = set(batch) - {"tokens", "labels"}
+        if unknown or "tokens" not in batch:
+            raise TypeError("a classification batch is a dict {tokens, labels}")
+        return {"tokens": batch["tokens"], "labels": batch["labels"]}
     if isinstance(batch, dict):
         if "tokens" not in batch or "targets" not in batch:
             raise TypeError("a batch dict needs 'tokens' and 'targets'")
@@ -62,6 +68,14 @@ def evaluate(model: Model, data) -> Dict[str, float]:
     try:
         for raw in batches:
             b = as_batch(raw)
+            if "labels" in b:
+                loss, logits = model.forward(b["tokens"], b["labels"])
+                n = len(b["labels"])
+                loss_sum += loss * n
+                weight_sum += n
+                correct += float((logits.argmax(-1) == np.asarray(b["labels"])).sum())
+                count += n
+                continue
             mask = _mask_array(b["loss_mask"])
             loss, logits = model.forward(b["tokens"], b["targets"], mask)
             targets = np.asarray(b["targets"])
@@ -156,8 +170,11 @@ class Trainer:
         # Dropout masks are a function of (seed, step): a resumed run replays them exactly.
         self.model.set_dropout_seed(self.seed * 1_000_003 + step)
         accumulate = min(self.accumulate, np.asarray(b["tokens"]).shape[0]) if np.ndim(b["tokens"]) == 2 else 1
-        out = self._core.step(b["tokens"], b["targets"], _mask_array(b["loss_mask"]), lr=lr,
-                              accumulate=accumulate)
+        if "labels" in b:
+            out = self._core.step_classify(b["tokens"], b["labels"], lr=lr, accumulate=accumulate)
+        else:
+            out = self._core.step(b["tokens"], b["targets"], _mask_array(b["loss_mask"]), lr=lr,
+                                  accumulate=accumulate)
         if not out["finite"]:
             raise FloatingPointError(f"step {step}: the loss or a gradient is not finite "
                                      f"(loss {out['loss']}, grad norm {out['grad_norm']}); "
