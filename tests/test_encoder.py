@@ -197,7 +197,7 @@ def test_dropout_same_seed_same_result_and_different_seed_differs():
 
 
 def test_initialisation_follows_the_documented_rules():
-    model = _core.Model(dict(CFG, d_model=64, init_std=0.05), 0)
+    model = _core.Model(dict(CFG, d_model=64, init_std=0.05, mem_init="repeat"), 0)
     p = model.parameters()
     assert abs(p["pos_emb.weight"].std() - 0.05) < 0.01
     assert abs(p["emb_norm.weight"].mean() - 1.0) < 0.03

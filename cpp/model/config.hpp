@@ -26,7 +26,7 @@ struct ModelConfig {
     bool untie_rel_bias = false;
     double dropout = 0.1;
     double dropatt = 0.0;
-    std::string mem_init = "repeat";   // "repeat" (LM-RMT) or "randn" (HF wrapper)
+    std::string mem_init = "randn";    // "randn" (HF wrapper) or "repeat" (LM-RMT); docs/MODELS.md
     double layer_norm_eps = 1e-5;
     double init_std = 0.02;
     // rmt_encoder only (ignored by the decoders): classes of the head and the special ids.

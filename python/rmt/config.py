@@ -28,7 +28,7 @@ class ModelConfig:
     untie_rel_bias: bool = False
     dropout: float = 0.1
     dropatt: float = 0.0
-    mem_init: str = "repeat"
+    mem_init: str = "randn"
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
     # rmt_encoder only (the decoders ignore them): classes of the head and the special token ids.

@@ -1,0 +1,33 @@
+"""The command line: train -> checkpoint -> eval, the demo in quick mode, clear errors."""
+import json
+import subprocess
+import sys
+
+
+def run(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "rmt", *args], capture_output=True, text=True,
+                          check=check)
+
+
+def test_train_then_eval(tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    out = run("train", "--task", "copy", "--length", "4", "--segments", "2", "--kind", "rmt",
+              "--layers", "1", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--steps", "5",
+              "--eval-every", "5", "--eval-samples", "16", "--no-progress", "--out", str(ckpt),
+              "--log", str(tmp_path / "log.csv"))
+    result = json.loads(out.stdout.strip().splitlines()[-2])
+    assert result["steps"] == 5 and 0 <= result["test_accuracy"] <= 1
+    out = run("eval", str(ckpt), "--task", "copy", "--length", "4", "--eval-samples", "16")
+    assert 0 <= json.loads(out.stdout)["test_accuracy"] <= 1
+    assert (tmp_path / "log.csv").read_text().startswith("step,loss")
+
+
+def test_demo_quick_prints_the_table_and_saves_a_plot(tmp_path):
+    out = run("demo", "--quick", "--no-progress", "--out", str(tmp_path))
+    assert "| RMT |" in out.stdout and "| Transformer-XL |" in out.stdout
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path):
+    out = run("eval", str(tmp_path / "missing.safetensors"), check=False)
+    assert out.returncode == 2 and "no checkpoint" in out.stderr and "Traceback" not in out.stderr
