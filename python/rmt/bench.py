@@ -154,9 +154,11 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
     say(header)
     say("-" * len(header))
     rows = []
+    spans = {}
     rng = np.random.default_rng(0)
     try:
         for n in threads:
+            started = time.strftime("%H:%M:%S")
             with _threads(n, torch):
                 for M, C in shapes:
                     for name, (m, nn, k), a, b, ta, tb, o in _products(M, C, rng):
@@ -173,6 +175,7 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
                             f"{row['ours']:>6.1f} {row['numpy']:>6.1f} {torch_s:>6} "
                             f"{row['ours'] / peaks[n]:>9.1%}  {_fmt_ratio(row['ours_numpy']):<17} "
                             f"{_fmt_ratio(row['ours_torch']):<17}")
+            spans[n] = f"{started}-{time.strftime('%H:%M:%S')}"
     finally:
         rmt.set_num_threads(previous_threads)
     say()
@@ -184,5 +187,5 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
                 f"{gm([r['ours_numpy'][0] for r in sub]):.2f}")
         if torch is not None:
             line += f", ours/torch {gm([r['ours_torch'][0] for r in sub]):.2f}"
-        say(line)
+        say(line + f" (ran {spans[n]} local time)")
     return rows
