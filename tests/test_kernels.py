@@ -125,3 +125,13 @@ def test_kernels_reject_bad_input():
         k.vec_exp_shift_sum(np.ones((2, 2)), 0.0)
     with pytest.raises(ValueError, match="v has shape"):
         k.vec_adamw(x, x, x, np.ones(9, np.float32), 1e-3, 0.9, 0.999, 1e-8, 1.0, 0.1, 0.1)
+
+
+def test_fma_peak(isa):
+    flops_per_second = rmt.fma_peak_gflops(threads=1, seconds=0.02)
+    assert 0.1 < flops_per_second < 1e5   # GFLOP/s: positive and finite
+    assert rmt.fma_peak_gflops(threads=2, seconds=0.02) > 0.1
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        rmt.fma_peak_gflops(threads=0)
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        rmt.fma_peak_gflops(seconds=0.0)

@@ -1,0 +1,191 @@
+"""GEMM benchmark: rmt.gemm against the measured FMA peak, numpy and torch (shared/BENCHMARKING.md).
+
+Every figure is float32, counted as 2*M*N*K flops. For each thread count the three libraries run
+with that many threads (rmt.set_num_threads, torch.set_num_threads, threadpoolctl for numpy's
+BLAS) on the same arrays, alternating ours / numpy / torch for several rounds after a warm-up;
+the table gives each one's median GFLOP/s and the median (min-max) of the per-round ratios.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# Rows M = batch * time steps and model widths C; a linear layer C -> 4C does three products.
+FULL_ROWS = [64, 256, 512, 2048, 8192]
+FULL_WIDTHS = [64, 128, 256, 512, 1024]
+QUICK_SHAPES = [(256, 256), (2048, 512), (512, 1024)]   # (M, C)
+PRODUCTS = ["fwd X W^T", "bwd dY W", "bwd dY^T X"]
+
+
+def _products(M, C, rng):
+    """The three products of a linear layer X (M, C) -> Y (M, 4C) with W (4C, C): for each, a
+    name, (m, n, k) and one zero-argument callable per library writing into a preallocated out."""
+    x = rng.standard_normal((M, C), dtype=np.float32)
+    w = rng.standard_normal((4 * C, C), dtype=np.float32)
+    dy = rng.standard_normal((M, 4 * C), dtype=np.float32)
+    y, dx, dw = (np.empty(s, np.float32) for s in [(M, 4 * C), (M, C), (4 * C, C)])
+    # (name, (m, n, k), a, b, trans_a, trans_b, out)
+    return [
+        (PRODUCTS[0], (M, 4 * C, C), x, w, False, True, y),     # Y = X W^T
+        (PRODUCTS[1], (M, C, 4 * C), dy, w, False, False, dx),  # dX = dY W
+        (PRODUCTS[2], (4 * C, C, M), dy, x, True, False, dw),   # dW = dY^T X
+    ]
+
+
+def _callables(a, b, trans_a, trans_b, out, torch):
+    import rmt
+
+    fns = {"ours": lambda: rmt.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b)}
+    an, bn = (a.T if trans_a else a), (b.T if trans_b else b)
+    fns["numpy"] = lambda: np.matmul(an, bn, out=out)
+    if torch is not None:
+        at, bt, ot = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+        at, bt = (at.T if trans_a else at), (bt.T if trans_b else bt)
+        fns["torch"] = lambda: torch.matmul(at, bt, out=ot)
+    return fns
+
+
+def _measure(fns, flops, rounds, min_sample_seconds):
+    """Warm-up, then `rounds` rounds alternating the callables; each sample repeats a callable
+    until it has run min_sample_seconds. Returns GFLOP/s samples per name (in round order)."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()   # warm-up: first touch of the output, packing buffers, thread pools
+        t0 = time.perf_counter()
+        fn()
+        t = max(time.perf_counter() - t0, 1e-7)
+        calls[name] = max(1, math.ceil(min_sample_seconds / t))
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = calls[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append(flops * n / (time.perf_counter() - t0) * 1e-9)
+    return samples
+
+
+def _ratio(samples, a, b):
+    """Median (min, max) of the per-round ratios a / b."""
+    if b not in samples:
+        return None
+    r = [x / y for x, y in zip(samples[a], samples[b])]
+    return statistics.median(r), min(r), max(r)
+
+
+def _fmt_ratio(r):
+    return "n/a" if r is None else f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f})"
+
+
+@contextlib.contextmanager
+def _threads(n, torch):
+    """n threads for all three libraries."""
+    import rmt
+
+    rmt.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is None:
+        yield
+    else:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+
+
+def _blas_description():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "numpy BLAS: unknown (threadpoolctl missing; numpy threads not controlled)"
+    np.ones((8, 8)) @ np.ones((8, 8))   # make sure the BLAS is loaded
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(f"numpy BLAS: {i.get('internal_api')} {i.get('version')} "
+                     f"kernel {i.get('architecture')} ({i.get('threading_layer')})" for i in blas)
+
+
+def run_gemm_benchmark(quick=False, threads=None, out=None):
+    """Prints the GEMM table (see the module doc) and returns its rows as dicts.
+
+    quick: a handful of shapes, well under 30 s. threads: an int, a list of ints, or None for
+    [1, 2]."""
+    import rmt
+
+    out = out or sys.stdout
+    if threads is None:
+        threads = [1, 2]
+    elif isinstance(threads, int):
+        threads = [threads]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    shapes = QUICK_SHAPES if quick else [(M, C) for M in FULL_ROWS for C in FULL_WIDTHS]
+    rounds = 5 if quick else 7
+    min_sample_seconds = 0.01 if quick else 0.05
+
+    def say(line=""):
+        print(line, file=out, flush=True)
+
+    previous_threads = rmt.get_num_threads()
+    say(f"rmt {rmt.__version__}, ISA {rmt.get_isa()}, GEMM tile {rmt.gemm_tile()}, "
+        f"OpenMP {'yes' if rmt.has_openmp else 'no'}")
+    say(_blas_description())
+    say(f"torch {torch.__version__}" if torch is not None else "torch: not installed (n/a)")
+    say("float32; GFLOP/s = 2*M*N*K / time; median of "
+        f"{rounds} alternating rounds after a warm-up; ratios: median (min-max) per round")
+    say()
+    peaks = {}
+    for n in threads:
+        peaks[n] = rmt.fma_peak_gflops(threads=n, seconds=0.5)
+        say(f"FMA peak ({rmt.get_isa()}, {n} thread{'s' if n > 1 else ''}): {peaks[n]:.1f} GFLOP/s")
+    say()
+    header = (f"{'thr':>3} {'M':>5} {'C':>5}  {'product':<11} {'m x n x k':<17} {'ours':>6} "
+              f"{'numpy':>6} {'torch':>6} {'ours/peak':>9}  {'ours/numpy':<17} {'ours/torch':<17}")
+    say(header)
+    say("-" * len(header))
+    rows = []
+    spans = {}
+    rng = np.random.default_rng(0)
+    try:
+        for n in threads:
+            started = time.strftime("%H:%M:%S")
+            with _threads(n, torch):
+                for M, C in shapes:
+                    for name, (m, nn, k), a, b, ta, tb, o in _products(M, C, rng):
+                        samples = _measure(_callables(a, b, ta, tb, o, torch), 2.0 * m * nn * k,
+                                           rounds, min_sample_seconds)
+                        med = {lib: statistics.median(s) for lib, s in samples.items()}
+                        row = dict(threads=n, M=M, C=C, product=name, mnk=(m, nn, k),
+                                   ours=med["ours"], numpy=med["numpy"], torch=med.get("torch"),
+                                   peak=peaks[n], ours_numpy=_ratio(samples, "ours", "numpy"),
+                                   ours_torch=_ratio(samples, "ours", "torch"))
+                        rows.append(row)
+                        torch_s = "n/a" if row["torch"] is None else f"{row['torch']:.1f}"
+                        say(f"{n:>3} {M:>5} {C:>5}  {name:<11} {f'{m}x{nn}x{k}':<17} "
+                            f"{row['ours']:>6.1f} {row['numpy']:>6.1f} {torch_s:>6} "
+                            f"{row['ours'] / peaks[n]:>9.1%}  {_fmt_ratio(row['ours_numpy']):<17} "
+                            f"{_fmt_ratio(row['ours_torch']):<17}")
+            spans[n] = f"{started}-{time.strftime('%H:%M:%S')}"
+    finally:
+        rmt.set_num_threads(previous_threads)
+    say()
+    for n in threads:
+        sub = [r for r in rows if r["threads"] == n]
+        gm = lambda v: math.exp(statistics.fmean(math.log(x) for x in v))  # noqa: E731
+        line = (f"{n} thread{'s' if n > 1 else ''}: geometric mean ours/peak "
+                f"{gm([r['ours'] / r['peak'] for r in sub]):.1%}, ours/numpy "
+                f"{gm([r['ours_numpy'][0] for r in sub]):.2f}")
+        if torch is not None:
+            line += f", ours/torch {gm([r['ours_torch'][0] for r in sub]):.2f}"
+        say(line + f" (ran {spans[n]} local time)")
+    return rows
