@@ -89,6 +89,8 @@ Rows read_rows(py::handle obj, const char* name) {
     for (size_t b = 0; b < seq.size(); ++b) {
         const std::string row_name = std::string(name) + "[" + std::to_string(b) + "]";
         py::array a = np.attr("asarray")(seq[b]);
+        if (a.size() == 0 && !py::isinstance<py::array>(seq[b]))   // [] is float64 to numpy
+            a = np.attr("asarray")(seq[b], "int64");
         if (!is_integer_dtype(a.dtype()))
             throw py::type_error(row_name + " must hold integer token ids, got dtype " +
                                  std::string(py::str(a.dtype())));
@@ -199,6 +201,9 @@ struct Segment {
 struct SegmentIterator {
     std::shared_ptr<const SegmentSource> source;
     int64_t cursor = 0;
+    // The object rmt.segments returns is re-iterable: iter() on it starts a new pass (an
+    // iterator proper, whose iter() is itself), so every for-loop sees every segment.
+    bool is_pass = false;
 
     int64_t size() const { return source->plan.num_segments(); }
 
@@ -267,7 +272,7 @@ SegmentIterator make_iterator(py::handle tokens_obj, py::handle segment_len_obj,
     auto src = std::make_shared<SegmentSource>(SegmentSource{*plan, {}, has_targets, {}, pad_id});
     src->tokens = segment_rows(src->plan, tokens, token_pad);
     if (has_targets) src->targets = segment_rows(src->plan, targets, target_pad);
-    return SegmentIterator{std::move(src), 0};
+    return SegmentIterator{std::move(src), 0, false};
 }
 
 int64_t normalize_index(int64_t s, int64_t n) {
@@ -298,14 +303,19 @@ void register_segments(py::module_& core) {
     py::class_<SegmentIterator>(core, "SegmentIterator",
                                 "Segments (B, segment_len) of a batch of token sequences, as views (see "
                                 "rmt.segments). len(), [i] (negative i counts from the end), iter() starts a "
-                                "new pass, next() advances this object's own cursor.")
+                                "new pass (an iterator whose iter() is itself), next() advances this "
+                                "object's own cursor.")
         .def(py::init(&make_iterator), py::arg("tokens"), py::arg("segment_len"), py::arg("align") = "left",
              py::arg("pad_id") = 0, py::arg("targets") = py::none(), py::arg("num_segments") = py::none())
         .def("__len__", &SegmentIterator::size)
         .def("__getitem__", [](const SegmentIterator& it, int64_t s) {
             return it.at(normalize_index(s, it.size()));
         }, py::arg("index"))
-        .def("__iter__", [](const SegmentIterator& it) { return SegmentIterator{it.source, 0}; })
+        .def("__iter__", [](py::object self) -> py::object {
+            const auto& it = self.cast<const SegmentIterator&>();
+            if (it.is_pass) return self;
+            return py::cast(SegmentIterator{it.source, 0, true});
+        })
         .def("__next__", [](SegmentIterator& it) {
             if (it.cursor >= it.size()) throw py::stop_iteration();
             return it.at(it.cursor++);

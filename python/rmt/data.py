@@ -32,7 +32,7 @@ if they differ). ``targets``, if given, has the same form and row lengths.
 
 The iterator is a sequence: ``len(it)``, ``it[i]`` (negative i counts from the end; out of range
 raises IndexError), and every ``iter(it)`` (every ``for`` loop) is a new pass over the same
-buffers; ``next(it)`` advances the object's own cursor. It keeps the arrays it reads alive, so
+buffers (an iterator proper: ``iter(p) is p``); ``next(it)`` advances the object's own cursor. It keeps the arrays it reads alive, so
 the caller may drop its references. Its views stay valid after the iterator itself is gone.
 Bad arguments raise TypeError / ValueError naming the argument.
 """
