@@ -65,6 +65,10 @@ def test_non_contiguous_source_is_still_viewed():
     for s, seg in enumerate(it):
         assert np.shares_memory(seg.tokens, base)
         np.testing.assert_array_equal(seg.tokens, tokens[:, s * 5:(s + 1) * 5])
+    reversed_ = base[::-1, ::-1]
+    for s, seg in enumerate(rmt.segments(reversed_, 8)):
+        assert np.shares_memory(seg.tokens, base)
+        np.testing.assert_array_equal(seg.tokens, reversed_[:, s * 8:(s + 1) * 8])
     fortran = np.asfortranarray(np.arange(30).reshape(3, 10))
     for s, seg in enumerate(rmt.segments(fortran, 5)):
         assert np.shares_memory(seg.tokens, fortran)
@@ -203,6 +207,7 @@ def test_bad_input_names_the_argument():
         (ValueError, "num_segments", dict(num_segments=1)),
         (ValueError, "num_segments", dict(num_segments=0)),
         (TypeError, "pad_id", dict(pad_id="x")),
+        (ValueError, "pad_id", dict(pad_id=2 ** 70)),
         (ValueError, "pad_id", dict(tokens=tokens.astype(np.uint8), pad_id=256)),
         (TypeError, "targets", dict(targets=np.zeros((2, 8), np.float64))),
         (ValueError, "targets", dict(targets=np.zeros((2, 7), np.int64))),

@@ -29,7 +29,11 @@ int64_t int_arg(py::handle obj, const char* name) {
     if (!is_int_like(obj))
         throw py::type_error(std::string(name) + " must be an int, got " +
                              std::string(py::str(py::type::of(obj).attr("__name__"))));
-    return py::int_(py::reinterpret_borrow<py::object>(obj)).cast<int64_t>();
+    try {
+        return py::int_(py::reinterpret_borrow<py::object>(obj)).cast<int64_t>();
+    } catch (const py::cast_error&) {
+        throw py::value_error(std::string(name) + " = " + std::string(py::str(obj)) + " is out of the int64 range");
+    }
 }
 
 bool is_integer_dtype(const py::dtype& dt) { return dt.kind() == 'i' || dt.kind() == 'u'; }
