@@ -12,6 +12,7 @@ PYBIND11_MODULE(_core, core) {
     rmt::bindings::register_ops_elementwise(ops);
     rmt::bindings::register_ops_attention(ops);
     rmt::bindings::register_ops_loss_optim(ops);
+    rmt::bindings::register_segments(core);
 #ifdef RMT_WITH_MODELS
     rmt::bindings::register_model(core);
     rmt::bindings::register_training(core);

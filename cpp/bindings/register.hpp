@@ -13,5 +13,6 @@ void register_ops_attention(py::module_& ops);      // softmax, masks, attention
 void register_ops_loss_optim(py::module_& ops);     // cross-entropy, adam(w), clipping
 void register_model(py::module_& core);             // the model kinds
 void register_training(py::module_& core);          // the C++ training step
+void register_segments(py::module_& core);          // segment iterators over token batches
 
 }  // namespace rmt::bindings

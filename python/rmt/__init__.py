@@ -25,6 +25,7 @@ from ._core import (
 from ._core import kernels, ops
 from .checkpoint import load
 from .config import ModelConfig
+from .data import segments
 from .models import (
     MemoryState,
     MemoryTransformer,
@@ -45,6 +46,6 @@ __all__ = [
     "Adam", "AdamW", "Constant", "Cosine", "Linear", "MemoryState", "MemoryTransformer", "Model",
     "ModelConfig", "ReduceOnPlateau", "RMT", "RMTEncoder", "Stage", "Trainer", "Transformer",
     "TransformerXL", "available_isas", "evaluate", "fma_peak_gflops", "from_config", "gemm", "gemm_reference",
-    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "set_isa",
+    "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "segments", "set_isa",
     "set_num_threads",
 ]

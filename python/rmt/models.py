@@ -201,9 +201,11 @@ class Model:
     def stream(self, segments: Iterable, memory: Optional[MemoryState] = None,
                return_memory: bool = False) -> Iterator[np.ndarray]:
         """Runs the model over an input of any length, given as an iterable of segments
-        (batch, segment_len), in constant memory; yields each segment's logits (or
-        (logits, memory) with return_memory)."""
+        (batch, segment_len) or of rmt.segments(...) items (their .tokens), in constant memory;
+        yields each segment's logits (or (logits, memory) with return_memory)."""
         for segment in segments:
+            if isinstance(segment, _core.Segment):
+                segment = segment.tokens
             logits, memory = self.step(segment, memory)
             yield (logits, memory) if return_memory else logits
 
