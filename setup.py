@@ -47,7 +47,7 @@ class CMakeBuild(build_ext):
 setup(
     packages=find_packages("python"),
     package_dir={"": "python"},
-    package_data={"rmt": ["py.typed", "*.pyi"]},
+    package_data={"rmt": ["py.typed", "*.pyi", "_core/*.pyi"]},
     ext_modules=[CMakeExtension("rmt._core")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

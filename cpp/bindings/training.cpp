@@ -115,12 +115,12 @@ void register_training(py::module_& core) {
              py::arg("clip_norm") = 0.0, py::arg("clip_value") = 0.0,
              py::arg("bptt_depth") = py::none(), py::keep_alive<1, 2>())
         .def("step", &step, py::arg("tokens"), py::arg("targets"), py::arg("loss_mask") = py::none(),
-             py::arg("lr"), py::arg("accumulate") = 1,
+             py::kw_only(), py::arg("lr"), py::arg("accumulate") = 1,
              "Zeroes the gradients, runs forward and backward over `accumulate` row chunks of the "
              "batch, clips, and takes one optimizer step (skipped when the loss or gradient is not "
              "finite). Returns {loss, grad_norm, tokens, finite}.")
-        .def("step_classify", &step_classify, py::arg("tokens"), py::arg("labels"), py::arg("lr"),
-             py::arg("accumulate") = 1,
+        .def("step_classify", &step_classify, py::arg("tokens"), py::arg("labels"), py::kw_only(),
+             py::arg("lr"), py::arg("accumulate") = 1,
              "step() for the rmt_encoder: labels (batch,) of the last segment's classification.")
         .def_property("steps_taken", &Trainer::steps_taken, &Trainer::set_steps_taken)
         .def_property_readonly("exp_avg", [](py::object self) {
