@@ -437,3 +437,8 @@ def test_memory_init_options():
     rep = rmt_model(num_mem_tokens=4, d_model=64, mem_init="repeat").parameters()["mem_tokens"]
     assert all(np.array_equal(rep[0], rep[i]) for i in range(4))       # one vector repeated
     assert 0.7 < rep.std() < 1.3                                         # N(0, 1)
+
+
+def test_unimplemented_options_are_refused_not_ignored():
+    with pytest.raises(ValueError, match="dropatt"):
+        rmt_model(dropatt=0.1)

@@ -49,6 +49,8 @@ void ModelConfig::validate() const {
     require(clamp_len >= -1, "clamp_len must be -1 (no clamp) or >= 0, got " + std::to_string(clamp_len));
     require(dropout >= 0 && dropout < 1, "dropout must be in [0, 1), got " + std::to_string(dropout));
     require(dropatt >= 0 && dropatt < 1, "dropatt must be in [0, 1), got " + std::to_string(dropatt));
+    // Refused rather than ignored: a rate that silently did nothing would be a wrong result.
+    require(dropatt == 0, "dropatt > 0 (dropout on attention probabilities) is not implemented yet; use 0");
     require(mem_init == "repeat" || mem_init == "randn",
             "mem_init must be 'repeat' or 'randn', got '" + mem_init + "'");
     require(layer_norm_eps > 0, "layer_norm_eps must be > 0");
