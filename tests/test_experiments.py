@@ -91,6 +91,13 @@ def test_a_second_call_skips_done_runs(tmp_path):
     assert calls == []                                   # no training step at all
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
     assert json.loads(json.dumps(first)) == second
+    # A different spec under the same run_id (d_ff is not in the slug) is not taken for done.
+    other = tiny("rmt", model=dict(n_layers=1, n_heads=2, d_model=16, d_head=None, d_ff=48,
+                                   dropout=0.1))
+    assert ex.run_id(other) == ex.run_id(grid[0])
+    with pytest.raises(ValueError, match="different spec.*model"):
+        ex.run_grid([other], tmp_path, callback=callback)
+    assert calls == []
     # One more spec: only that one trains.
     third = ex.run_grid(grid + [tiny("memtr")], tmp_path, callback=callback)
     assert calls == list(range(1, 9)) and len(third) == 3

@@ -14,7 +14,8 @@ accuracy and loss of the checkpoint with the best validation loss, and of the la
 training curve, the wall time, steps/s (optimizer steps per second of the training loop,
 evaluations and checkpoints included), the engine's git commit (or the package version) and the
 date; the file is written atomically (temporary file + os.replace). A run whose results file
-exists is skipped, so a grid can be restarted; a run killed midway resumes from the checkpoint
+exists is skipped, so a grid can be restarted (an existing file of a different spec with the
+same run_id is an error, never silently taken for the run); a run killed midway resumes from the checkpoint
 in `<out>/_checkpoints/<run_id>/` (removed once the results are written).
 
 Memory conventions (SPEC section 4: memory size = segment length): RMT and MemTr get
@@ -411,9 +412,15 @@ def _run_grid(grid, out_dir, quick, progress, log, callback):
     for i, (s, rid) in enumerate(zip(specs, ids)):
         path = out_dir / f"{rid}.json"
         if path.exists():
+            done = json.loads(path.read_text())
+            if done.get("spec") != json.loads(json.dumps(s)):
+                old = done.get("spec") or {}
+                diff = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
+                raise ValueError(f"{path} holds a run of a different spec with the same run_id "
+                                 f"(differs in: {', '.join(diff)}); move it away to rerun")
             if log:
                 log(f"[{i + 1}/{len(specs)}] {rid}: done, skipped")
-            results.append(json.loads(path.read_text()))
+            results.append(done)
             continue
         if log:
             log(f"[{i + 1}/{len(specs)}] {rid}: running")
