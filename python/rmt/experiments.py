@@ -1,0 +1,490 @@
+"""Experiment runner for the RMT paper's algorithmic tasks (P1, SPEC sections 4-5).
+
+    from rmt import experiments
+    experiments.run_grid("p1-copy", "results/p1")              # or a list of run specs
+    results = experiments.load_results("results/p1")
+
+    python -m rmt.experiments p1-copy --out results/p1 [--quick]
+
+A run spec is a plain dict (see `make_spec`): the task (`task`, `task_args`, `num_segments`), the
+model (`kind`, `memory`, `model` sizes), the training (`optimizer`, `bptt_depth`, `steps`,
+`batch_size`, `eval_every`, ...) and the `seed`. Each run writes ONE file `<out>/<run_id>.json`
+(run_id: a readable slug of the spec) holding the spec, the final metrics (validation and test
+accuracy and loss of the checkpoint with the best validation loss, and of the last step), the
+training curve, the wall time, steps/s (optimizer steps per second of the training loop,
+evaluations and checkpoints included), the engine's git commit (or the package version) and the
+date; the file is written atomically (temporary file + os.replace). A run whose results file
+exists is skipped, so a grid can be restarted (an existing file of a different spec with the
+same run_id is an error, never silently taken for the run); a run killed midway resumes from the checkpoint
+in `<out>/_checkpoints/<run_id>/` (removed once the results are written).
+
+Memory conventions (SPEC section 4: memory size = segment length): RMT and MemTr get
+num_mem_tokens = segment length, Transformer-XL mem_len = segment length, the baseline neither.
+
+Named grids (each over Baseline `transformer`, MemTr `memtr`, Transformer-XL `txl`, RMT `rmt`):
+- "p1-copy": copy-24 in 1 / 3 / 6 / 9 segments (segments of 72 / 24 / 12 / 8 tokens);
+- "p1-reverse": reverse-24 in 1 / 2 / 4 / 6 segments (48 / 24 / 12 / 8);
+- "p1-retrieval": associative retrieval, 4 pairs, in 1 .. 5 segments (10 / 5 / 4 / 3 / 2).
+
+Scale. The paper's models are kept (copy / reverse: 4 layers, 4 heads, C = 128, hs = 64, F = 256,
+dropout 0.1, batch 32; retrieval: 6 layers, 4 heads, hs = 32, C = 64, F = 128, batch 32: the
+sizes of LM-RMT's result tables), but the paper trains for 400k-1M steps at Adam lr 1e-4 on a
+GPU, which this 2-core CPU cannot do for 52 runs. We train for `FULL_STEPS` steps per run (2000
+for copy / reverse, 10000 for retrieval, whose steps are 4-10 times cheaper), so we raise the
+learning rate to 1e-3 with a linear warmup and a cosine decay (Adam, clip 0.25 as in the paper), evaluate
+every steps/10 steps on 500 validation samples, stop a run early once its validation accuracy
+reaches 1.0, and report the checkpoint with the best validation loss on 1000 test samples (all
+disjoint from training). Measured on this machine (1 thread, loaded): 0.3-0.65 s per step for
+copy / reverse, 0.03-0.12 s for retrieval, so a run takes 10-20 minutes and the three grids
+(52 runs) most of a day. Probes at this scale (1 thread): retrieval is slow to start learning
+(the 1-segment baseline was at 0.2-0.3 validation accuracy after 1000 steps at lr 1e-3, batch 32
+or 128; lr 3e-3 did not learn at all), hence its larger step budget. One seed per cell (the paper: 1-8 seeds). Short
+training is the main expected difference: cells where the paper's models needed long training
+(Transformer-XL at many segments, RMT at 9 segments) may come out lower here.
+
+`quick=True` shrinks every run to seconds (2 layers, 2 heads, C = 32, F = 64, 40 steps, batch 8,
+small evaluation sets, one thread) for CI; a quick run has its own run_id (prefixed "quick").
+
+Threads: on this shared 2-core machine two OpenMP threads can be far slower than one when the
+other core is busy (a tiny model measured 1.2 s per step on 2 threads, 0.02 s on 1), so quick
+grids run on one thread unless `threads` says otherwise; full grids use `threads` if given.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+KINDS = ("transformer", "memtr", "txl", "rmt")
+KIND_LABELS = {"transformer": "Baseline", "memtr": "MemTr", "txl": "Tr-XL", "rmt": "RMT"}
+
+#: The paper's models (SPEC section 4).
+PAPER_MODELS = {
+    "copy": {"n_layers": 4, "n_heads": 4, "d_model": 128, "d_head": 64, "d_ff": 256, "dropout": 0.1},
+    "reverse": {"n_layers": 4, "n_heads": 4, "d_model": 128, "d_head": 64, "d_ff": 256, "dropout": 0.1},
+    "retrieval": {"n_layers": 6, "n_heads": 4, "d_model": 64, "d_head": 32, "d_ff": 128, "dropout": 0.1},
+}
+#: Training steps per run of the full grids (the paper: 400k-900k; see the module docstring).
+FULL_STEPS = {"copy": 2000, "reverse": 2000, "retrieval": 10000}
+
+DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999],
+                     "clip_norm": 0.25, "schedule": "cosine", "warmup_steps": 100}
+
+QUICK_OVERRIDES = {
+    "model": {"n_layers": 2, "n_heads": 2, "d_model": 32, "d_head": None, "d_ff": 64, "dropout": 0.0},
+    "steps": 40, "batch_size": 8, "eval_every": 20, "n_val": 64, "n_test": 64,
+    "checkpoint_every": 20, "target_accuracy": None,
+}
+
+
+# ---- specs ----
+
+def _task_class(name: str):
+    from .tasks import TASKS
+
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def make_task(spec: Dict[str, Any]):
+    """The task object of a spec (its seed is the spec's seed)."""
+    return _task_class(spec["task"])(num_segments=spec["num_segments"], seed=spec["seed"],
+                                     **spec.get("task_args", {}))
+
+
+def make_spec(task: str, num_segments: int, kind: str, *, task_args: Optional[Dict] = None,
+              memory: Optional[int] = None, model: Optional[Dict] = None,
+              optimizer: Optional[Dict] = None, bptt_depth: Optional[int] = None,
+              steps: Optional[int] = None, batch_size: int = 32, eval_every: Optional[int] = None,
+              n_val: int = 500, n_test: int = 1000, seed: int = 0,
+              checkpoint_every: Optional[int] = None, target_accuracy: Optional[float] = 1.0,
+              quick: bool = False) -> Dict[str, Any]:
+    """A complete run spec with the defaults filled in. memory None = the convention (segment
+    length for memtr / txl / rmt, 0 for the baseline)."""
+    spec = {
+        "task": task, "task_args": dict(task_args or {}), "num_segments": num_segments, "kind": kind,
+        "memory": memory, "model": {**PAPER_MODELS.get(task, PAPER_MODELS["copy"]), **(model or {})},
+        "optimizer": {**DEFAULT_OPTIMIZER, **(optimizer or {})}, "bptt_depth": bptt_depth,
+        "steps": steps if steps is not None else FULL_STEPS.get(task, 3000),
+        "batch_size": batch_size, "eval_every": eval_every, "n_val": n_val, "n_test": n_test,
+        "seed": seed, "checkpoint_every": checkpoint_every, "target_accuracy": target_accuracy,
+        "quick": quick,
+    }
+    return normalize_spec(spec)
+
+
+def normalize_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Checks a spec and resolves its defaults (memory, eval_every, checkpoint_every); returns a
+    new dict."""
+    s = copy.deepcopy(spec)
+    required = ("task", "num_segments", "kind", "model", "optimizer", "steps", "batch_size", "seed")
+    missing = [k for k in required if k not in s]
+    if missing:
+        raise ValueError(f"run spec is missing {', '.join(missing)} (build specs with make_spec)")
+    if s["kind"] not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {s['kind']!r}")
+    s.setdefault("task_args", {})
+    s.setdefault("bptt_depth", None)
+    s.setdefault("n_val", 500)
+    s.setdefault("n_test", 1000)
+    s.setdefault("target_accuracy", None)
+    s.setdefault("quick", False)
+    task = make_task(s)
+    if s["kind"] == "transformer":
+        if s.get("memory"):
+            raise ValueError("the baseline (transformer) has no memory: memory must be 0 or None")
+        s["memory"] = 0
+    elif s.get("memory") is None:
+        s["memory"] = task.segment_len
+    if s.get("eval_every") is None:
+        s["eval_every"] = max(1, s["steps"] // 10)
+    if s.get("checkpoint_every") is None:
+        s["checkpoint_every"] = s["eval_every"]
+    return s
+
+
+def quick_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The tiny CI version of a spec (seconds per run)."""
+    s = copy.deepcopy(spec)
+    for k, v in QUICK_OVERRIDES.items():
+        s[k] = copy.deepcopy(v)
+    s["optimizer"] = {**s["optimizer"], "lr": 3e-3, "warmup_steps": 5}
+    s["quick"] = True
+    return normalize_spec(s)
+
+
+def _fmt(x) -> str:
+    return ("%g" % x).replace(".", "p").replace("-", "m") if isinstance(x, float) else str(x)
+
+
+def run_id(spec: Dict[str, Any]) -> str:
+    """A readable slug naming everything that distinguishes runs, e.g.
+    copy24-s3-rmt-m24-L4-d128-bpttfull-adam-lr0p001-b32-st3000-seed0."""
+    s = normalize_spec(spec)
+    ta = s["task_args"]
+    size = "".join(_fmt(ta[k]) for k in sorted(ta)) if ta else ""
+    m, o = s["model"], s["optimizer"]
+    parts = [f"{s['task']}{size}", f"s{s['num_segments']}", s["kind"], f"m{s['memory']}",
+             f"L{m['n_layers']}", f"d{m['d_model']}",
+             f"bptt{'full' if s['bptt_depth'] is None else s['bptt_depth']}",
+             f"{o['name']}", f"lr{_fmt(float(o['lr']))}", f"b{s['batch_size']}", f"st{s['steps']}",
+             f"seed{s['seed']}"]
+    if s["quick"]:
+        parts.insert(0, "quick")
+    return "-".join(parts)
+
+
+# ---- one run ----
+
+def engine_version() -> Dict[str, Any]:
+    """The engine's git commit (`git rev-parse HEAD` in the package's folder, if it is in a git
+    checkout) or else the package version, plus the ISA and thread count in use."""
+    import rmt
+
+    info: Dict[str, Any] = {"version": rmt.__version__, "commit": None, "dirty": None,
+                            "isa": rmt.get_isa(), "threads": rmt.get_num_threads()}
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0:
+            info["commit"] = out.stdout.strip()
+            st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10)
+            info["dirty"] = bool(st.stdout.strip()) if st.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _chunks(batch: Dict[str, np.ndarray], size: int) -> List[Dict[str, np.ndarray]]:
+    n = batch["tokens"].shape[0]
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def build_model(spec: Dict[str, Any], task=None):
+    """The model of a (normalized) spec, initialised with the spec's seed."""
+    import rmt
+
+    s = normalize_spec(spec)
+    task = task if task is not None else make_task(s)
+    m = s["model"]
+    cfg = dict(vocab_size=task.vocab_size, d_model=m["d_model"], n_layers=m["n_layers"],
+               n_heads=m["n_heads"], d_ff=m["d_ff"], d_head=m.get("d_head"),
+               segment_len=task.segment_len, dropout=float(m.get("dropout", 0.1)))
+    if s["kind"] in ("memtr", "rmt"):
+        cfg["num_mem_tokens"] = s["memory"]
+    elif s["kind"] == "txl":
+        cfg["mem_len"] = s["memory"]
+    classes = {"transformer": rmt.Transformer, "memtr": rmt.MemoryTransformer,
+               "txl": rmt.TransformerXL, "rmt": rmt.RMT}
+    return classes[s["kind"]](rmt.ModelConfig(**cfg), seed=s["seed"])
+
+
+def _build_trainer(spec, model):
+    import rmt
+
+    o = spec["optimizer"]
+    cls = {"adam": rmt.Adam, "adamw": rmt.AdamW}[o["name"]]
+    opt = cls(lr=float(o["lr"]), betas=tuple(o.get("betas", (0.9, 0.999))),
+              weight_decay=float(o.get("weight_decay", 0.0)))
+    return rmt.Trainer(model, opt, bptt_depth=spec["bptt_depth"], clip_norm=o.get("clip_norm"),
+                       schedule=o.get("schedule", "constant"),
+                       warmup_steps=int(o.get("warmup_steps", 0)), seed=spec["seed"])
+
+
+EVAL_BATCH = 250
+
+
+def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = None,
+            progress: bool = False, keep_checkpoints: bool = False) -> Dict[str, Any]:
+    """Trains and evaluates one run and writes <out_dir>/<run_id>.json (returned as a dict).
+    Resumes from <out_dir>/_checkpoints/<run_id>/ if a previous attempt was killed. `callback`
+    is passed to Trainer.fit (called with every history record)."""
+    from .trainer import evaluate
+
+    s = normalize_spec(spec)
+    rid = run_id(s)
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "_checkpoints" / rid
+    started_wall = time.time()
+    t0 = time.perf_counter()
+    task = make_task(s)
+    splits = task.split(s["n_val"], s["n_test"])
+    val = _chunks(splits["val"], EVAL_BATCH)
+    test = _chunks(splits["test"], EVAL_BATCH)
+    model = build_model(s, task)
+    trainer = _build_trainer(s, model)
+    resumed_from = 0
+    last = ckpt_dir / "last.safetensors"
+    if last.exists():
+        trainer.load_checkpoint(last)
+        resumed_from = trainer.step_count
+    t_train = time.perf_counter()
+    trainer.fit(task.train_batches(s["batch_size"]), steps=s["steps"], eval_data=val,
+                eval_every=s["eval_every"], checkpoint_dir=ckpt_dir,
+                checkpoint_every=s["checkpoint_every"], resume=True,
+                target_accuracy=s["target_accuracy"], callback=callback, progress=progress)
+    train_time = time.perf_counter() - t_train
+    steps_taken = trainer.step_count
+    history = trainer.history
+
+    last_val = evaluate(model, val)
+    last_test = evaluate(model, test)
+    best = ckpt_dir / "best.safetensors"
+    best_step = steps_taken
+    if best.exists():
+        model.load_weights(best)
+        evals = [r for r in history if "eval_loss" in r]
+        if evals:
+            best_step = min(evals, key=lambda r: r["eval_loss"])["step"]
+    best_val = evaluate(model, val)
+    best_test = evaluate(model, test)
+
+    train_curve = [{"step": r["step"], "loss": r["loss"]} for r in history if "loss" in r]
+    eval_curve = [{"step": r["step"], "eval_loss": r["eval_loss"],
+                   "eval_accuracy": r["eval_accuracy"]} for r in history if "eval_loss" in r]
+    result = {
+        "run_id": rid,
+        "spec": s,
+        "label": KIND_LABELS[s["kind"]],
+        "segment_len": task.segment_len,
+        "vocab_size": task.vocab_size,
+        "num_parameters": model.num_parameters,
+        "metrics": {
+            "val_accuracy": best_val["accuracy"], "val_loss": best_val["loss"],
+            "test_accuracy": best_test["accuracy"], "test_loss": best_test["loss"],
+            "best_step": best_step,
+            "last_val_accuracy": last_val["accuracy"], "last_val_loss": last_val["loss"],
+            "last_test_accuracy": last_test["accuracy"], "last_test_loss": last_test["loss"],
+        },
+        "curve": {"train": train_curve, "eval": eval_curve},
+        "steps_taken": steps_taken,
+        "resumed_from_step": resumed_from,
+        "wall_time": time.perf_counter() - t0,
+        "train_time": train_time,
+        "steps_per_second": (steps_taken - resumed_from) / train_time if train_time > 0 else None,
+        "engine": engine_version(),
+        "date": datetime.datetime.fromtimestamp(started_wall, datetime.timezone.utc).isoformat(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    _write_json_atomic(out_dir / f"{rid}.json", result)
+    if not keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        try:
+            (out_dir / "_checkpoints").rmdir()   # only if empty
+        except OSError:
+            pass
+    return result
+
+
+# ---- grids ----
+
+def _grid(task: str, task_args: Dict, segments: Sequence[int]) -> List[Dict[str, Any]]:
+    return [make_spec(task, n, kind, task_args=task_args) for n in segments for kind in KINDS]
+
+
+def p1_copy() -> List[Dict[str, Any]]:
+    """copy-24 in 1 / 3 / 6 / 9 segments, every kind."""
+    return _grid("copy", {"length": 24}, (1, 3, 6, 9))
+
+
+def p1_reverse() -> List[Dict[str, Any]]:
+    """reverse-24 in 1 / 2 / 4 / 6 segments, every kind."""
+    return _grid("reverse", {"length": 24}, (1, 2, 4, 6))
+
+
+def p1_retrieval() -> List[Dict[str, Any]]:
+    """associative retrieval (4 pairs) in 1 .. 5 segments, every kind."""
+    return _grid("retrieval", {"pairs": 4}, (1, 2, 3, 4, 5))
+
+
+GRIDS: Dict[str, Callable[[], List[Dict[str, Any]]]] = {
+    "p1-copy": p1_copy, "p1-reverse": p1_reverse, "p1-retrieval": p1_retrieval,
+}
+GRIDS["p1"] = lambda: p1_copy() + p1_reverse() + p1_retrieval()
+
+
+def get_grid(name: str, quick: bool = False) -> List[Dict[str, Any]]:
+    """The named grid's specs (quick: their tiny CI versions)."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; known: {', '.join(sorted(GRIDS))}")
+    specs = GRIDS[name]()
+    return [quick_spec(s) for s in specs] if quick else specs
+
+
+def run_grid(grid: Union[str, Sequence[Dict[str, Any]]], out_dir, quick: bool = False, *,
+             threads: Optional[int] = None, progress: bool = False,
+             log: Optional[Callable[[str], None]] = None,
+             callback: Optional[Callable] = None) -> List[Dict[str, Any]]:
+    """Runs every spec of `grid` (a list of specs or a grid name) not already done in `out_dir`
+    and returns the results of all of them (read back for the skipped ones). quick: each spec
+    replaced by its tiny CI version. threads: rmt threads during the grid (quick default: 1;
+    the previous setting is restored)."""
+    import rmt
+
+    if threads is None and quick:
+        threads = 1
+    previous = rmt.get_num_threads()
+    if threads is not None:
+        rmt.set_num_threads(int(threads))
+    try:
+        return _run_grid(grid, out_dir, quick, progress, log, callback)
+    finally:
+        rmt.set_num_threads(previous)
+
+
+def _run_grid(grid, out_dir, quick, progress, log, callback):
+    specs = get_grid(grid) if isinstance(grid, str) else [normalize_spec(s) for s in grid]
+    if quick:
+        specs = [quick_spec(s) for s in specs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = [run_id(s) for s in specs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"the grid has duplicate runs: {', '.join(dupes)}")
+    results = []
+    for i, (s, rid) in enumerate(zip(specs, ids)):
+        path = out_dir / f"{rid}.json"
+        if path.exists():
+            done = json.loads(path.read_text())
+            if done.get("spec") != json.loads(json.dumps(s)):
+                old = done.get("spec") or {}
+                diff = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
+                raise ValueError(f"{path} holds a run of a different spec with the same run_id "
+                                 f"(differs in: {', '.join(diff)}); move it away to rerun")
+            if log:
+                log(f"[{i + 1}/{len(specs)}] {rid}: done, skipped")
+            results.append(done)
+            continue
+        if log:
+            log(f"[{i + 1}/{len(specs)}] {rid}: running")
+        r = run_one(s, out_dir, callback=callback, progress=progress)
+        if log:
+            m = r["metrics"]
+            log(f"[{i + 1}/{len(specs)}] {rid}: test acc {m['test_accuracy']:.3f} "
+                f"(val {m['val_accuracy']:.3f}), {r['steps_taken']} steps, "
+                f"{r['wall_time']:.0f} s, {r['steps_per_second']:.1f} steps/s")
+        results.append(r)
+    return results
+
+
+def load_results(out_dir) -> List[Dict[str, Any]]:
+    """Every results file in `out_dir` (sorted by run_id); [] if the folder does not exist."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    results = []
+    for p in sorted(out_dir.glob("*.json")):
+        r = json.loads(p.read_text())
+        if isinstance(r, dict) and "spec" in r and "metrics" in r:
+            results.append(r)
+    return results
+
+
+def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per (task, num_segments, kind): mean test accuracy over seeds, number of runs."""
+    cells: Dict[tuple, List[float]] = {}
+    for r in results:
+        s = r["spec"]
+        cells.setdefault((s["task"], s["num_segments"], s["kind"]), []).append(
+            r["metrics"]["test_accuracy"])
+    return [{"task": t, "num_segments": n, "kind": k, "label": KIND_LABELS.get(k, k),
+             "test_accuracy": float(np.mean(v)), "runs": len(v)}
+            for (t, n, k), v in sorted(cells.items())]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rmt.experiments",
+                                     description="Runs a named experiment grid (resumable).")
+    parser.add_argument("grid", choices=sorted(GRIDS), help="the grid to run")
+    parser.add_argument("--out", required=True, help="folder for the results files")
+    parser.add_argument("--quick", action="store_true", help="tiny CI version (seconds per run)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="rmt threads (default: 1 with --quick, else all)")
+    parser.add_argument("--list", action="store_true", help="print the run ids and exit")
+    parser.add_argument("--progress", action="store_true", help="a progress bar per run (tqdm)")
+    args = parser.parse_args(argv)
+    if args.list:
+        for s in get_grid(args.grid, quick=args.quick):
+            print(run_id(s))
+        return 0
+    results = run_grid(args.grid, args.out, quick=args.quick, threads=args.threads,
+                       progress=args.progress,
+                       log=lambda msg: print(msg, flush=True))
+    for row in summary_table(results):
+        print(f"{row['task']:>10} {row['num_segments']:>2} segments {row['label']:>8}: "
+              f"test accuracy {row['test_accuracy']:.3f} ({row['runs']} run(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The experiment runner (rmt.experiments): results files, resumable grids, killed runs, seeds."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import rmt
+from rmt import experiments as ex
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread is much faster than two on a shared machine (see rmt.experiments).
+    previous = rmt.get_num_threads()
+    rmt.set_num_threads(1)
+    yield
+    rmt.set_num_threads(previous)
+
+
+def tiny(kind="rmt", seed=0, num_segments=2, **kw):
+    args = dict(task_args={"length": 4},
+                model=dict(n_layers=1, n_heads=2, d_model=16, d_head=None, d_ff=32, dropout=0.1),
+                steps=8, batch_size=4, eval_every=3, n_val=16, n_test=16, checkpoint_every=2,
+                target_accuracy=None, seed=seed, optimizer={"lr": 3e-3, "warmup_steps": 2})
+    args.update(kw)
+    return ex.make_spec("copy", num_segments, kind, **args)
+
+
+class Killed(Exception):
+    pass
+
+
+def counter():
+    calls = []
+
+    def callback(rec):
+        if "loss" in rec:
+            calls.append(rec["step"])
+    return calls, callback
+
+
+def losses(result):
+    return [p["loss"] for p in result["curve"]["train"]]
+
+
+def test_one_results_file_per_run_with_the_required_fields(tmp_path):
+    grid = [tiny("rmt"), tiny("txl"), tiny("transformer")]
+    results = ex.run_grid(grid, tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(f"{ex.run_id(s)}.json" for s in grid)   # no temporaries, no checkpoints
+    assert len(set(files)) == 3
+    for spec, r in zip(grid, results):
+        on_disk = json.loads((tmp_path / f"{ex.run_id(spec)}.json").read_text())
+        assert on_disk == json.loads(json.dumps(r))
+        assert on_disk["spec"] == spec
+        m = on_disk["metrics"]
+        for k in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+            assert isinstance(m[k], float) and np.isfinite(m[k])
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_loss"] > 0
+        train, evals = on_disk["curve"]["train"], on_disk["curve"]["eval"]
+        assert [p["step"] for p in train] == list(range(1, 9))
+        assert [p["step"] for p in evals] == [3, 6, 8]
+        assert all(0.0 <= p["eval_accuracy"] <= 1.0 for p in evals)
+        assert on_disk["wall_time"] > 0 and on_disk["steps_per_second"] > 0
+        assert on_disk["steps_taken"] == 8 and on_disk["resumed_from_step"] == 0
+        engine = on_disk["engine"]
+        assert engine["version"] == rmt.__version__
+        assert engine["commit"] is None or len(engine["commit"]) == 40
+        assert on_disk["date"][:4].isdigit() and "T" in on_disk["date"]
+    assert [r["spec"]["memory"] for r in results] == [6, 6, 0]   # segment length (2 x 6 tokens)
+
+
+def test_load_results_reads_every_run_and_ignores_other_files(tmp_path):
+    assert ex.load_results(tmp_path / "missing") == []
+    grid = [tiny("rmt"), tiny("memtr")]
+    ex.run_grid(grid, tmp_path)
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": 1}))
+    loaded = ex.load_results(tmp_path)
+    assert sorted(r["run_id"] for r in loaded) == sorted(ex.run_id(s) for s in grid)
+    table = ex.summary_table(loaded)
+    assert [(row["kind"], row["runs"]) for row in table] == [("memtr", 1), ("rmt", 1)]
+
+
+def test_a_second_call_skips_done_runs(tmp_path):
+    grid = [tiny("rmt"), tiny("txl")]
+    first = ex.run_grid(grid, tmp_path)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    calls, callback = counter()
+    second = ex.run_grid(grid, tmp_path, callback=callback)
+    assert calls == []                                   # no training step at all
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
+    assert json.loads(json.dumps(first)) == second
+    # A different spec under the same run_id (d_ff is not in the slug) is not taken for done.
+    other = tiny("rmt", model=dict(n_layers=1, n_heads=2, d_model=16, d_head=None, d_ff=48,
+                                   dropout=0.1))
+    assert ex.run_id(other) == ex.run_id(grid[0])
+    with pytest.raises(ValueError, match="different spec.*model"):
+        ex.run_grid([other], tmp_path, callback=callback)
+    assert calls == []
+    # One more spec: only that one trains.
+    third = ex.run_grid(grid + [tiny("memtr")], tmp_path, callback=callback)
+    assert calls == list(range(1, 9)) and len(third) == 3
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
+    spec = tiny("rmt")
+    straight = ex.run_grid([spec], tmp_path / "a")[0]
+
+    def kill_at_5(rec):
+        if rec.get("step") == 5 and "loss" in rec:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        ex.run_grid([spec], tmp_path / "b", callback=kill_at_5)
+    rid = ex.run_id(spec)
+    assert not (tmp_path / "b" / f"{rid}.json").exists()
+    assert (tmp_path / "b" / "_checkpoints" / rid / "last.safetensors").exists()
+    calls, callback = counter()
+    resumed = ex.run_grid([spec], tmp_path / "b", callback=callback)[0]
+    assert calls == [5, 6, 7, 8]                          # checkpoint at step 4 (every 2 steps)
+    assert resumed["resumed_from_step"] == 4
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
+    for k, v in straight["metrics"].items():
+        assert resumed["metrics"][k] == pytest.approx(v, rel=1e-6), k
+    assert not (tmp_path / "b" / "_checkpoints").exists()   # cleaned up once the results exist
+
+
+def test_runs_are_deterministic_in_the_seed(tmp_path):
+    a = ex.run_grid([tiny("rmt", seed=3)], tmp_path / "a")[0]
+    b = ex.run_grid([tiny("rmt", seed=3)], tmp_path / "b")[0]
+    c = ex.run_grid([tiny("rmt", seed=4)], tmp_path / "c")[0]
+    assert losses(a) == losses(b)
+    assert a["curve"]["eval"] == b["curve"]["eval"] and a["metrics"] == b["metrics"]
+    assert losses(a) != losses(c)
+    assert a["run_id"] != c["run_id"]
+
+
+def test_run_ids_are_readable_and_distinct():
+    rid = ex.run_id(tiny("rmt", seed=7))
+    assert rid == "copy4-s2-rmt-m6-L1-d16-bpttfull-adam-lr0p003-b4-st8-seed7"
+    specs = [tiny(k, seed=s, num_segments=n) for k in ex.KINDS for s in (0, 1) for n in (1, 2)]
+    specs.append(tiny("rmt", bptt_depth=1))
+    assert len({ex.run_id(s) for s in specs}) == len(specs)
+    with pytest.raises(ValueError, match="duplicate"):
+        ex.run_grid([tiny("rmt"), tiny("rmt")], "/nonexistent/never-written")
+
+
+def test_bad_specs_are_rejected():
+    with pytest.raises(ValueError, match="kind"):
+        tiny("lstm")
+    with pytest.raises(ValueError, match="baseline"):
+        tiny("transformer", memory=4)
+    with pytest.raises(ValueError, match="task"):
+        ex.make_spec("sorting", 2, "rmt")
+    with pytest.raises(ValueError, match="missing"):
+        ex.normalize_spec({"task": "copy"})
+    with pytest.raises(ValueError, match="unknown grid"):
+        ex.get_grid("p9")
+
+
+def test_named_grids_follow_the_paper_and_the_memory_conventions():
+    expect = {"p1-copy": ("copy", [1, 3, 6, 9], {1: 72, 3: 24, 6: 12, 9: 8}),
+              "p1-reverse": ("reverse", [1, 2, 4, 6], {1: 48, 2: 24, 4: 12, 6: 8}),
+              "p1-retrieval": ("retrieval", [1, 2, 3, 4, 5], {1: 10, 2: 5, 3: 4, 4: 3, 5: 2})}
+    for name, (task, segments, seg_len) in expect.items():
+        grid = ex.get_grid(name)
+        assert len(grid) == 4 * len(segments)
+        assert sorted({s["num_segments"] for s in grid}) == segments
+        assert {s["kind"] for s in grid} == set(ex.KINDS)
+        for s in grid:
+            assert s["task"] == task and not s["quick"]
+            want = 0 if s["kind"] == "transformer" else seg_len[s["num_segments"]]
+            assert s["memory"] == want, (name, s["kind"], s["num_segments"])
+            assert s["model"] == ex.PAPER_MODELS[task]
+            assert s["batch_size"] == 32 and s["optimizer"]["clip_norm"] == 0.25
+            model = ex.build_model(s)
+            cfg = model.config
+            assert cfg.segment_len == seg_len[s["num_segments"]]
+            assert cfg.num_mem_tokens == (want if s["kind"] in ("rmt", "memtr") else 0)
+            assert cfg.mem_len == (want if s["kind"] == "txl" else 0)
+        quick = ex.get_grid(name, quick=True)
+        assert [ex.run_id(q) for q in quick] == [ex.run_id(ex.quick_spec(s)) for s in grid]
+        for q in quick:
+            assert q["quick"] and q["model"]["n_layers"] == 2 and q["model"]["d_model"] == 32
+            assert 30 <= q["steps"] <= 60 and ex.run_id(q).startswith("quick-")
+    assert len(ex.get_grid("p1")) == 52
+
+
+def test_cli_runs_a_quick_grid_and_lists_run_ids(tmp_path, capsys):
+    assert ex.main(["p1-retrieval", "--out", str(tmp_path), "--list", "--quick"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert len(listed) == 20 and all(r.startswith("quick-retrieval4") for r in listed)
+    assert ex.main(["p1-retrieval", "--out", str(tmp_path), "--quick"]) == 0
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(listed)
+    out = capsys.readouterr().out
+    assert "retrieval  5 segments      RMT" in out
+    assert rmt.get_num_threads() == 1    # restored to the fixture's setting
+
+
+def test_results_are_written_atomically(tmp_path):
+    target = tmp_path / "r.json"
+    ex._write_json_atomic(target, {"a": 1})
+    with pytest.raises(TypeError):
+        ex._write_json_atomic(target, {"a": object()})   # fails while writing
+    assert json.loads(target.read_text()) == {"a": 1}    # the old file is intact
+    assert os.listdir(tmp_path) == ["r.json"]            # and no temporary is left
