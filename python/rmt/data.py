@@ -53,3 +53,13 @@ def segments(tokens, segment_len: int, align: str = "left", pad_id: int = 0, tar
     ("left" or "right") requires. See the module docstring (``rmt.data``) for the details."""
     return _core.SegmentIterator(tokens, segment_len, align=align, pad_id=pad_id, targets=targets,
                                  num_segments=num_segments)
+
+
+from .corpus import (  # noqa: E402  (language-modelling data, see rmt.corpus)
+    ByteCorpus,
+    WordCorpus,
+    bits_per_byte,
+    default_corpus,
+    default_corpus_novels,
+    perplexity,
+)
