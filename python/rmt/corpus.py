@@ -26,6 +26,7 @@ package's lazy-load database in pure Python: R itself is never run.
 """
 from __future__ import annotations
 
+import array
 import functools
 import gzip
 import math
@@ -36,7 +37,7 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -407,9 +408,15 @@ class WordCorpus(_Corpus):
         missing = [f for f in WIKITEXT_FILES.values() if not (path / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{path}: missing WikiText file(s) {', '.join(missing)}")
-        lines = {s: (path / f).read_text(encoding="utf-8").splitlines()
-                 for s, f in WIKITEXT_FILES.items()}
-        self._build({s: [line.split() for line in ls] for s, ls in lines.items()}, str(path))
+        # Streamed twice (count, then encode): WikiText-103's 103M words would not fit in
+        # memory as Python strings.
+        def reader(f):
+            def lines():
+                with open(f, encoding="utf-8") as fh:
+                    for line in fh:
+                        yield line.split()
+            return lines
+        self._build({s: reader(path / f) for s, f in WIKITEXT_FILES.items()}, str(path))
 
     @classmethod
     def from_text(cls, text: str, split=(0.9, 0.05, 0.05)) -> "WordCorpus":
@@ -421,13 +428,14 @@ class WordCorpus(_Corpus):
         lines = [ws for ws in lines if ws]
         n_train, n_valid = int(len(lines) * split[0]), int(len(lines) * split[1])
         self = cls.__new__(cls)
-        self._build({"train": lines[:n_train], "valid": lines[n_train:n_train + n_valid],
-                     "test": lines[n_train + n_valid:]}, "text")
+        parts = {"train": lines[:n_train], "valid": lines[n_train:n_train + n_valid],
+                 "test": lines[n_train + n_valid:]}
+        self._build({s: (lambda part=part: iter(part)) for s, part in parts.items()}, "text")
         return self
 
-    def _build(self, lines: Dict[str, List[List[str]]], where: str) -> None:
+    def _build(self, sources: Dict[str, Callable[[], Iterable[List[str]]]], where: str) -> None:
         counts = Counter()
-        for words in lines["train"]:
+        for words in sources["train"]():
             counts.update(words)
         counts.pop(EOS, None)
         # Counter.most_common is stable: ties keep first-occurrence order.
@@ -436,22 +444,17 @@ class WordCorpus(_Corpus):
             self.itos.append(UNK)
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.vocab_size = len(self.itos)
-        dtype = np.int32
         for s in SPLITS:
-            setattr(self, s, self._encode_lines(lines[s], dtype))
+            setattr(self, s, self._encode_lines(sources[s](), np.int32))
         _check_splits(self, where)
 
-    def _encode_lines(self, lines: List[List[str]], dtype=np.int64) -> np.ndarray:
-        stoi, unk, eos = self.stoi, self.stoi[UNK], self.stoi[EOS]
-        out = np.empty(sum(len(ws) + 1 for ws in lines), dtype)
-        i = 0
+    def _encode_lines(self, lines: Iterable[List[str]], dtype=np.int64) -> np.ndarray:
+        stoi, unk = self.stoi, self.stoi[UNK]
+        out = array.array("i")
         for words in lines:
-            for w in words:
-                out[i] = stoi.get(w, unk)
-                i += 1
-            out[i] = eos
-            i += 1
-        return out
+            out.extend([stoi.get(w, unk) for w in words])
+            out.append(0)  # <eos>
+        return np.frombuffer(out, np.int32).astype(dtype)
 
     def encode(self, text: str, add_eos: bool = True) -> np.ndarray:
         """Ids of whitespace-separated tokens, ``<eos>`` after each line if ``add_eos``."""
