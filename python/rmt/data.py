@@ -1,4 +1,7 @@
-"""Segments: a batch of long token sequences cut into (batch, segment_len) pieces without copies.
+"""Data: segments of long sequences (below), and language-modelling corpora (``ByteCorpus``,
+``WordCorpus``, ``default_corpus``, ``bits_per_byte``, ``perplexity``: see ``rmt.corpus``).
+
+Segments: a batch of long token sequences cut into (batch, segment_len) pieces without copies.
 
     for seg in rmt.segments(tokens, segment_len=24):           # tokens (B, L), any integer dtype
         logits, state = model.step(seg.tokens, state)           # or: model.stream(rmt.segments(...))
