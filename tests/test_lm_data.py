@@ -208,6 +208,9 @@ def test_batches_feed_the_trainer(enwik8_file):
     result = rmt.evaluate(model, c.eval_batches("valid", 4, 8, 2, max_windows=8))
     assert result["tokens"] == 8 * 16
     assert 0 < data.bits_per_byte(result["loss"]) < 12
+    # the whole split, with a ragged last batch and an ignored tail: every target counted once
+    full = rmt.evaluate(model, c.eval_batches("test", 3, 8, 2))
+    assert full["tokens"] == len(c.test) - 1
 
 
 def test_metrics():
