@@ -7,6 +7,8 @@ numpy API:
   (``rmt.RMTEncoder``), configured by ``rmt.ModelConfig``;
 - training: ``rmt.Trainer`` with ``rmt.Adam`` / ``rmt.AdamW``, schedules, clipping, BPTT depth,
   curricula (``rmt.Stage``), checkpoints (``model.save`` / ``rmt.load``);
+- language-modelling data: ``rmt.data.ByteCorpus`` (enwik8), ``rmt.data.WordCorpus`` (WikiText),
+  ``rmt.data.default_corpus()`` (Jane Austen's novels, from a Debian package, offline);
 - ``rmt.ops``: every op as a forward/backward pair on numpy arrays.
 """
 import os as _os
@@ -35,7 +37,7 @@ from ._core import (
 from ._core import kernels, ops
 from .checkpoint import load
 from .config import ModelConfig
-from .data import segments
+from .data import ByteCorpus, WordCorpus, default_corpus, segments
 from .models import (
     MemoryState,
     MemoryTransformer,
@@ -58,4 +60,5 @@ __all__ = [
     "TransformerXL", "available_isas", "evaluate", "fma_peak_gflops", "from_config", "gemm", "gemm_reference",
     "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "segments", "set_isa",
     "set_num_threads",
+    "ByteCorpus", "WordCorpus", "default_corpus",
 ]

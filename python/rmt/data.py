@@ -1,4 +1,7 @@
-"""Segments: a batch of long token sequences cut into (batch, segment_len) pieces without copies.
+"""Data: segments of long sequences (below), and language-modelling corpora (``ByteCorpus``,
+``WordCorpus``, ``default_corpus``, ``bits_per_byte``, ``perplexity``: see ``rmt.corpus``).
+
+Segments: a batch of long token sequences cut into (batch, segment_len) pieces without copies.
 
     for seg in rmt.segments(tokens, segment_len=24):           # tokens (B, L), any integer dtype
         logits, state = model.step(seg.tokens, state)           # or: model.stream(rmt.segments(...))
@@ -53,3 +56,13 @@ def segments(tokens, segment_len: int, align: str = "left", pad_id: int = 0, tar
     ("left" or "right") requires. See the module docstring (``rmt.data``) for the details."""
     return _core.SegmentIterator(tokens, segment_len, align=align, pad_id=pad_id, targets=targets,
                                  num_segments=num_segments)
+
+
+from .corpus import (  # noqa: E402  (language-modelling data, see rmt.corpus)
+    ByteCorpus,
+    WordCorpus,
+    bits_per_byte,
+    default_corpus,
+    default_corpus_novels,
+    perplexity,
+)
