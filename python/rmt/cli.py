@@ -40,7 +40,7 @@ def _demo(args) -> int:
         rmt.set_num_threads(args.threads)
     settings = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
     if args.steps:
-        settings.steps = args.steps
+        settings.max_steps = [args.steps] * len(settings.stages)
     demo.run(settings, out_dir=args.out, progress=not args.no_progress)
     return 0
 
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("demo", help="RMT vs Transformer-XL on a copy task (a few minutes)")
     p.add_argument("--quick", action="store_true", help="a few seconds: checks the install")
-    p.add_argument("--steps", type=int, help="training steps per model")
+    p.add_argument("--steps", type=int, help="maximum training steps per curriculum stage")
     p.add_argument("--out", default="rmt-demo", help="folder for metrics and the plot")
     p.add_argument("--threads", type=int, help="threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
