@@ -49,6 +49,7 @@ from .models import (
     from_config,
     right_align,
 )
+from .memory_tasks import DetectMemorizeTask, MemorizeTask, MemoryTask, ReasoningTask, WordTokenizer, memory_task
 from .optim import Adam, AdamW, Constant, Cosine, Linear, ReduceOnPlateau
 from .trainer import Stage, Trainer, evaluate
 
@@ -61,4 +62,5 @@ __all__ = [
     "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "segments", "set_isa",
     "set_num_threads",
     "ByteCorpus", "WordCorpus", "default_corpus",
+    "DetectMemorizeTask", "MemorizeTask", "MemoryTask", "ReasoningTask", "WordTokenizer", "memory_task",
 ]
