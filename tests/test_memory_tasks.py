@@ -193,11 +193,10 @@ def test_lazy_segments_equal_the_whole_sample(tasks, name):
 
 
 def _peak_bytes(task, num_segments, T):
-    gen = task.segments_of(3, num_segments, T)
     tracemalloc.start()
     tracemalloc.reset_peak()
     count = 0
-    for seg in gen:
+    for seg in task.segments_of(3, num_segments, T):
         count += seg.shape[1]
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
