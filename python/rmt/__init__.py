@@ -9,6 +9,8 @@ numpy API:
   curricula (``rmt.Stage``), checkpoints (``model.save`` / ``rmt.load``);
 - language-modelling data: ``rmt.data.ByteCorpus`` (enwik8), ``rmt.data.WordCorpus`` (WikiText),
   ``rmt.data.default_corpus()`` (Jane Austen's novels, from a Debian package, offline);
+- the memory tasks of the 1M-token report: ``rmt.MemorizeTask``, ``rmt.DetectMemorizeTask``,
+  ``rmt.ReasoningTask`` with ``rmt.WordTokenizer`` (``rmt.memory_tasks``);
 - ``rmt.ops``: every op as a forward/backward pair on numpy arrays.
 """
 import os as _os
@@ -49,6 +51,8 @@ from .models import (
     from_config,
     right_align,
 )
+from .memory_tasks import (DetectMemorizeTask, MemorizeTask, MemoryTask, ReasoningTask,
+                           WordTokenizer, memory_task)
 from .optim import Adam, AdamW, Constant, Cosine, Linear, ReduceOnPlateau
 from .trainer import Stage, Trainer, evaluate
 
@@ -61,4 +65,5 @@ __all__ = [
     "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "segments", "set_isa",
     "set_num_threads",
     "ByteCorpus", "WordCorpus", "default_corpus",
+    "DetectMemorizeTask", "MemorizeTask", "MemoryTask", "ReasoningTask", "WordTokenizer", "memory_task",
 ]
