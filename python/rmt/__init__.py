@@ -50,6 +50,7 @@ from .models import (
     right_align,
 )
 from .optim import Adam, AdamW, Constant, Cosine, Linear, ReduceOnPlateau
+from .profiling import profile
 from .trainer import Stage, Trainer, evaluate
 
 __version__ = "0.1.0"
@@ -61,4 +62,5 @@ __all__ = [
     "gemm_tile", "get_isa", "get_num_threads", "has_openmp", "kernels", "load", "ops", "right_align", "segments", "set_isa",
     "set_num_threads",
     "ByteCorpus", "WordCorpus", "default_corpus",
+    "profile",
 ]
