@@ -5,6 +5,7 @@
 #include "bindings/register.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/isa.hpp"
+#include "kernels/profile.hpp"
 #include "kernels/threads.hpp"
 
 namespace rmt::bindings {
@@ -69,6 +70,25 @@ void register_runtime(py::module_& core) {
        "Measured float32 FMA peak in GFLOP/s of `threads` threads (default: the current number) "
        "running a register-only FMA loop of the active ISA at once; best of 5 runs after a "
        "warm-up, about `seconds` in all.");
+    core.def("profile_enable", &kernels::profile::set_enabled, py::arg("on") = true,
+             "Turns the per-op profiler on or off (off by default). Enabled, every instrumented "
+             "op call of the models and the training step adds its wall time to a named counter.");
+    core.def("profile_enabled", &kernels::profile::enabled, "Whether the profiler is on.");
+    core.def("profile_reset", &kernels::profile::reset, "Zeroes every profiler counter.");
+    core.def("profile_report", []() {
+        py::list out;
+        for (const auto& r : kernels::profile::report()) {
+            py::dict d;
+            d["name"] = r.name;
+            d["seconds"] = r.seconds;
+            d["calls"] = r.calls;
+            d["flops"] = r.flops;
+            out.append(d);
+        }
+        return out;
+    }, "The profiler counters called since the last reset, as dicts {name, seconds, calls, flops} "
+       "(flops 0 where a scope does not count them), in order of first use. rmt.profile() is the "
+       "convenient way to use them.");
 #ifdef RMT_HAVE_OPENMP
     core.attr("has_openmp") = true;
 #else

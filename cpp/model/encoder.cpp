@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/profile.hpp"
 #include "model/model.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/dropout.hpp"
@@ -45,6 +46,8 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
     if (Bs == 0) return;
     // Row ids [CLS, mem x M, SEP, x_1..x_T, SEP] (-1 on the memory rows) and the key mask: every
     // query sees every key except content rows holding pad_id.
+    {
+    RMT_PROFILE_SCOPE("glue.mask");
     seg.ids.assign(Bs * Q, -1);
     seg.allowed.assign(Bs * Q * Q, 1);
     for (int64_t i = 0; i < Bs; ++i) {
@@ -59,9 +62,12 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
             if (x[t] == pad)
                 for (int64_t q = 0; q < Q; ++q) allowed[q * Q + M + 2 + t] = 0;
     }
+    }
     // emb_in = (E[id] or the memory) + pos_emb[row]; h0 = dropout(LN_emb(emb_in))
     const float* E = param("word_emb.weight");
     const float* pos = param("pos_emb.weight");
+    {
+    RMT_PROFILE_SCOPE("fwd.embedding");   // with the memory rows and the positions
     seg.emb_in.resize(Bs * Q * C);
     for (int64_t i = 0; i < Bs; ++i)
         for (int64_t r = 0; r < Q; ++r) {
@@ -70,13 +76,18 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
             float* dst = &seg.emb_in[(i * Q + r) * C];
             for (int64_t c = 0; c < C; ++c) dst[c] = src[c] + pos[r * C + c];
         }
+    }
+    {
+    RMT_PROFILE_SCOPE("fwd.layernorm");
     seg.emb_mean.resize(Bs * Q);
     seg.emb_rstd.resize(Bs * Q);
     seg.h0.resize(Bs * Q * C);
     ops::layernorm_forward<float>(seg.h0.data(), seg.emb_mean.data(), seg.emb_rstd.data(),
                                   seg.emb_in.data(), param("emb_norm.weight"),
                                   param("emb_norm.bias"), Bs * Q, C, float(config_.layer_norm_eps));
+    }
     if (drop.active()) {
+        RMT_PROFILE_SCOPE("fwd.dropout");
         seg.keep_h0.resize(seg.h0.size());
         ops::dropout_forward<float>(seg.h0.data(), seg.keep_h0.data(), seg.h0.data(),
                                     int64_t(seg.h0.size()), drop.p, drop.seed, drop.counter);
@@ -92,10 +103,13 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
         layer_forward(seg.layers[l], layer_params(l), h, nullptr, seg.allowed.data(), nullptr, dims,
                       drop);
     }
+    {
+    RMT_PROFILE_SCOPE("glue.copy");
     seg.cls_out.resize(Bs * C);
     const float* out = seg.layers[L - 1].out.data();
     for (int64_t i = 0; i < Bs; ++i)
         std::memcpy(&seg.cls_out[i * C], out + i * Q * C, sizeof(float) * C);
+    }
     encoder_head_forward(seg);
 }
 
@@ -103,10 +117,17 @@ void Model::encoder_head_forward(SegmentActivations& seg) const {
     const int64_t C = config_.d_model, NC = config_.num_classes;
     const int64_t Bs = int64_t(seg.rows.size());
     // logits = cls_head(tanh(pooler(cls_out)))
+    {
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.pooler", 2 * Bs * C * C);
     seg.pooled.resize(Bs * C);
     ops::linear_forward<float>(seg.pooled.data(), seg.cls_out.data(), param("pooler.weight"),
                                param("pooler.bias"), Bs, C, C);
+    }
+    {
+    RMT_PROFILE_SCOPE("fwd.tanh");
     for (auto& x : seg.pooled) x = std::tanh(x);
+    }
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.head", 2 * Bs * C * NC);
     seg.logits.resize(Bs * NC);
     ops::linear_forward<float>(seg.logits.data(), seg.pooled.data(), param("cls_head.weight"),
                                param("cls_head.bias"), Bs, C, NC);
@@ -116,10 +137,17 @@ void Model::encoder_head_backward(std::vector<float>& dcls, const SegmentActivat
                                   const float* dlogits) {
     const int64_t C = config_.d_model, NC = config_.num_classes;
     const int64_t Bs = int64_t(seg.rows.size());
-    std::vector<float> dpooled(Bs * C, 0.0f);
+    std::vector<float> dpooled = zeros(Bs * C);
+    {
+    RMT_PROFILE_SCOPE_FLOPS("bwd.linear.head", 4 * Bs * C * NC);
     ops::linear_backward<float>(dpooled.data(), grad("cls_head.weight"), grad("cls_head.bias"),
                                 dlogits, seg.pooled.data(), param("cls_head.weight"), Bs, C, NC);
+    }
+    {
+    RMT_PROFILE_SCOPE("bwd.tanh");
     for (int64_t i = 0; i < Bs * C; ++i) dpooled[i] *= 1.0f - seg.pooled[i] * seg.pooled[i];
+    }
+    RMT_PROFILE_SCOPE_FLOPS("bwd.linear.pooler", 4 * Bs * C * C);
     dcls.assign(Bs * C, 0.0f);
     ops::linear_backward<float>(dcls.data(), grad("pooler.weight"), grad("pooler.bias"),
                                 dpooled.data(), seg.cls_out.data(), param("pooler.weight"), Bs, C, C);
@@ -132,27 +160,42 @@ void Model::encoder_segment_backward(std::vector<float>& dmem, const SegmentActi
     const int64_t Bs = int64_t(seg.rows.size());
     const LayerDims dims = encoder_dims(Bs);
     const float p = training_ ? float(config_.dropout) : 0.0f;
-    std::vector<float> d = dfinal, dh(Bs * Q * C);
+    std::vector<float> d, dh;
+    {
+    RMT_PROFILE_SCOPE("glue.copy");
+    d = dfinal;
+    dh.resize(Bs * Q * C);
+    }
     for (int64_t l = L - 1; l >= 0; --l) {
+        {
+        RMT_PROFILE_SCOPE("glue.zeros");
         std::fill(dh.begin(), dh.end(), 0.0f);
+        }
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
         auto g = layer_grads(l);
         layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, nullptr, dims, p);
         std::swap(d, dh);
     }
     // h0 = dropout(LN_emb(emb_in))
-    std::vector<float> dln(d.size(), 0.0f);
-    if (!seg.keep_h0.empty())
+    std::vector<float> dln = zeros(int64_t(d.size()));
+    if (!seg.keep_h0.empty()) {
+        RMT_PROFILE_SCOPE("bwd.dropout");
         ops::dropout_backward<float>(dln.data(), d.data(), seg.keep_h0.data(), int64_t(d.size()), p);
-    else
+    } else {
+        RMT_PROFILE_SCOPE("glue.copy");
         dln = d;
-    std::vector<float> demb(Bs * Q * C, 0.0f);
+    }
+    std::vector<float> demb = zeros(Bs * Q * C);
+    {
+    RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(demb.data(), grad("emb_norm.weight"), grad("emb_norm.bias"),
                                    dln.data(), seg.emb_in.data(), param("emb_norm.weight"),
                                    seg.emb_mean.data(), seg.emb_rstd.data(), Bs * Q, C);
+    }
     // emb_in = (E[id] or memory) + pos_emb[row]
     float* dpos = grad("pos_emb.weight");
     float* dE = grad("word_emb.weight");
+    RMT_PROFILE_SCOPE("bwd.embedding");   // with the memory rows and the positions
     dmem.assign(Bs * M * C, 0.0f);
     for (int64_t i = 0; i < Bs; ++i) {
         const float* g = &demb[i * Q * C];
@@ -213,15 +256,22 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     // ---- forward ----
     std::vector<SegmentActivations> segs(S);
     std::vector<float> memory(B * M * C);
+    {
+    RMT_PROFILE_SCOPE("glue.memory");
     for (int64_t b = 0; b < B; ++b)
         std::memcpy(&memory[b * M * C], param("mem_tokens"), sizeof(float) * M * C);
+    }
     std::vector<int32_t> toks(B * T);
     for (int64_t s = 0; s < S; ++s) {
+        {
+        RMT_PROFILE_SCOPE("glue.split");
         for (int64_t b = 0; b < B; ++b)
             std::memcpy(&toks[b * T], tokens + b * Ltot + s * T, sizeof(int32_t) * T);
+        }
         SegmentActivations& seg = segs[s];
         encoder_segment_forward(seg, toks.data(), B, memory.data(), drop);
         if (s + 1 < S && !seg.rows.empty()) {
+            RMT_PROFILE_SCOPE("glue.memory");
             // Rows 1..M of the last layer are the next memory; a skipped sample keeps its own.
             const float* out = seg.layers[config_.n_layers - 1].out.data();
             for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i)
@@ -238,12 +288,15 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
             throw std::invalid_argument("label " + std::to_string(labels[b]) + " of sample " +
                                         std::to_string(b) + " is not in [0, num_classes = " +
                                         std::to_string(NC) + ")");
+    double loss_sum = 0;
+    {
+    RMT_PROFILE_SCOPE("fwd.cross_entropy");
     std::vector<float> losses(B);
     last.lse.resize(B);
     ops::cross_entropy_forward<float>(losses.data(), last.lse.data(), last.logits.data(), labels,
                                       nullptr, B, NC, -100);
-    double loss_sum = 0;
     for (float x : losses) loss_sum += x;
+    }
     const double denom = normaliser > 0 ? double(normaliser) : double(B);
     result.loss = loss_sum / denom;
     if (!compute_grad) return result;
@@ -268,8 +321,11 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     std::vector<float> dhead;
     {
         std::vector<float> dlosses(B, float(1.0 / denom)), dlogits(B * NC, 0.0f);
+        {
+        RMT_PROFILE_SCOPE("bwd.cross_entropy");
         ops::cross_entropy_backward<float>(dlogits.data(), dlosses.data(), last.logits.data(),
                                            last.lse.data(), labels, nullptr, B, NC, -100);
+        }
         encoder_head_backward(dhead, last, dlogits.data());
     }
     std::vector<float> dmem;
@@ -278,6 +334,8 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
         const int64_t Bs = int64_t(seg.rows.size());
         std::vector<std::vector<float>> next(n_streams + 1);
         // Skipped samples: identity, same age.
+        {
+        RMT_PROFILE_SCOPE("glue.memory");
         std::vector<uint8_t> ran(B, 0);
         for (auto b : seg.rows) ran[b] = 1;
         for (int64_t a = 0; a < n_streams; ++a) {
@@ -285,10 +343,13 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
             for (int64_t b = 0; b < B; ++b)
                 if (!ran[b]) deposit(next, a, s, b, &streams[a][b * M * C]);
         }
+        }
         for (int64_t a = 0; a < n_streams && Bs > 0; ++a) {
             const bool head = s == S - 1 && a == 0;
             if (!head && streams[a].empty()) continue;
-            std::vector<float> dfinal(Bs * Q * C, 0.0f);
+            std::vector<float> dfinal = zeros(Bs * Q * C);
+            {
+            RMT_PROFILE_SCOPE("glue.copy");
             for (int64_t i = 0; i < Bs; ++i) {
                 const int64_t b = seg.rows[i];
                 if (head) std::memcpy(&dfinal[i * Q * C], &dhead[b * C], sizeof(float) * C);
@@ -298,9 +359,11 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
                     for (int64_t k = 0; k < M * C; ++k) dst[k] += src[k];
                 }
             }
+            }
             encoder_segment_backward(dmem, seg, dfinal);
             const int64_t age_out = full_depth ? 0 : a + 1;
             if (!full_depth && age_out > bptt_depth) continue;   // a constant for this loss
+            RMT_PROFILE_SCOPE("glue.memory");
             for (int64_t i = 0; i < Bs; ++i) deposit(next, age_out, s, seg.rows[i], &dmem[i * M * C]);
         }
         streams = std::move(next);

@@ -8,6 +8,7 @@
 #include "ops/dropout.hpp"
 #include "ops/layernorm.hpp"
 #include "ops/linear.hpp"
+#include "kernels/profile.hpp"
 
 namespace rmt::model {
 namespace {
@@ -18,6 +19,7 @@ void dropout_inplace(std::vector<float>& x, std::vector<uint8_t>& keep, DropoutS
         keep.clear();
         return;
     }
+    RMT_PROFILE_SCOPE("fwd.dropout");
     keep.resize(x.size());
     ops::dropout_forward<float>(x.data(), keep.data(), x.data(), int64_t(x.size()), drop.p, drop.seed,
                                 drop.counter);
@@ -28,6 +30,7 @@ void dropout_inplace(std::vector<float>& x, std::vector<uint8_t>& keep, DropoutS
 const float* dropout_grad(const std::vector<float>& dy, const std::vector<uint8_t>& keep, float p,
                           std::vector<float>& scratch) {
     if (keep.empty()) return dy.data();
+    RMT_PROFILE_SCOPE("bwd.dropout");
     scratch.assign(dy.size(), 0.0f);
     ops::dropout_backward<float>(scratch.data(), dy.data(), keep.data(), int64_t(dy.size()), p);
     return scratch.data();
@@ -35,62 +38,100 @@ const float* dropout_grad(const std::vector<float>& dy, const std::vector<uint8_
 
 }  // namespace
 
+std::vector<float> zeros(int64_t n) {
+    RMT_PROFILE_SCOPE("glue.zeros");
+    return std::vector<float>(n, 0.0f);
+}
+
 void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, const float* h,
                    const float* cache, const uint8_t* allowed, const float* R, const LayerDims& d,
                    DropoutStream& drop) {
     const int64_t B = d.B, Q = d.Q, P = d.P, K = d.K(), C = d.C, D = d.D, F = d.F;
     const int64_t NQ = B * Q;
     // k_in = [cache; h] per batch row: keys and values see the cache, queries only h.
+    {
+    RMT_PROFILE_SCOPE("glue.concat");
     a.k_in.resize(B * K * C);
     for (int64_t b = 0; b < B; ++b) {
         if (P > 0) std::memcpy(&a.k_in[b * K * C], cache + b * P * C, sizeof(float) * P * C);
         std::memcpy(&a.k_in[(b * K + P) * C], h + b * Q * C, sizeof(float) * Q * C);
     }
+    }
     // q = h Wq^T, k = k_in Wk^T, v = k_in Wv^T: the three row blocks of qkv.weight (3D, C).
+    {
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.qkv", 2 * (NQ + 2 * B * K) * C * D);
     a.q.resize(NQ * D);
     a.k.resize(B * K * D);
     a.v.resize(B * K * D);
     ops::linear_forward<float>(a.q.data(), h, w.qkv, nullptr, NQ, C, D);
     ops::linear_forward<float>(a.k.data(), a.k_in.data(), w.qkv + D * C, nullptr, B * K, C, D);
     ops::linear_forward<float>(a.v.data(), a.k_in.data(), w.qkv + 2 * D * C, nullptr, B * K, C, D);
+    }
     a.probs.resize(B * d.NH * Q * K);
     a.attn.resize(NQ * D);
     if (d.relative) {
         // rk = R Wr^T; attn = softmax(S | mask) v with S the Transformer-XL relative score
+        {
+        RMT_PROFILE_SCOPE_FLOPS("fwd.linear.r", 2 * K * C * D);
         a.rk.resize(K * D);
         ops::linear_forward<float>(a.rk.data(), R, w.r, nullptr, K, C, D);
+        }
+        RMT_PROFILE_SCOPE("fwd.rel_attention");
         ops::rel_attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
                                           a.v.data(), a.rk.data(), w.u, w.v, allowed,
                                           d.mask_batch_stride, B, Q, K, d.NH, d.hs);
     } else {
         // attn = softmax(q k^T / sqrt(hs) | mask) v (absolute positions live in the embedding)
         a.rk.clear();
+        RMT_PROFILE_SCOPE("fwd.attention");
         ops::attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
                                       a.v.data(), allowed, d.mask_batch_stride, B, Q, K, d.NH, d.hs);
     }
     // res1 = h + dropout(attn Wo^T); o = LN1(res1)
+    {
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.o", 2 * NQ * D * C);
     a.res1.resize(NQ * C);
     ops::linear_forward<float>(a.res1.data(), a.attn.data(), w.o, nullptr, NQ, D, C);
+    }
     dropout_inplace(a.res1, a.keep_proj, drop);
+    {
+    RMT_PROFILE_SCOPE("glue.residual");
     for (int64_t i = 0; i < NQ * C; ++i) a.res1[i] += h[i];
+    }
+    {
+    RMT_PROFILE_SCOPE("fwd.layernorm");
     a.ln1_mean.resize(NQ);
     a.ln1_rstd.resize(NQ);
     a.o.resize(NQ * C);
     ops::layernorm_forward<float>(a.o.data(), a.ln1_mean.data(), a.ln1_rstd.data(), a.res1.data(),
                                   w.ln1_w, w.ln1_b, NQ, C, d.eps);
+    }
     // act = dropout(relu or gelu(o W1^T + b1)); res2 = o + dropout(act W2^T + b2); out = LN2(res2)
+    {
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.fc1", 2 * NQ * C * F);
     a.fc1.resize(NQ * F);
     ops::linear_forward<float>(a.fc1.data(), a.o.data(), w.fc1_w, w.fc1_b, NQ, C, F);
+    }
     a.act.resize(NQ * F);
-    if (d.gelu)
+    if (d.gelu) {
+        RMT_PROFILE_SCOPE("fwd.gelu");
         ops::gelu_forward<float>(a.act.data(), a.fc1.data(), NQ * F, false);
-    else
+    } else {
+        RMT_PROFILE_SCOPE("fwd.relu");
         ops::relu_forward<float>(a.act.data(), a.fc1.data(), NQ * F);
+    }
     dropout_inplace(a.act, a.keep_act, drop);
+    {
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.fc2", 2 * NQ * F * C);
     a.res2.resize(NQ * C);
     ops::linear_forward<float>(a.res2.data(), a.act.data(), w.fc2_w, w.fc2_b, NQ, F, C);
+    }
     dropout_inplace(a.res2, a.keep_ff, drop);
+    {
+    RMT_PROFILE_SCOPE("glue.residual");
     for (int64_t i = 0; i < NQ * C; ++i) a.res2[i] += a.o[i];
+    }
+    RMT_PROFILE_SCOPE("fwd.layernorm");
     a.ln2_mean.resize(NQ);
     a.ln2_rstd.resize(NQ);
     a.out.resize(NQ * C);
@@ -105,53 +146,87 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     const int64_t NQ = B * Q;
     std::vector<float> scratch;
     // out = LN2(res2)
-    std::vector<float> dres2(NQ * C, 0.0f);
+    std::vector<float> dres2 = zeros(NQ * C);
+    {
+    RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(dres2.data(), g.ln2_w, g.ln2_b, dout, a.res2.data(), w.ln2_w,
                                    a.ln2_mean.data(), a.ln2_rstd.data(), NQ, C);
+    }
     // res2 = o + dropout(act W2^T + b2): the residual hands dres2 to o unchanged
-    std::vector<float> d_o(dres2);
+    std::vector<float> d_o;
+    {
+    RMT_PROFILE_SCOPE("glue.copy");
+    d_o = dres2;
+    }
     const float* dff = dropout_grad(dres2, a.keep_ff, dropout_p, scratch);
-    std::vector<float> dact(NQ * F, 0.0f);
+    std::vector<float> dact = zeros(NQ * F);
+    {
+    RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc2", 4 * NQ * F * C);
     ops::linear_backward<float>(dact.data(), g.fc2_w, g.fc2_b, dff, a.act.data(), w.fc2_w, NQ, F, C);
+    }
     // act = dropout(relu(fc1)); fc1 = o W1^T + b1
     const float* dact_pre = dropout_grad(dact, a.keep_act, dropout_p, scratch);
-    std::vector<float> dfc1(NQ * F, 0.0f);
-    if (d.gelu)
+    std::vector<float> dfc1 = zeros(NQ * F);
+    if (d.gelu) {
+        RMT_PROFILE_SCOPE("bwd.gelu");
         ops::gelu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, false);
-    else
+    } else {
+        RMT_PROFILE_SCOPE("bwd.relu");
         ops::relu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F);
+    }
+    {
+    RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc1", 4 * NQ * C * F);
     ops::linear_backward<float>(d_o.data(), g.fc1_w, g.fc1_b, dfc1.data(), a.o.data(), w.fc1_w, NQ,
                                 C, F);
+    }
     // o = LN1(res1)
-    std::vector<float> dres1(NQ * C, 0.0f);
+    std::vector<float> dres1 = zeros(NQ * C);
+    {
+    RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(dres1.data(), g.ln1_w, g.ln1_b, d_o.data(), a.res1.data(),
                                    w.ln1_w, a.ln1_mean.data(), a.ln1_rstd.data(), NQ, C);
+    }
     // res1 = h + dropout(attn Wo^T)
+    {
+    RMT_PROFILE_SCOPE("glue.residual");
     for (int64_t i = 0; i < NQ * C; ++i) dh[i] += dres1[i];
+    }
     const float* dproj = dropout_grad(dres1, a.keep_proj, dropout_p, scratch);
-    std::vector<float> dattn(NQ * D, 0.0f);
+    std::vector<float> dattn = zeros(NQ * D);
+    {
+    RMT_PROFILE_SCOPE_FLOPS("bwd.linear.o", 4 * NQ * D * C);
     ops::linear_backward<float>(dattn.data(), g.o, nullptr, dproj, a.attn.data(), w.o, NQ, D, C);
+    }
     // attn = softmax(S) v
-    std::vector<float> dq(NQ * D, 0.0f), dk(B * K * D, 0.0f), dv(B * K * D, 0.0f);
+    std::vector<float> dq = zeros(NQ * D), dk = zeros(B * K * D), dv = zeros(B * K * D);
     if (d.relative) {
-        std::vector<float> drk(K * D, 0.0f);
+        std::vector<float> drk = zeros(K * D);
+        {
+        RMT_PROFILE_SCOPE("bwd.rel_attention");
         ops::rel_attention_backward<float>(dq.data(), dk.data(), dv.data(), drk.data(), g.u, g.v,
                                            dattn.data(), a.q.data(), a.k.data(), a.v.data(),
                                            a.rk.data(), w.u, w.v, a.probs.data(), B, Q, K, d.NH,
                                            d.hs);
+        }
         // rk = R Wr^T (R is a constant)
+        RMT_PROFILE_SCOPE_FLOPS("bwd.linear.r", 2 * K * C * D);
         ops::linear_backward<float>(nullptr, g.r, nullptr, drk.data(), R, w.r, K, C, D);
     } else {
+        RMT_PROFILE_SCOPE("bwd.attention");
         ops::attention_backward<float>(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(),
                                        a.k.data(), a.v.data(), a.probs.data(), B, Q, K, d.NH, d.hs);
     }
     // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T
-    std::vector<float> dk_in(B * K * C, 0.0f);
+    std::vector<float> dk_in = zeros(B * K * C);
+    {
+    RMT_PROFILE_SCOPE_FLOPS("bwd.linear.qkv", 4 * (NQ + 2 * B * K) * C * D);
     ops::linear_backward<float>(dk_in.data(), g.qkv + D * C, nullptr, dk.data(), a.k_in.data(),
                                 w.qkv + D * C, B * K, C, D);
     ops::linear_backward<float>(dk_in.data(), g.qkv + 2 * D * C, nullptr, dv.data(), a.k_in.data(),
                                 w.qkv + 2 * D * C, B * K, C, D);
     ops::linear_backward<float>(dh, g.qkv, nullptr, dq.data(), h, w.qkv, NQ, C, D);
+    }
+    RMT_PROFILE_SCOPE("glue.concat");
     // k_in = [cache; h]: the h rows pass their gradient on, the cache rows are a constant
     for (int64_t b = 0; b < B; ++b) {
         const float* src = &dk_in[(b * K + P) * C];

@@ -78,4 +78,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                     const LayerTensors<const float>& w, const float* h, const float* R,
                     const LayerDims& d, float dropout_p);
 
+// A new zero-filled buffer of n floats (timed as glue.zeros when profiling).
+std::vector<float> zeros(int64_t n);
+
 }  // namespace rmt::model

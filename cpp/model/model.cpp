@@ -6,6 +6,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "kernels/profile.hpp"
 #include "ops/attention.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/dropout.hpp"
@@ -136,6 +137,7 @@ float* Model::grad(const std::string& name) { return grads_.data() + layout_.fin
 void Model::build_mask(std::vector<uint8_t>& allowed, int64_t P) const {
     const int64_t M = config_.num_mem_tokens, T = config_.segment_len, Q = config_.query_rows();
     const int64_t K = P + Q;
+    RMT_PROFILE_SCOPE("glue.mask");
     allowed.assign(Q * K, 0);
     switch (config_.kind) {
         case Kind::RMT:
@@ -164,6 +166,8 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
     seg.P = P;
     // h0 = [m; e; m] (rmt), [mem_tokens; e] (memtr) or e, then dropout on all of it (LM-RMT
     // concatenates the memory before its embedding dropout).
+    {
+    RMT_PROFILE_SCOPE("fwd.embedding");   // with the memory rows copied in
     seg.h0.assign(B * Q * C, 0.0f);
     for (int64_t b = 0; b < B; ++b) {
         float* h = seg.h0.data() + b * Q * C;
@@ -176,7 +180,9 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
             std::memcpy(h, param("mem_tokens"), sizeof(float) * M * C);
         }
     }
+    }
     if (drop.active()) {
+        RMT_PROFILE_SCOPE("fwd.dropout");
         seg.keep_h0.resize(seg.h0.size());
         ops::dropout_forward<float>(seg.h0.data(), seg.keep_h0.data(), seg.h0.data(),
                                     int64_t(seg.h0.size()), drop.p, drop.seed, drop.counter);
@@ -185,9 +191,13 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
         seg.keep_h0.clear();
     }
     const int64_t K = P + Q;
+    {
+    RMT_PROFILE_SCOPE("fwd.rel_position");
     seg.R.resize(K * C);
     ops::rel_position_encoding<float>(seg.R.data(), K, C, config_.clamp_len);
+    }
     if (drop.active()) {
+        RMT_PROFILE_SCOPE("fwd.dropout");
         std::vector<uint8_t> keep(seg.R.size());
         ops::dropout_forward<float>(seg.R.data(), keep.data(), seg.R.data(), int64_t(seg.R.size()),
                                     drop.p, drop.seed, drop.counter);
@@ -203,10 +213,14 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
                       seg.allowed.data(), seg.R.data(), dims, drop);
     }
     // The head reads the token rows of the last layer: logits = out E^T + out_bias (tied).
+    {
+    RMT_PROFILE_SCOPE("glue.copy");
     seg.token_out.resize(B * T * C);
     const float* out = seg.layers[L - 1].out.data();
     for (int64_t b = 0; b < B; ++b)
         std::memcpy(&seg.token_out[b * T * C], out + (b * Q + off) * C, sizeof(float) * T * C);
+    }
+    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.head", 2 * B * T * C * V);
     seg.logits.resize(B * T * V);
     ops::linear_forward<float>(seg.logits.data(), seg.token_out.data(), emb, param("out_bias"),
                                B * T, C, V);
@@ -219,9 +233,17 @@ void Model::segment_backward(std::vector<float>& dh0, const SegmentActivations& 
     const LayerDims dims{B, Q, seg.P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
                          config_.d_ff, float(config_.layer_norm_eps)};
     const float p = training_ ? float(config_.dropout) : 0.0f;
-    std::vector<float> d = dfinal, dh(B * Q * C);
+    std::vector<float> d, dh;
+    {
+    RMT_PROFILE_SCOPE("glue.copy");
+    d = dfinal;
+    dh.resize(B * Q * C);
+    }
     for (int64_t l = L - 1; l >= 0; --l) {
+        {
+        RMT_PROFILE_SCOPE("glue.zeros");
         std::fill(dh.begin(), dh.end(), 0.0f);
+        }
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
         auto g = layer_grads(l);
         layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, seg.R.data(), dims, p);
@@ -229,14 +251,17 @@ void Model::segment_backward(std::vector<float>& dh0, const SegmentActivations& 
     }
     // h0 = dropout([m; e; m])
     if (!seg.keep_h0.empty()) {
+        RMT_PROFILE_SCOPE("bwd.dropout");
         dh0.assign(d.size(), 0.0f);
         ops::dropout_backward<float>(dh0.data(), d.data(), seg.keep_h0.data(), int64_t(d.size()), p);
     } else {
+        RMT_PROFILE_SCOPE("glue.copy");
         dh0 = d;
     }
     // e = E[x] * sqrt(C) on the token rows
     const int64_t off = config_.token_row_offset();
     float* demb = grad("word_emb.weight");
+    RMT_PROFILE_SCOPE("bwd.embedding");
     for (int64_t b = 0; b < B; ++b)
         ops::embedding_backward<float>(demb, dh0.data() + (b * Q + off) * C, tokens + b * T, T, V, C,
                                        float(std::sqrt(double(C))));
@@ -249,6 +274,7 @@ void Model::advance_caches(std::vector<std::vector<float>>& caches, int64_t& P,
     const int64_t C = config_.d_model, T = config_.segment_len, Q = config_.query_rows();
     const int64_t off = config_.token_row_offset();
     const int64_t newP = std::min(config_.mem_len, P + T);
+    RMT_PROFILE_SCOPE("glue.cache");
     for (int64_t l = 0; l < config_.n_layers; ++l) {
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
         std::vector<float> next(B * newP * C);
@@ -287,11 +313,14 @@ void Model::step(StreamState& st, const int32_t* tokens, float* logits_out) {
     DropoutStream drop;   // inference: no dropout
     SegmentActivations& seg = st.workspace;
     segment_forward(seg, tokens, B, st.memory.empty() ? nullptr : st.memory.data(), st.caches, st.P, drop);
+    {
+    RMT_PROFILE_SCOPE("glue.copy");
     if (logits_out) std::memcpy(logits_out, seg.logits.data(), sizeof(float) * B * T * V);
     if (config_.kind == Kind::RMT) {
         const float* out = seg.layers[config_.n_layers - 1].out.data();
         for (int64_t b = 0; b < B; ++b)
             std::memcpy(&st.memory[b * M * C], out + (b * Q + M + T) * C, sizeof(float) * M * C);
+    }
     }
     if (config_.has_cache()) advance_caches(st.caches, st.P, seg, B);
     ++st.segments_seen;
@@ -316,8 +345,11 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
 
     // Normaliser of the mean: tokens with a target and a non-zero loss-mask weight.
     int64_t selected = 0;
+    {
+    RMT_PROFILE_SCOPE("glue.count");
     for (int64_t i = 0; i < B * Ltot; ++i)
         if (targets[i] != -100 && (!loss_mask || loss_mask[i] != 0.0f)) ++selected;
+    }
 
     DropoutStream drop;
     drop.p = training_ ? float(config_.dropout) : 0.0f;
@@ -331,6 +363,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     std::vector<std::vector<int32_t>> seg_tokens(S), seg_targets(S);
     std::vector<std::vector<float>> seg_mask(S);
     if (rmt) {
+        RMT_PROFILE_SCOPE("glue.memory");
         memories[0].resize(B * M * C);
         for (int64_t b = 0; b < B; ++b)
             std::memcpy(&memories[0][b * M * C], init_memory ? init_memory + b * M * C : param("mem_tokens"),
@@ -341,6 +374,8 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     for (int64_t s = 0; s < S; ++s) {
         auto& toks = seg_tokens[s];
         auto& tgts = seg_targets[s];
+        {
+        RMT_PROFILE_SCOPE("glue.split");
         toks.resize(B * T);
         tgts.resize(B * T);
         if (loss_mask) seg_mask[s].resize(B * T);
@@ -350,19 +385,26 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
                 tgts[b * T + t] = targets[b * Ltot + s * T + t];
                 if (loss_mask) seg_mask[s][b * T + t] = loss_mask[b * Ltot + s * T + t];
             }
+        }
         SegmentActivations& seg = segs[s];
         segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop);
+        {
+        RMT_PROFILE_SCOPE("fwd.cross_entropy");
         std::vector<float> losses(B * T);
         seg.lse.resize(B * T);
         ops::cross_entropy_forward<float>(losses.data(), seg.lse.data(), seg.logits.data(), tgts.data(),
                                           loss_mask ? seg_mask[s].data() : nullptr, B * T, V, -100);
         for (float x : losses) loss_sum += x;
-        if (logits_out)
+        }
+        if (logits_out) {
+            RMT_PROFILE_SCOPE("glue.copy");
             for (int64_t b = 0; b < B; ++b)
                 std::memcpy(logits_out + (b * Ltot + s * T) * V, &seg.logits[b * T * V],
                             sizeof(float) * T * V);
+        }
         if (rmt && s + 1 < S) {
             // The write block's last-layer outputs are the next segment's memory.
+            RMT_PROFILE_SCOPE("glue.memory");
             memories[s + 1].resize(B * M * C);
             const float* out = seg.layers[L - 1].out.data();
             for (int64_t b = 0; b < B; ++b)
@@ -389,19 +431,27 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     for (int64_t s = S - 1; s >= 0; --s) {
         SegmentActivations& seg = segs[s];
         // Loss head: dlogits, then the gradient at the token rows of the last layer.
+        std::vector<float> dlogits = zeros(B * T * V);
+        {
+        RMT_PROFILE_SCOPE("bwd.cross_entropy");
         std::vector<float> dlosses(B * T, float(1.0 / denom));
-        std::vector<float> dlogits(B * T * V, 0.0f);
         ops::cross_entropy_backward<float>(dlogits.data(), dlosses.data(), seg.logits.data(),
                                            seg.lse.data(), seg_targets[s].data(),
                                            loss_mask ? seg_mask[s].data() : nullptr, B * T, V, -100);
-        std::vector<float> dtoken(B * T * C, 0.0f);
+        }
+        std::vector<float> dtoken = zeros(B * T * C);
+        {
+        RMT_PROFILE_SCOPE_FLOPS("bwd.linear.head", 4 * B * T * C * V);
         ops::linear_backward<float>(dtoken.data(), demb, dbias, dlogits.data(), seg.token_out.data(),
                                     emb, B * T, C, V);
+        }
         std::vector<std::vector<float>> next_streams(n_streams + 1);
         const int64_t passes = (rmt && !full_depth) ? std::min<int64_t>(bptt_depth, S - 1 - s) + 1 : 1;
         for (int64_t a = 0; a < passes; ++a) {
             if (a > 0 && streams[a].empty()) continue;
-            std::vector<float> dfinal(B * Q * C, 0.0f);
+            std::vector<float> dfinal = zeros(B * Q * C);
+            {
+            RMT_PROFILE_SCOPE("glue.copy");
             if (a == 0)
                 for (int64_t b = 0; b < B; ++b)
                     std::memcpy(&dfinal[(b * Q + off) * C], &dtoken[b * T * C], sizeof(float) * T * C);
@@ -412,8 +462,10 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
                     const float* src = &incoming[b * M * C];
                     for (int64_t i = 0; i < M * C; ++i) dst[i] += src[i];
                 }
+            }
             segment_backward(dh0, seg, dfinal, B, seg_tokens[s].data());
             if (config_.kind == Kind::MemTr) {
+                RMT_PROFILE_SCOPE("glue.memory");
                 float* dmem = grad("mem_tokens");
                 for (int64_t b = 0; b < B; ++b)
                     for (int64_t i = 0; i < M * C; ++i) dmem[i] += dh0[b * Q * C + i];
@@ -422,6 +474,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
             // The memory entered at the read and the write rows.
             const int64_t age_out = full_depth ? 0 : a + 1;
             if (!full_depth && age_out > bptt_depth) continue;   // a constant for this loss
+            RMT_PROFILE_SCOPE("glue.memory");
             std::vector<float> dmem(B * M * C);
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t i = 0; i < M * C; ++i)

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "kernels/profile.hpp"
 #include "ops/optim.hpp"
 
 namespace rmt::training {
@@ -24,11 +25,17 @@ StepStats Trainer::step(const int32_t* tokens, const int32_t* targets, const flo
                                     "], got " + std::to_string(micro_batches));
     const int64_t n = model_.layout().total();
     float* grads = model_.grads();
+    {
+    RMT_PROFILE_SCOPE("optim.zero_grad");
     std::fill(grads, grads + n, 0.0f);
+    }
     // One normaliser for all micro-batches: the whole batch's count of selected tokens.
     int64_t selected = 0;
+    {
+    RMT_PROFILE_SCOPE("glue.count");
     for (int64_t i = 0; i < B * L; ++i)
         if (targets[i] != -100 && (!loss_mask || loss_mask[i] != 0.0f)) ++selected;
+    }
     StepStats stats;
     stats.selected = selected;
     if (selected == 0) return stats;   // nothing to learn from this batch
@@ -50,7 +57,10 @@ StepStats Trainer::step_classify(const int32_t* tokens, const int32_t* labels, i
                                     "], got " + std::to_string(micro_batches));
     const int64_t n = model_.layout().total();
     float* grads = model_.grads();
+    {
+    RMT_PROFILE_SCOPE("optim.zero_grad");
     std::fill(grads, grads + n, 0.0f);
+    }
     StepStats stats;
     stats.selected = B;
     for (int64_t k = 0; k < micro_batches; ++k) {
@@ -66,11 +76,20 @@ StepStats Trainer::step_classify(const int32_t* tokens, const int32_t* labels, i
 void Trainer::finish_step(StepStats& stats, double lr) {
     const int64_t n = model_.layout().total();
     float* grads = model_.grads();
+    {
+    RMT_PROFILE_SCOPE("optim.grad_norm");
     stats.grad_norm = ops::grad_norm<float>(grads, n);
+    }
     stats.finite = std::isfinite(stats.loss) && std::isfinite(stats.grad_norm);
     if (!stats.finite) return;   // the caller decides; the parameters are untouched
-    if (clip_norm > 0) ops::clip_grad_norm<float>(grads, n, clip_norm);
-    if (clip_value > 0) ops::clip_grad_value<float>(grads, n, clip_value);
+    if (clip_norm > 0) {
+        RMT_PROFILE_SCOPE("optim.clip_norm");
+        ops::clip_grad_norm<float>(grads, n, clip_norm);
+    }
+    if (clip_value > 0) {
+        RMT_PROFILE_SCOPE("optim.clip_value");
+        ops::clip_grad_value<float>(grads, n, clip_value);
+    }
     ops::AdamHyper<float> h;
     h.lr = float(lr);
     h.beta1 = float(settings_.beta1);
@@ -79,7 +98,14 @@ void Trainer::finish_step(StepStats& stats, double lr) {
     h.weight_decay = float(settings_.weight_decay);
     h.decoupled_weight_decay = settings_.decoupled_weight_decay;
     ++steps_;
-    ops::adam_step<float>(model_.params(), grads, m_.data(), v_.data(), n, steps_, h);
+    auto update = [&] { ops::adam_step<float>(model_.params(), grads, m_.data(), v_.data(), n, steps_, h); };
+    if (h.decoupled_weight_decay) {
+        RMT_PROFILE_SCOPE("optim.adamw");
+        update();
+    } else {
+        RMT_PROFILE_SCOPE("optim.adam");
+        update();
+    }
 }
 
 }  // namespace rmt::training

@@ -54,6 +54,7 @@ from .models import (
 from .memory_tasks import (DetectMemorizeTask, MemorizeTask, MemoryTask, ReasoningTask,
                            WordTokenizer, memory_task)
 from .optim import Adam, AdamW, Constant, Cosine, Linear, ReduceOnPlateau
+from .profiling import profile
 from .trainer import Stage, Trainer, evaluate
 
 __version__ = "0.1.0"
@@ -66,4 +67,5 @@ __all__ = [
     "set_num_threads",
     "ByteCorpus", "WordCorpus", "default_corpus",
     "DetectMemorizeTask", "MemorizeTask", "MemoryTask", "ReasoningTask", "WordTokenizer", "memory_task",
+    "profile",
 ]

@@ -7,7 +7,7 @@ import numpy.typing
 import typing
 from . import kernels
 from . import ops
-__all__: list[str] = ['Model', 'Segment', 'SegmentIterator', 'StreamState', 'TrainerCore', 'available_isas', 'fma_peak_gflops', 'gemm', 'gemm_reference', 'gemm_tile', 'get_isa', 'get_num_threads', 'has_openmp', 'kernels', 'ops', 'set_isa', 'set_num_threads', 'validate_config']
+__all__: list[str] = ['Model', 'Segment', 'SegmentIterator', 'StreamState', 'TrainerCore', 'available_isas', 'fma_peak_gflops', 'gemm', 'gemm_reference', 'gemm_tile', 'get_isa', 'get_num_threads', 'has_openmp', 'kernels', 'ops', 'profile_enable', 'profile_enabled', 'profile_report', 'profile_reset', 'set_isa', 'set_num_threads', 'validate_config']
 class Segment:
     """
     One segment of a batch: tokens (B, T) (a read-only view, no copy), targets (B, T) or None (-100 on padding), mask (B, T) bool valid positions, empty (B,) bool rows with no valid token, index.
@@ -216,6 +216,22 @@ def get_isa() -> str:
     """
 def get_num_threads() -> int:
     ...
+def profile_enable(on: bool = True) -> None:
+    """
+    Turns the per-op profiler on or off (off by default). Enabled, every instrumented op call of the models and the training step adds its wall time to a named counter.
+    """
+def profile_enabled() -> bool:
+    """
+    Whether the profiler is on.
+    """
+def profile_report() -> list:
+    """
+    The profiler counters called since the last reset, as dicts {name, seconds, calls, flops} (flops 0 where a scope does not count them), in order of first use. rmt.profile() is the convenient way to use them.
+    """
+def profile_reset() -> None:
+    """
+    Zeroes every profiler counter.
+    """
 def set_isa(name: str) -> None:
     """
     Force an instruction set ('avx512', 'avx2', 'scalar' or 'best').
