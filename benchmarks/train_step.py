@@ -70,6 +70,9 @@ def bench(name, threads, rounds, min_time):
         opt.step()
 
     def timed(fn):
+        # Let the other library's worker threads go to sleep first (OpenBLAS and libgomp
+        # workers spin after a call and would steal the other core from this sample).
+        time.sleep(0.3)
         n, start = 0, time.perf_counter()
         while True:
             fn()

@@ -110,41 +110,61 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     // (panels split across threads), then walks the (MC block, NR panel) tiles.
 #pragma omp parallel if (parallel)
     {
+#ifdef RMT_HAVE_OPENMP
+        const int nthreads = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+        const int nthreads = 1, tid = 0;
+#endif
         auto a_packed = aligned_buffer<T>(MC * kc_max);
+        const int64_t m_blocks = (M + MC - 1) / MC;
         for (int64_t j0 = 0; j0 < N; j0 += NC) {
             const int64_t nc = std::min<int64_t>(NC, N - j0);
             const int64_t n_panels = (nc + NR - 1) / NR;
+            // Each thread owns a contiguous range of B panels when there are enough of them: it
+            // packs those panels itself and multiplies every A block with them only, so the
+            // panels it reads stay in its own L2 (reading panels packed by the other core halved
+            // the 2-thread speed). With fewer panels than threads, the M blocks are split.
+            const bool split_panels = n_panels >= nthreads;
+            const int64_t p_begin = split_panels ? n_panels * tid / nthreads : 0;
+            const int64_t p_end = split_panels ? n_panels * (tid + 1) / nthreads : n_panels;
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 const int64_t kc = std::min<int64_t>(KC, K - k0);
                 const T beta_slice = k0 == 0 ? beta : T(1);
+                if (split_panels) {
+                    for (int64_t panel = p_begin; panel < p_end; ++panel) {
+                        const int64_t jp = panel * NR;
+                        pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
+                               b_packed.get() + jp * kc_max);
+                    }
+                } else {
+#pragma omp barrier
 #pragma omp for schedule(static)
-                for (int64_t panel = 0; panel < n_panels; ++panel) {
-                    const int64_t jp = panel * NR;
-                    pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                           b_packed.get() + jp * kc);
+                    for (int64_t panel = 0; panel < n_panels; ++panel) {
+                        const int64_t jp = panel * NR;
+                        pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
+                               b_packed.get() + jp * kc_max);
+                    }
                 }
-                const int64_t m_blocks = (M + MC - 1) / MC;
-                int64_t packed_block = -1;
-                // A thread walks a contiguous range of tiles so it repacks its A block only when
-                // the block changes.
-#pragma omp for schedule(static)
-                for (int64_t tile = 0; tile < m_blocks * n_panels; ++tile) {
-                    const int64_t block = tile / n_panels, panel = tile % n_panels;
+                const int64_t b_begin = split_panels ? 0 : m_blocks * tid / nthreads;
+                const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
+                for (int64_t block = b_begin; block < b_end; ++block) {
                     const int64_t i0 = block * MC, mc = std::min<int64_t>(MC, M - i0);
-                    if (block != packed_block) {
-                        pack_a(A, lda, trans_a, i0, mc, k0, kc, MR, a_packed.get());
-                        packed_block = block;
-                    }
-                    const int64_t jp = panel * NR;
-                    const int n = int(std::min<int64_t>(NR, nc - jp));
-                    for (int64_t ip = 0; ip < mc; ip += MR) {
-                        const int m = int(std::min<int64_t>(MR, mc - ip));
-                        micro.run(kc, a_packed.get() + ip * kc, b_packed.get() + jp * kc,
-                                  C + (i0 + ip) * ldc + j0 + jp, ldc, alpha, beta_slice, m, n);
+                    pack_a(A, lda, trans_a, i0, mc, k0, kc, MR, a_packed.get());
+                    for (int64_t panel = p_begin; panel < p_end; ++panel) {
+                        const int64_t jp = panel * NR;
+                        const int n = int(std::min<int64_t>(NR, nc - jp));
+                        for (int64_t ip = 0; ip < mc; ip += MR) {
+                            const int m = int(std::min<int64_t>(MR, mc - ip));
+                            micro.run(kc, a_packed.get() + ip * kc, b_packed.get() + jp * kc_max,
+                                      C + (i0 + ip) * ldc + j0 + jp, ldc, alpha, beta_slice, m, n);
+                        }
                     }
                 }
-                // The implicit barrier of the loop above keeps b_packed alive for every thread
-                // until the next slice repacks it.
+                // Panels sit at a fixed stride (kc_max) whatever this slice's kc, so a panel owner
+                // repacking its part for the next slice never touches another thread's panels.
+                // Panel owners reuse only their own part of b_packed in the next slice, so no
+                // barrier is needed there; the block split shares b_packed and waits (above and
+                // at the end of the omp for) before repacking it.
             }
         }
     }

@@ -50,6 +50,9 @@ def _callables(a, b, trans_a, trans_b, out, torch):
     return fns
 
 
+IDLE_GAP_SECONDS = 0.3
+
+
 def _measure(fns, flops, rounds, min_sample_seconds):
     """Warm-up, then `rounds` rounds alternating the callables; each sample repeats a callable
     until it has run min_sample_seconds. Returns GFLOP/s samples per name (in round order)."""
@@ -64,6 +67,10 @@ def _measure(fns, flops, rounds, min_sample_seconds):
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
+            # Let the previous library's worker threads go to sleep first: OpenBLAS's pthreads
+            # busy-wait for up to ~0.1 s after a call and libgomp's spin too, and a spinning
+            # thread on the other core halved the next library's 2-thread speed.
+            time.sleep(IDLE_GAP_SECONDS)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
