@@ -10,11 +10,11 @@ must carry x through its memory tokens. Both models get the same sizes (2 layers
 and the same curriculum (rmt.Trainer.fit_curriculum: each stage trains until its validation
 accuracy reaches the target, then the next starts from its best checkpoint).
 
-Measured (2026-11-29, `python -m rmt demo` settings, lr 5e-4, 1 thread on a loaded 2-core
-machine, seed 0): test accuracy on copy-8 in 4 segments RMT 0.991, Transformer-XL 0.828 (RMT
-2700 steps in 316 s, Transformer-XL 2900 steps in 148 s). At lr 1e-3 RMT collapsed to chance in
-the last stage in one of two runs: training RMT through its memory is less stable than
-Transformer-XL, and the result can vary with the seed and the thread count.
+Measured (2026-11-29, `python -m rmt demo`, 2 threads, quiet machine, seed 0): test accuracy on
+copy-8 in 4 segments RMT 0.991, Transformer-XL 0.828; RMT 2700 steps in 163 s, Transformer-XL
+2900 steps in 80 s (the same RMT result at 1 thread on a loaded machine, in 316 s). At lr 1e-3 RMT
+collapsed to chance in the last stage in one of two runs: training through the memory is less
+stable than Transformer-XL's, and the result can vary with the seed and the thread count.
 """
 from __future__ import annotations
 
