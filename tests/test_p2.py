@@ -111,3 +111,28 @@ def test_cli_train_and_eval(tmp_path):
                     "--threads", "1"]) == 0
     rep = json.loads((out / "len.json").read_text())
     assert [r["num_segments"] for r in rep["results"]] == [1, 2]
+
+
+def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+
+    class Stop(Exception):
+        pass
+
+    def stop_late_in_stage_2(*args, **kwargs):
+        # quick: 3 steps per stage, eval and last checkpoint every 2; the eval at step 3 of stage
+        # 2 comes after its step-2 checkpoint
+        if args and args[0].startswith("[p2] 2 seg step 3"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        p2.train_curriculum("memorize", out, quick=True, threads=1, log=stop_late_in_stage_2)
+    rec = json.loads((out / "curriculum.json").read_text())
+    assert [s["num_segments"] for s in rec["stages"]] == [1]
+    assert not (out / "model.safetensors").exists()
+    again = p2.train_curriculum("memorize", out, quick=True, threads=1, log=None)
+    s1, s2 = again["stages"]
+    assert s1["date"] == rec["stages"][0]["date"]
+    assert s2["steps"] == 3 and s2["steps_this_run"] == 1
+    assert [e["step"] for e in s2["evals"]] == [2, 3]
+    assert (out / "model.safetensors").exists()

@@ -148,12 +148,13 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
             eval_data=t.eval_batches(c["eval_samples"], eval_bs, S, T, split="test"),
             max_steps=steps, target_accuracy=c["target_accuracy"], patience=c["patience"],
             name=f"{S} segments")
-        evals: List[Dict[str, Any]] = []
 
-        def callback(rec, S=S, evals=evals):
+        ran = [0]   # steps taken by this run (a resumed stage started from its last checkpoint)
+
+        def callback(rec, S=S, ran=ran):
+            if "loss" in rec:
+                ran[0] += 1
             if "eval_accuracy" in rec:
-                evals.append({"step": rec["step"], "eval_loss": rec["eval_loss"],
-                              "eval_accuracy": rec["eval_accuracy"]})
                 log(f"[p2] {S} seg step {rec['step']}: eval loss {rec['eval_loss']:.4f} "
                     f"acc {rec['eval_accuracy']:.3f}", flush=True)
 
@@ -164,12 +165,15 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
         wall = time.perf_counter() - t0
         train_losses = [r["loss"] for r in trainer.history if "loss" in r]
         entry = {"num_segments": S, "tokens_per_sample": S * T, "steps": trainer.step_count,
-                 "steps_this_run": summary["steps"], "eval_loss": summary["eval_loss"],
+                 "steps_this_run": ran[0], "eval_loss": summary["eval_loss"],
                  "eval_accuracy": summary["eval_accuracy"], "eval_samples": c["eval_samples"],
                  "eval_split": "test (held-out pairs)",
                  "converged": summary["eval_accuracy"] >= c["target_accuracy"],
-                 "wall_time": wall, "last_train_loss": train_losses[-1] if train_losses else None,
-                 "evals": evals, "finished": True, "date": _now()}
+                 "wall_time": wall,  # of this run only (a resumed stage: since the resume)
+                 "last_train_loss": train_losses[-1] if train_losses else None,
+                 "evals": [{k: r[k] for k in ("step", "eval_loss", "eval_accuracy")}
+                           for r in trainer.history if "eval_accuracy" in r],
+                 "finished": True, "date": _now()}
         record["stages"] = [s for s in record["stages"] if s["num_segments"] != S] + [entry]
         record["stages"].sort(key=lambda s: s["num_segments"])
         _write_json_atomic(record_path, record)
