@@ -6,7 +6,8 @@ evaluation at growing lengths, streamed one segment at a time.
         --lengths 1 2 4 8 16 --samples 100 --out results/p2/memorize/lengths.json
 
 Training (SPEC section 4): AdamW (weight decay 1e-3), a linear schedule with 10% warmup, full
-BPTT, memory 10, and a curriculum of 1, 2, 3, ... max_segments segments. Each stage trains a fresh
+BPTT, memory 10, gradient clipping by norm (1.0; without it the first memorize run, T = 64,
+diverged from stage 20 on: results/p2/memorize_t64), and a curriculum of 1, 2, 3, ... max_segments segments. Each stage trains a fresh
 optimizer and schedule, starting from the best checkpoint of the previous stage, with
 ``Trainer.fit_curriculum`` until the accuracy on held-out combinations (the task's test split)
 reaches ``target_accuracy`` or ``patience`` evaluations pass without improvement, or
@@ -38,7 +39,7 @@ DEFAULTS: Dict[str, Any] = dict(
     segment_len=32, max_segments=8, d_model=64, n_layers=2, n_heads=4, d_ff=128,
     num_mem_tokens=10, dropout=0.0, max_vocab=2000, batch_size=32, lr=1e-3, weight_decay=1e-3,
     warmup_fraction=0.1, steps_per_stage=1000, eval_every=25, eval_samples=192, patience=12,
-    target_accuracy=0.95)
+    target_accuracy=0.95, clip_norm=1.0)
 
 QUICK: Dict[str, Any] = dict(
     segment_len=16, max_segments=2, d_model=16, n_layers=1, n_heads=2, d_ff=32, num_mem_tokens=2,
@@ -82,7 +83,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      d_model: Optional[int] = None, n_layers: Optional[int] = None,
                      n_heads: Optional[int] = None, d_ff: Optional[int] = None,
                      num_mem_tokens: Optional[int] = None, batch_size: Optional[int] = None,
-                     lr: Optional[float] = None, steps_per_stage: Optional[int] = None,
+                     lr: Optional[float] = None, clip_norm: Optional[float] = None,
+                     steps_per_stage: Optional[int] = None,
                      eval_every: Optional[int] = None, eval_samples: Optional[int] = None,
                      patience: Optional[int] = None, target_accuracy: float = 0.95,
                      seed: int = 0, threads: Optional[int] = None, quick: bool = False,
@@ -96,7 +98,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
         rmt.set_num_threads(int(threads))
     overrides = dict(segment_len=segment_len, max_segments=max_segments, d_model=d_model,
                      n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, num_mem_tokens=num_mem_tokens,
-                     batch_size=batch_size, lr=lr, steps_per_stage=steps_per_stage,
+                     batch_size=batch_size, lr=lr, clip_norm=clip_norm,
+                     steps_per_stage=steps_per_stage,
                      eval_every=eval_every, eval_samples=eval_samples, patience=patience,
                      target_accuracy=target_accuracy)
     c = _config(task, quick, seed, overrides)
@@ -118,6 +121,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
     record: Dict[str, Any] = {}
     if record_path.exists():
         record = json.loads(record_path.read_text())
+        if isinstance(record.get("config"), dict):
+            record["config"].setdefault("clip_norm", 0.0)   # records from before clipping
         if record.get("config") != c:
             raise ValueError(f"{record_path} was written with another config; use another out_dir"
                              f" (old {record.get('config')}, new {c})")
@@ -140,7 +145,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
             continue
         steps = c["steps_per_stage"]
         trainer = rmt.Trainer(model, rmt.AdamW(lr=c["lr"], weight_decay=c["weight_decay"]),
-                              bptt_depth=None, schedule="linear",
+                              bptt_depth=None, clip_norm=c["clip_norm"] or None,
+                              schedule="linear",
                               warmup_steps=max(1, int(round(c["warmup_fraction"] * steps))),
                               seed=c["seed"] + S)
         stage = rmt.Stage(
@@ -251,6 +257,7 @@ def main(argv=None) -> int:
                  "patience"):
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
     tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--clip-norm", type=float, default=None, help="0: no clipping (default 1.0)")
     tr.add_argument("--target-accuracy", type=float, default=0.95)
     ev = sub.add_parser("eval", help="accuracy at growing lengths, streamed")
     ev.add_argument("--model", required=True)
@@ -265,6 +272,7 @@ def main(argv=None) -> int:
         train_curriculum(a.task, a.out, segment_len=a.segment_len, max_segments=a.max_segments,
                          d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, d_ff=a.d_ff,
                          num_mem_tokens=a.num_mem_tokens, batch_size=a.batch_size, lr=a.lr,
+                         clip_norm=a.clip_norm,
                          steps_per_stage=a.steps_per_stage, eval_every=a.eval_every,
                          eval_samples=a.eval_samples, patience=a.patience,
                          target_accuracy=a.target_accuracy, seed=a.seed, threads=a.threads,
