@@ -1,0 +1,287 @@
+"""P2 (the 1M-token report): curriculum training of the RMT encoder on a memory task and its
+evaluation at growing lengths, streamed one segment at a time.
+
+    python -m rmt.p2 train --task memorize --out results/p2/memorize [--quick]
+    python -m rmt.p2 eval --model results/p2/memorize/model.safetensors --task memorize \\
+        --lengths 1 2 4 8 16 --samples 100 --out results/p2/memorize/lengths.json
+
+Training (SPEC section 4): AdamW (weight decay 1e-3), a linear schedule with 10% warmup, full
+BPTT, memory 10, gradient clipping by norm (1.0; without it the first memorize run, T = 64,
+diverged from stage 20 on: results/p2/memorize_t64), and a curriculum of 1, 2, 3, ... max_segments segments. Each stage trains a fresh
+optimizer and schedule, starting from the best checkpoint of the previous stage, with
+``Trainer.fit_curriculum`` until the accuracy on held-out combinations (the task's test split)
+reaches ``target_accuracy`` or ``patience`` evaluations pass without improvement, or
+``steps_per_stage`` steps. Note: the stopping criterion looks at the test split (the held-out
+(name, place) pairs), as the brief asks; there is no separate validation split of unseen pairs.
+
+``out_dir`` receives ``curriculum.json`` (rewritten after every stage: config, per-stage steps,
+accuracy and wall time, engine commit, date), ``model.safetensors`` and ``tokenizer.json`` at the
+end, and ``checkpoints/`` (per stage; git-ignored). A rerun skips the finished stages (loading the
+best checkpoint of the last one) and resumes an unfinished stage from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .experiments import _write_json_atomic, engine_version
+
+DEFAULTS: Dict[str, Any] = dict(
+    segment_len=32, max_segments=8, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+    num_mem_tokens=10, dropout=0.0, max_vocab=2000, batch_size=32, lr=1e-3, weight_decay=1e-3,
+    warmup_fraction=0.1, steps_per_stage=1000, eval_every=25, eval_samples=192, patience=12,
+    target_accuracy=0.95, clip_norm=1.0)
+
+QUICK: Dict[str, Any] = dict(
+    segment_len=16, max_segments=2, d_model=16, n_layers=1, n_heads=2, d_ff=32, num_mem_tokens=2,
+    max_vocab=200, batch_size=4, steps_per_stage=3, eval_every=2, eval_samples=8, patience=None)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion correct / n."""
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct must be in [0, n], got {correct}")
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _config(task: str, quick: bool, seed: int, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    cfg = dict(DEFAULTS)
+    if quick:
+        cfg.update(QUICK)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.update(task=task, seed=int(seed), quick=bool(quick))
+    return cfg
+
+
+def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
+                     segment_len: Optional[int] = None, max_segments: Optional[int] = None,
+                     d_model: Optional[int] = None, n_layers: Optional[int] = None,
+                     n_heads: Optional[int] = None, d_ff: Optional[int] = None,
+                     num_mem_tokens: Optional[int] = None, batch_size: Optional[int] = None,
+                     lr: Optional[float] = None, clip_norm: Optional[float] = None,
+                     steps_per_stage: Optional[int] = None,
+                     eval_every: Optional[int] = None, eval_samples: Optional[int] = None,
+                     patience: Optional[int] = None, target_accuracy: float = 0.95,
+                     seed: int = 0, threads: Optional[int] = None, quick: bool = False,
+                     log=print) -> Dict[str, Any]:
+    """Trains an RMT encoder on ``task`` through stages of 1 ... max_segments segments and
+    returns the curriculum record (also written to out_dir/curriculum.json). ``None`` arguments
+    take DEFAULTS (or QUICK values with ``quick``: a tiny model, a few steps per stage)."""
+    import rmt
+
+    if threads is not None:
+        rmt.set_num_threads(int(threads))
+    overrides = dict(segment_len=segment_len, max_segments=max_segments, d_model=d_model,
+                     n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, num_mem_tokens=num_mem_tokens,
+                     batch_size=batch_size, lr=lr, clip_norm=clip_norm,
+                     steps_per_stage=steps_per_stage,
+                     eval_every=eval_every, eval_samples=eval_samples, patience=patience,
+                     target_accuracy=target_accuracy)
+    c = _config(task, quick, seed, overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda *a, **k: None)
+
+    t = rmt.memory_task(task, seed=c["seed"], max_vocab=c["max_vocab"])
+    T = c["segment_len"]
+    model_cfg = rmt.ModelConfig(
+        kind="rmt_encoder", vocab_size=t.tokenizer.vocab_size, d_model=c["d_model"],
+        n_layers=c["n_layers"], n_heads=c["n_heads"], d_ff=c["d_ff"], segment_len=T,
+        num_mem_tokens=c["num_mem_tokens"], num_classes=t.num_classes, dropout=c["dropout"],
+        cls_id=t.tokenizer.cls_id, sep_id=t.tokenizer.sep_id, pad_id=t.tokenizer.pad_id)
+    model = rmt.RMTEncoder(model_cfg, seed=c["seed"])
+    t.tokenizer.save(out / "tokenizer.json")
+
+    record_path = out / "curriculum.json"
+    record: Dict[str, Any] = {}
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if isinstance(record.get("config"), dict):
+            record["config"].setdefault("clip_norm", 0.0)   # records from before clipping
+        if record.get("config") != c:
+            raise ValueError(f"{record_path} was written with another config; use another out_dir"
+                             f" (old {record.get('config')}, new {c})")
+    record.setdefault("stages", [])
+    record.update(config=c, model_config=model_cfg.to_dict(),
+                  num_parameters=model.num_parameters, task=task,
+                  engine=engine_version(), date=record.get("date", _now()))
+    ckpt_root = out / "checkpoints"
+    done = {s["num_segments"]: s for s in record["stages"] if s.get("finished")}
+
+    eval_bs = 64
+    for S in range(1, c["max_segments"] + 1):
+        stage_dir = ckpt_root / f"seg{S:02d}"
+        best = stage_dir / "stage00" / "best.safetensors"
+        if S in done:
+            if best.exists():
+                model.load_weights(best)
+            log(f"[p2] stage {S} segments: finished earlier "
+                f"(accuracy {done[S]['eval_accuracy']:.3f}), skipped")
+            continue
+        steps = c["steps_per_stage"]
+        trainer = rmt.Trainer(model, rmt.AdamW(lr=c["lr"], weight_decay=c["weight_decay"]),
+                              bptt_depth=None, clip_norm=c["clip_norm"] or None,
+                              schedule="linear",
+                              warmup_steps=max(1, int(round(c["warmup_fraction"] * steps))),
+                              seed=c["seed"] + S)
+        stage = rmt.Stage(
+            train_data=t.train_batches(c["batch_size"], S, T),
+            eval_data=t.eval_batches(c["eval_samples"], eval_bs, S, T, split="test"),
+            max_steps=steps, target_accuracy=c["target_accuracy"], patience=c["patience"],
+            name=f"{S} segments")
+
+        ran = [0]   # steps taken by this run (a resumed stage started from its last checkpoint)
+
+        def callback(rec, S=S, ran=ran):
+            if "loss" in rec:
+                ran[0] += 1
+            if "eval_accuracy" in rec:
+                log(f"[p2] {S} seg step {rec['step']}: eval loss {rec['eval_loss']:.4f} "
+                    f"acc {rec['eval_accuracy']:.3f}", flush=True)
+
+        t0 = time.perf_counter()
+        summary = trainer.fit_curriculum([stage], stage_dir, eval_every=c["eval_every"],
+                                         checkpoint_every=c["eval_every"], resume=True,
+                                         callback=callback)[0]
+        wall = time.perf_counter() - t0
+        train_losses = [r["loss"] for r in trainer.history if "loss" in r]
+        entry = {"num_segments": S, "tokens_per_sample": S * T, "steps": trainer.step_count,
+                 "steps_this_run": ran[0], "eval_loss": summary["eval_loss"],
+                 "eval_accuracy": summary["eval_accuracy"], "eval_samples": c["eval_samples"],
+                 "eval_split": "test (held-out pairs)",
+                 "converged": summary["eval_accuracy"] >= c["target_accuracy"],
+                 "wall_time": wall,  # of this run only (a resumed stage: since the resume)
+                 "last_train_loss": train_losses[-1] if train_losses else None,
+                 "evals": [{k: r[k] for k in ("step", "eval_loss", "eval_accuracy")}
+                           for r in trainer.history if "eval_accuracy" in r],
+                 "finished": True, "date": _now()}
+        record["stages"] = [s for s in record["stages"] if s["num_segments"] != S] + [entry]
+        record["stages"].sort(key=lambda s: s["num_segments"])
+        _write_json_atomic(record_path, record)
+        log(f"[p2] stage {S} segments done: {entry['steps']} steps, accuracy "
+            f"{entry['eval_accuracy']:.3f}, {wall:.0f} s", flush=True)
+
+    model.save(out / "model.safetensors", {"task": task, "tokenizer": "tokenizer.json"})
+    record["model"] = "model.safetensors"
+    record["tokenizer"] = "tokenizer.json"
+    record["finished"] = _now()
+    _write_json_atomic(record_path, record)
+    return record
+
+
+def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] = (1, 2, 4, 8),
+                     samples: int = 100, out=None, *, tokenizer_path=None, seed: int = 0,
+                     batch_size: int = 1, threads: Optional[int] = None,
+                     log=print) -> Dict[str, Any]:
+    """Accuracy of the model at ``model_path`` on test samples 0 ... samples - 1 of ``task`` at
+    each number of segments in ``lengths``, each sample streamed lazily (segments_of +
+    model.stream, the last segment's logits) in constant memory. Per length: accuracy, Wilson 95%
+    interval, wall time, tokens/s and the process's peak RSS so far. Written to ``out`` (JSON) if
+    given, and returned."""
+    import rmt
+
+    if threads is not None:
+        rmt.set_num_threads(int(threads))
+    log = log or (lambda *a, **k: None)
+    model_path = Path(model_path)
+    model = rmt.load(model_path)
+    model.eval()
+    tok_path = Path(tokenizer_path) if tokenizer_path else model_path.parent / "tokenizer.json"
+    tokenizer = rmt.WordTokenizer.load(tok_path)
+    t = rmt.memory_task(task, seed=seed, tokenizer=tokenizer)
+    T = model.config.segment_len
+    labels = t.labels_of(np.arange(samples), split="test")
+    results = []
+    for S in lengths:
+        t0 = time.perf_counter()
+        correct = 0
+        for i in range(0, samples, batch_size):
+            idx = list(range(i, min(samples, i + batch_size)))
+            logits = None
+            for logits in model.stream(t.segments_of(idx, S, T, split="test")):
+                pass
+            correct += int((logits.argmax(-1) == labels[idx]).sum())
+        wall = time.perf_counter() - t0
+        lo, hi = wilson_interval(correct, samples)
+        r = {"num_segments": int(S), "tokens_per_sample": int(S * T), "samples": samples,
+             "correct": correct, "accuracy": correct / samples, "wilson95": [lo, hi],
+             "wall_time": wall, "tokens_per_second": samples * S * T / wall if wall > 0 else None,
+             "peak_rss_mb": _peak_rss_mb()}
+        results.append(r)
+        log(f"[p2 eval] {S} segments ({S * T} tokens): accuracy {r['accuracy']:.3f} "
+            f"[{lo:.3f}, {hi:.3f}], {r['tokens_per_second']:.0f} tok/s, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    report = {"model": str(model_path), "task": task, "seed": seed, "segment_len": T,
+              "split": "test", "results": results, "engine": engine_version(), "date": _now()}
+    if out is not None:
+        _write_json_atomic(Path(out), report)
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rmt.p2", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="curriculum training (resumable)")
+    tr.add_argument("--task", default="memorize")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--quick", action="store_true")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None)
+    for name in ("segment_len", "max_segments", "d_model", "n_layers", "n_heads", "d_ff",
+                 "num_mem_tokens", "batch_size", "steps_per_stage", "eval_every", "eval_samples",
+                 "patience"):
+        tr.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--clip-norm", type=float, default=None, help="0: no clipping (default 1.0)")
+    tr.add_argument("--target-accuracy", type=float, default=0.95)
+    ev = sub.add_parser("eval", help="accuracy at growing lengths, streamed")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--task", default="memorize")
+    ev.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ev.add_argument("--samples", type=int, default=100)
+    ev.add_argument("--batch-size", type=int, default=1)
+    ev.add_argument("--out", default=None)
+    ev.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.cmd == "train":
+        train_curriculum(a.task, a.out, segment_len=a.segment_len, max_segments=a.max_segments,
+                         d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, d_ff=a.d_ff,
+                         num_mem_tokens=a.num_mem_tokens, batch_size=a.batch_size, lr=a.lr,
+                         clip_norm=a.clip_norm,
+                         steps_per_stage=a.steps_per_stage, eval_every=a.eval_every,
+                         eval_samples=a.eval_samples, patience=a.patience,
+                         target_accuracy=a.target_accuracy, seed=a.seed, threads=a.threads,
+                         quick=a.quick)
+    else:
+        evaluate_lengths(a.model, a.task, a.lengths, a.samples, a.out, batch_size=a.batch_size,
+                         threads=a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

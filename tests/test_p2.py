@@ -1,0 +1,138 @@
+"""rmt.p2: quick curriculum training (one curriculum.json entry per stage, resume skips finished
+stages), evaluate_lengths' report, the Wilson interval, the CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import rmt
+from rmt import p2
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    rmt.set_num_threads(1)
+    out = tmp_path_factory.mktemp("p2") / "memorize"
+    record = p2.train_curriculum("memorize", out, quick=True, threads=1, log=None)
+    return out, record
+
+
+def test_quick_training_writes_one_entry_per_stage(quick_run):
+    out, record = quick_run
+    on_disk = json.loads((out / "curriculum.json").read_text())
+    assert on_disk == json.loads(json.dumps(record))
+    c = on_disk["config"]
+    assert c["quick"] is True and c["task"] == "memorize"
+    assert [s["num_segments"] for s in on_disk["stages"]] == list(range(1, c["max_segments"] + 1))
+    for s in on_disk["stages"]:
+        assert s["finished"] and s["steps"] == c["steps_per_stage"]
+        assert 0.0 <= s["eval_accuracy"] <= 1.0 and math.isfinite(s["eval_loss"])
+        assert s["wall_time"] > 0 and s["tokens_per_sample"] == s["num_segments"] * c["segment_len"]
+        assert len(s["evals"]) >= 1
+    assert on_disk["engine"]["commit"] is None or len(on_disk["engine"]["commit"]) == 40
+    assert on_disk["date"] and on_disk["finished"]
+    assert on_disk["model_config"]["kind"] == "rmt_encoder"
+    model = rmt.load(out / "model.safetensors")
+    assert isinstance(model, rmt.RMTEncoder)
+    tok = rmt.WordTokenizer.load(out / "tokenizer.json")
+    assert tok.vocab_size == model.config.vocab_size == c["max_vocab"]
+
+
+def test_resume_skips_finished_stages_and_keeps_the_model(quick_run):
+    out, record = quick_run
+    before = rmt.load(out / "model.safetensors").parameters()
+    lines = []
+    again = p2.train_curriculum("memorize", out, quick=True, threads=1,
+                                log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert len(lines) == record["config"]["max_segments"]
+    assert all("skipped" in line for line in lines)
+    assert [s["date"] for s in again["stages"]] == [s["date"] for s in record["stages"]]
+    after = rmt.load(out / "model.safetensors").parameters()
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_resume_refuses_another_config(quick_run):
+    out, _ = quick_run
+    with pytest.raises(ValueError, match="another config"):
+        p2.train_curriculum("memorize", out, quick=True, threads=1, d_model=8, log=None)
+
+
+def test_evaluate_lengths_writes_the_fields(quick_run, tmp_path):
+    out, _ = quick_run
+    path = tmp_path / "lengths.json"
+    report = p2.evaluate_lengths(out / "model.safetensors", "memorize", lengths=[1, 3],
+                                 samples=5, out=path, threads=1, batch_size=2, log=None)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report))
+    model = rmt.load(out / "model.safetensors")
+    T = model.config.segment_len
+    assert [r["num_segments"] for r in report["results"]] == [1, 3]
+    task = rmt.memory_task("memorize", tokenizer=rmt.WordTokenizer.load(out / "tokenizer.json"))
+    for r in report["results"]:
+        assert r["samples"] == 5 and r["tokens_per_sample"] == r["num_segments"] * T
+        assert r["accuracy"] == r["correct"] / 5
+        lo, hi = r["wilson95"]
+        assert 0 <= lo <= r["accuracy"] <= hi <= 1
+        assert r["wall_time"] > 0 and r["tokens_per_second"] > 0 and r["peak_rss_mb"] > 10
+        # the streamed answer equals classifying the whole sample at once
+        whole = task.sample(5, r["num_segments"], T, split="test")
+        pred = model(whole["tokens"]).argmax(-1)
+        assert int((pred == whole["labels"]).sum()) == r["correct"]
+
+
+@pytest.mark.parametrize("correct, n, expected", [
+    (50, 100, (0.4038, 0.5962)),
+    (0, 10, (0.0, 0.2775)),
+    (10, 10, (0.7225, 1.0)),
+    (81, 263, (0.2553, 0.3662)),
+])
+def test_wilson_interval_known_values(correct, n, expected):
+    lo, hi = p2.wilson_interval(correct, n)
+    assert lo == pytest.approx(expected[0], abs=1e-4)
+    assert hi == pytest.approx(expected[1], abs=1e-4)
+
+
+def test_wilson_interval_bad_input():
+    with pytest.raises(ValueError, match="n must"):
+        p2.wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="correct"):
+        p2.wilson_interval(11, 10)
+
+
+def test_cli_train_and_eval(tmp_path):
+    out = tmp_path / "run"
+    assert p2.main(["train", "--task", "memorize", "--out", str(out), "--quick",
+                    "--threads", "1", "--max-segments", "1"]) == 0
+    rec = json.loads((out / "curriculum.json").read_text())
+    assert len(rec["stages"]) == 1
+    assert p2.main(["eval", "--model", str(out / "model.safetensors"), "--task", "memorize",
+                    "--lengths", "1", "2", "--samples", "3", "--out", str(out / "len.json"),
+                    "--threads", "1"]) == 0
+    rep = json.loads((out / "len.json").read_text())
+    assert [r["num_segments"] for r in rep["results"]] == [1, 2]
+
+
+def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+
+    class Stop(Exception):
+        pass
+
+    def stop_late_in_stage_2(*args, **kwargs):
+        # quick: 3 steps per stage, eval and last checkpoint every 2; the eval at step 3 of stage
+        # 2 comes after its step-2 checkpoint
+        if args and args[0].startswith("[p2] 2 seg step 3"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        p2.train_curriculum("memorize", out, quick=True, threads=1, log=stop_late_in_stage_2)
+    rec = json.loads((out / "curriculum.json").read_text())
+    assert [s["num_segments"] for s in rec["stages"]] == [1]
+    assert not (out / "model.safetensors").exists()
+    again = p2.train_curriculum("memorize", out, quick=True, threads=1, log=None)
+    s1, s2 = again["stages"]
+    assert s1["date"] == rec["stages"][0]["date"]
+    assert s2["steps"] == 3 and s2["steps_this_run"] == 1
+    assert [e["step"] for e in s2["evals"]] == [2, 3]
+    assert (out / "model.safetensors").exists()
