@@ -13,19 +13,43 @@ py::array_t<float> view_of(std::vector<float>& buf, py::handle owner) {
     return py::array_t<float>({py::ssize_t(buf.size())}, {py::ssize_t(sizeof(float))}, buf.data(), owner);
 }
 
+void check_lr(double lr) {
+    if (!(lr >= 0) || !std::isfinite(lr)) throw py::value_error("lr must be a finite number >= 0");
+}
+
+// The token batch both steps take: (B, L) with L a whole number of segments, and an
+// accumulation count that splits B into non-empty chunks.
+template <typename Ids>
+std::pair<int64_t, int64_t> batch_shape(const Ids& tokens, int64_t segment_len, int64_t accumulate) {
+    if (tokens.ndim() != 2) throw py::value_error("tokens must have shape (batch, length)");
+    const int64_t B = tokens.shape(0), L = tokens.shape(1);
+    if (B == 0 || L == 0) throw py::value_error("tokens is empty");
+    if (L % segment_len != 0)
+        throw py::value_error("tokens length " + std::to_string(L) + " is not a multiple of segment_len " +
+                              std::to_string(segment_len));
+    if (accumulate < 1 || accumulate > B)
+        throw py::value_error("accumulate must be in [1, batch size " + std::to_string(B) + "], got " +
+                              std::to_string(accumulate));
+    return {B, L};
+}
+
+py::dict as_dict(const training::StepStats& s) {
+    py::dict out;
+    out["loss"] = s.loss;
+    out["grad_norm"] = s.grad_norm;
+    out["tokens"] = s.selected;
+    out["finite"] = s.finite;
+    return out;
+}
+
 py::dict step(Trainer& t, py::handle tokens_obj, py::handle targets_obj, py::handle mask_obj,
               double lr, int64_t accumulate) {
     const auto& cfg = t.model().config();
     if (cfg.kind == model::Kind::RMTEncoder)
         throw py::value_error("kind 'rmt_encoder' is a classifier: use step_classify(tokens, labels)");
-    if (!(lr >= 0) || !std::isfinite(lr)) throw py::value_error("lr must be a finite number >= 0");
+    check_lr(lr);
     auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
-    if (tokens.ndim() != 2) throw py::value_error("tokens must have shape (batch, length)");
-    const int64_t B = tokens.shape(0), L = tokens.shape(1);
-    if (B == 0 || L == 0) throw py::value_error("tokens is empty");
-    if (L % cfg.segment_len != 0)
-        throw py::value_error("tokens length " + std::to_string(L) + " is not a multiple of segment_len " +
-                              std::to_string(cfg.segment_len));
+    const auto [B, L] = batch_shape(tokens, cfg.segment_len, accumulate);
     auto targets = checked_ids(targets_obj, "targets", cfg.vocab_size, true, -100);
     if (targets.ndim() != 2 || targets.shape(0) != B || targets.shape(1) != L)
         throw py::value_error("targets must have the shape of tokens");
@@ -35,20 +59,12 @@ py::dict step(Trainer& t, py::handle tokens_obj, py::handle targets_obj, py::han
         check_finite(mv, "loss_mask");
         mask = mv.data();
     }
-    if (accumulate < 1 || accumulate > B)
-        throw py::value_error("accumulate must be in [1, batch size " + std::to_string(B) + "], got " +
-                              std::to_string(accumulate));
     training::StepStats s;
     {
         py::gil_scoped_release release;
         s = t.step(tokens.data(), targets.data(), mask, B, L, lr, accumulate);
     }
-    py::dict out;
-    out["loss"] = s.loss;
-    out["grad_norm"] = s.grad_norm;
-    out["tokens"] = s.selected;
-    out["finite"] = s.finite;
-    return out;
+    return as_dict(s);
 }
 
 py::dict step_classify(Trainer& t, py::handle tokens_obj, py::handle labels_obj, double lr,
@@ -56,31 +72,18 @@ py::dict step_classify(Trainer& t, py::handle tokens_obj, py::handle labels_obj,
     const auto& cfg = t.model().config();
     if (cfg.kind != model::Kind::RMTEncoder)
         throw py::value_error("step_classify is for kind 'rmt_encoder'; use step() for decoders");
-    if (!(lr >= 0) || !std::isfinite(lr)) throw py::value_error("lr must be a finite number >= 0");
+    check_lr(lr);
     auto tokens = checked_ids(tokens_obj, "tokens", cfg.vocab_size);
-    if (tokens.ndim() != 2) throw py::value_error("tokens must have shape (batch, length)");
-    const int64_t B = tokens.shape(0), L = tokens.shape(1);
-    if (B == 0 || L == 0) throw py::value_error("tokens is empty");
-    if (L % cfg.segment_len != 0)
-        throw py::value_error("tokens length " + std::to_string(L) + " is not a multiple of segment_len " +
-                              std::to_string(cfg.segment_len));
+    const auto [B, L] = batch_shape(tokens, cfg.segment_len, accumulate);
     auto labels = checked_ids(labels_obj, "labels", cfg.num_classes);
     if (labels.ndim() != 1 || labels.shape(0) != B)
         throw py::value_error("labels must have shape (batch,) = (" + std::to_string(B) + ",)");
-    if (accumulate < 1 || accumulate > B)
-        throw py::value_error("accumulate must be in [1, batch size " + std::to_string(B) + "], got " +
-                              std::to_string(accumulate));
     training::StepStats s;
     {
         py::gil_scoped_release release;
         s = t.step_classify(tokens.data(), labels.data(), B, L, lr, accumulate);
     }
-    py::dict out;
-    out["loss"] = s.loss;
-    out["grad_norm"] = s.grad_norm;
-    out["tokens"] = s.selected;
-    out["finite"] = s.finite;
-    return out;
+    return as_dict(s);
 }
 
 }  // namespace

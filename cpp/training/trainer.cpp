@@ -18,17 +18,17 @@ Trainer::Trainer(model::Model& model, const OptimizerSettings& settings, double 
     v_.assign(n, 0.0f);
 }
 
-StepStats Trainer::step(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
-                        int64_t B, int64_t L, double lr, int64_t micro_batches) {
+void Trainer::begin_step(int64_t B, int64_t micro_batches) {
     if (micro_batches < 1 || micro_batches > B)
         throw std::invalid_argument("accumulate must be in [1, batch size " + std::to_string(B) +
                                     "], got " + std::to_string(micro_batches));
-    const int64_t n = model_.layout().total();
-    float* grads = model_.grads();
-    {
     RMT_PROFILE_SCOPE("optim.zero_grad");
-    std::fill(grads, grads + n, 0.0f);
-    }
+    std::fill(model_.grads(), model_.grads() + model_.layout().total(), 0.0f);
+}
+
+StepStats Trainer::step(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
+                        int64_t B, int64_t L, double lr, int64_t micro_batches) {
+    begin_step(B, micro_batches);
     // One normaliser for all micro-batches: the whole batch's count of selected tokens.
     int64_t selected = 0;
     {
@@ -52,15 +52,7 @@ StepStats Trainer::step(const int32_t* tokens, const int32_t* targets, const flo
 
 StepStats Trainer::step_classify(const int32_t* tokens, const int32_t* labels, int64_t B, int64_t L,
                                  double lr, int64_t micro_batches) {
-    if (micro_batches < 1 || micro_batches > B)
-        throw std::invalid_argument("accumulate must be in [1, batch size " + std::to_string(B) +
-                                    "], got " + std::to_string(micro_batches));
-    const int64_t n = model_.layout().total();
-    float* grads = model_.grads();
-    {
-    RMT_PROFILE_SCOPE("optim.zero_grad");
-    std::fill(grads, grads + n, 0.0f);
-    }
+    begin_step(B, micro_batches);
     StepStats stats;
     stats.selected = B;
     for (int64_t k = 0; k < micro_batches; ++k) {

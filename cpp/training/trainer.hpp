@@ -46,6 +46,8 @@ public:
     int64_t bptt_depth = -1;
 
 private:
+    // Checks the accumulation count and zeroes the gradients.
+    void begin_step(int64_t B, int64_t micro_batches);
     // Norm, clipping and the Adam update on the accumulated gradients.
     void finish_step(StepStats& stats, double lr);
 
