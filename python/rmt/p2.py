@@ -195,14 +195,17 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
 
 
 def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] = (1, 2, 4, 8),
-                     samples: int = 100, out=None, *, tokenizer_path=None, seed: int = 0,
-                     batch_size: int = 1, threads: Optional[int] = None,
+                     samples=100, out=None, *, tokenizer_path=None, seed: int = 0,
+                     batch_size: int = 1, threads: Optional[int] = None, resume: bool = True,
                      log=print) -> Dict[str, Any]:
     """Accuracy of the model at ``model_path`` on test samples 0 ... samples - 1 of ``task`` at
     each number of segments in ``lengths``, each sample streamed lazily (segments_of +
     model.stream, the last segment's logits) in constant memory. Per length: accuracy, Wilson 95%
-    interval, wall time, tokens/s and the process's peak RSS so far. Written to ``out`` (JSON) if
-    given, and returned."""
+    interval, wall time, tokens/s and the process's peak RSS so far. ``samples`` is one count or
+    one per length (fewer for the longest inputs). Written to ``out`` (JSON) after every length,
+    and returned; with ``resume`` a rerun keeps the lengths ``out`` already holds for the same
+    model, task, seed and sample count and evaluates only the others (peak RSS is then that of
+    the run that measured the length)."""
     import rmt
 
     if threads is not None:
@@ -215,9 +218,27 @@ def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] 
     tokenizer = rmt.WordTokenizer.load(tok_path)
     t = rmt.memory_task(task, seed=seed, tokenizer=tokenizer)
     T = model.config.segment_len
-    labels = t.labels_of(np.arange(samples), split="test")
-    results = []
-    for S in lengths:
+    lengths = [int(S) for S in lengths]
+    counts = [int(samples)] * len(lengths) if np.ndim(samples) == 0 else [int(n) for n in samples]
+    if len(counts) != len(lengths) or min(counts, default=1) < 1 or min(lengths, default=1) < 1:
+        raise ValueError(f"lengths must be >= 1 and samples one count >= 1 or one per length, "
+                         f"got lengths {lengths}, samples {samples}")
+    labels_all = t.labels_of(np.arange(max(counts, default=1)), split="test")
+    report = {"model": str(model_path), "task": task, "seed": seed, "segment_len": T,
+              "split": "test", "results": [], "engine": engine_version(), "date": _now()}
+    earlier: Dict[Tuple[int, int], Dict[str, Any]] = {}
+    if out is not None and resume and Path(out).exists():
+        old = json.loads(Path(out).read_text())
+        if (old.get("model"), old.get("task"), old.get("seed"), old.get("segment_len")) == \
+                (str(model_path), task, seed, T):
+            earlier = {(r["num_segments"], r["samples"]): r for r in old.get("results", [])}
+    results = report["results"]
+    for S, samples in zip(lengths, counts):
+        labels = labels_all[:samples]
+        if (S, samples) in earlier:
+            results.append(earlier[(S, samples)])
+            log(f"[p2 eval] {S} segments: done earlier, kept", flush=True)
+            continue
         t0 = time.perf_counter()
         correct = 0
         for i in range(0, samples, batch_size):
@@ -236,8 +257,8 @@ def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] 
         log(f"[p2 eval] {S} segments ({S * T} tokens): accuracy {r['accuracy']:.3f} "
             f"[{lo:.3f}, {hi:.3f}], {r['tokens_per_second']:.0f} tok/s, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    report = {"model": str(model_path), "task": task, "seed": seed, "segment_len": T,
-              "split": "test", "results": results, "engine": engine_version(), "date": _now()}
+        if out is not None:
+            _write_json_atomic(Path(out), report)
     if out is not None:
         _write_json_atomic(Path(out), report)
     return report
@@ -263,7 +284,8 @@ def main(argv=None) -> int:
     ev.add_argument("--model", required=True)
     ev.add_argument("--task", default="memorize")
     ev.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    ev.add_argument("--samples", type=int, default=100)
+    ev.add_argument("--samples", type=int, nargs="+", default=[100],
+                    help="one count, or one per length")
     ev.add_argument("--batch-size", type=int, default=1)
     ev.add_argument("--out", default=None)
     ev.add_argument("--threads", type=int, default=None)
@@ -278,7 +300,8 @@ def main(argv=None) -> int:
                          target_accuracy=a.target_accuracy, seed=a.seed, threads=a.threads,
                          quick=a.quick)
     else:
-        evaluate_lengths(a.model, a.task, a.lengths, a.samples, a.out, batch_size=a.batch_size,
+        samples = a.samples[0] if len(a.samples) == 1 else a.samples
+        evaluate_lengths(a.model, a.task, a.lengths, samples, a.out, batch_size=a.batch_size,
                          threads=a.threads)
     return 0
 
