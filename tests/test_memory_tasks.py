@@ -154,6 +154,25 @@ def test_held_out_combinations_never_appear_in_training(tasks, name):
         assert (n_train, n_test) == (18 * 5, 6 * 5)
 
 
+@pytest.mark.parametrize("name", list(T_OF))
+def test_validation_holds_the_test_combinations_in_other_samples(tasks, name):
+    task = tasks[name]
+    assert task.combinations("validation") == task.combinations("test")
+    val = task.sample(200, 2, T_OF[name], split="validation")
+    test = task.sample(200, 2, T_OF[name], split="test")
+    answers = set()
+    for row in val["tokens"]:
+        _, _, answer_pair = solve(decoded(task, row))
+        answers.add(answer_pair)
+    assert answers == task.held_out()
+    # its own random stream: sample i differs from test sample i (the test fixture's background
+    # is short, so a few rows may coincide by chance)
+    same = (val["tokens"] == test["tokens"]).all(axis=1).mean()
+    assert same < 0.1, same
+    # and the train and test streams are the ones they were before the split was added
+    assert np.array_equal(task.sample(3, 2, T_OF[name], split="test")["tokens"], test["tokens"][:3])
+
+
 def test_right_aligned_samples_of_different_lengths(tasks):
     task, T, S = tasks["detect_memorize"], 16, 6
     b = task.sample(100, S, T, min_segments=2)

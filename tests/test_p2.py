@@ -30,6 +30,12 @@ def test_quick_training_writes_one_entry_per_stage(quick_run):
         assert 0.0 <= s["eval_accuracy"] <= 1.0 and math.isfinite(s["eval_loss"])
         assert s["wall_time"] > 0 and s["tokens_per_sample"] == s["num_segments"] * c["segment_len"]
         assert len(s["evals"]) >= 1
+        assert s["eval_split"] == "validation"
+        # the stage's model on the test split at 1, 2, 4 segments (quick: up to 4, 4 samples)
+        g = s["generalization"]
+        assert [x["num_segments"] for x in g] == [1, 2, 4]
+        for x in g:
+            assert x["samples"] == 4 and x["accuracy"] == x["correct"] / 4
     assert on_disk["engine"]["commit"] is None or len(on_disk["engine"]["commit"]) == 40
     assert on_disk["date"] and on_disk["finished"]
     assert on_disk["model_config"]["kind"] == "rmt_encoder"
@@ -79,6 +85,35 @@ def test_evaluate_lengths_writes_the_fields(quick_run, tmp_path):
         whole = task.sample(5, r["num_segments"], T, split="test")
         pred = model(whole["tokens"]).argmax(-1)
         assert int((pred == whole["labels"]).sum()) == r["correct"]
+
+
+def test_generalization_counts_match_a_whole_sample_forward(quick_run):
+    out, record = quick_run
+    model = rmt.load(out / "model.safetensors")
+    task = rmt.memory_task("memorize", tokenizer=rmt.WordTokenizer.load(out / "tokenizer.json"))
+    T = model.config.segment_len
+    last = record["stages"][-1]["generalization"]
+    for x in last:
+        whole = task.sample(4, x["num_segments"], T, split="test")
+        assert int((model(whole["tokens"]).argmax(-1) == whole["labels"]).sum()) == x["correct"]
+
+
+def test_evaluate_lengths_resumes_and_takes_samples_per_length(quick_run, tmp_path):
+    out, _ = quick_run
+    path = tmp_path / "lengths.json"
+    first = p2.evaluate_lengths(out / "model.safetensors", "memorize", lengths=[1, 2],
+                                samples=[4, 2], out=path, threads=1, log=None)
+    assert [r["samples"] for r in first["results"]] == [4, 2]
+    lines = []
+    again = p2.evaluate_lengths(out / "model.safetensors", "memorize", lengths=[1, 2, 3],
+                                samples=[4, 2, 3], out=path, threads=1,
+                                log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert again["results"][:2] == first["results"]   # kept, not re-measured
+    assert sum("kept" in line for line in lines) == 2
+    assert again["results"][2]["num_segments"] == 3 and again["results"][2]["samples"] == 3
+    with pytest.raises(ValueError, match="one per length"):
+        p2.evaluate_lengths(out / "model.safetensors", "memorize", lengths=[1, 2], samples=[4],
+                            threads=1, log=None)
 
 
 @pytest.mark.parametrize("correct, n, expected", [

@@ -25,12 +25,14 @@ Tasks (facts and questions are ours, generated exhaustively from small fixed lis
   (hallway). Rooms = the 6 places (the classes), relations east/west/north/south (east-west and
   north-south inverse), the two facts use different relations.
 
-Held-out combinations (the test split): in memorize / detect & memorize, the (name, place) pairs
+Held-out combinations (the test and validation splits): in memorize / detect & memorize, the (name, place) pairs
 (NAMES[j % 4], PLACES[j]) (6 of the 24: mary-bathroom, john-hallway, daniel-garden,
 sandra-office, mary-bedroom, john-kitchen); in reasoning, the (anchor, room) pairs with (room - anchor) % 6 ==
 1 (6 of the 30: bathroom-hallway, hallway-garden, ...). A training sample contains no held-out pair
 in any fact; every test sample's answer fact is a held-out pair. So the test set measures
-generalisation to unseen combinations as well as to unseen lengths.
+generalisation to unseen combinations as well as to unseen lengths. The validation split draws
+from the same held-out combinations with its own samples (another random stream: other background
+offsets and fact positions), for early stopping that does not look at the test samples.
 
 A sample of n segments of T tokens holds exactly n * T tokens: the facts at the start of their
 segments, the question on the last tokens of the last segment, and consecutive words of the
@@ -80,7 +82,9 @@ PLACES = ("bathroom", "hallway", "garden", "office", "bedroom", "kitchen")
 ROOMS = PLACES
 RELATIONS = ("east", "west", "north", "south")
 INVERSE = {"east": "west", "west": "east", "north": "south", "south": "north"}
-SPLITS = ("train", "test")
+# "validation" draws from the held-out combinations like "test", with other samples (its own
+# random stream): curriculum stages stop on it, so the test samples stay unseen until evaluation.
+SPLITS = ("train", "test", "validation")
 TASK_WORDS = sorted(set(
     " ".join(NAMES + ACTIONS + PLACES + RELATIONS).split()
     + "to the is of where what . ?".split()))
@@ -476,7 +480,7 @@ class MemorizeTask(MemoryTask):
     def _combinations(self, split: str) -> List[tuple]:
         held = self.held_out()
         return [(n, a, p) for n in NAMES for a in ACTIONS for p in PLACES
-                if ((n, p) in held) == (split == "test")]
+                if ((n, p) in held) == (split != "train")]
 
     def _texts(self, combo):
         name, action, place = combo
@@ -513,7 +517,7 @@ class ReasoningTask(MemoryTask):
                 for asked in (0, 1):
                     for inverse in (False, True):
                         answer = (a, c)[asked]
-                        if split == "test":
+                        if split != "train":
                             keep = (b, answer) in held
                         else:
                             keep = (b, a) not in held and (b, c) not in held

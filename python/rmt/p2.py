@@ -9,10 +9,13 @@ Training (SPEC section 4): AdamW (weight decay 1e-3), a linear schedule with 10%
 BPTT, memory 10, gradient clipping by norm (1.0; without it the first memorize run, T = 64,
 diverged from stage 20 on: results/p2/memorize_t64), and a curriculum of 1, 2, 3, ... max_segments segments. Each stage trains a fresh
 optimizer and schedule, starting from the best checkpoint of the previous stage, with
-``Trainer.fit_curriculum`` until the accuracy on held-out combinations (the task's test split)
-reaches ``target_accuracy`` or ``patience`` evaluations pass without improvement, or
-``steps_per_stage`` steps. Note: the stopping criterion looks at the test split (the held-out
-(name, place) pairs), as the brief asks; there is no separate validation split of unseen pairs.
+``Trainer.fit_curriculum`` until the accuracy on the validation split (held-out combinations,
+samples of their own) reaches ``target_accuracy`` or ``patience`` evaluations pass without
+improvement, or ``steps_per_stage`` steps. After each stage its best model is evaluated on the
+test split at 1, 2, 4, ... ``generalization_max_segments`` segments (``generalization_samples``
+samples each, streamed): the train-length x evaluation-length table of P2 Figures 4 and 5.
+(Records written before the validation split existed say ``eval_split: "test"``: their stages
+stopped on the test samples.)
 
 ``out_dir`` receives ``curriculum.json`` (rewritten after every stage: config, per-stage steps,
 accuracy and wall time, engine commit, date), ``model.safetensors`` and ``tokenizer.json`` at the
@@ -39,11 +42,13 @@ DEFAULTS: Dict[str, Any] = dict(
     segment_len=32, max_segments=8, d_model=64, n_layers=2, n_heads=4, d_ff=128,
     num_mem_tokens=10, dropout=0.0, max_vocab=2000, batch_size=32, lr=1e-3, weight_decay=1e-3,
     warmup_fraction=0.1, steps_per_stage=1000, eval_every=25, eval_samples=192, patience=12,
-    target_accuracy=0.95, clip_norm=1.0)
+    target_accuracy=0.95, clip_norm=1.0, eval_split="validation", generalization_samples=100,
+    generalization_max_segments=64)
 
 QUICK: Dict[str, Any] = dict(
     segment_len=16, max_segments=2, d_model=16, n_layers=1, n_heads=2, d_ff=32, num_mem_tokens=2,
-    max_vocab=200, batch_size=4, steps_per_stage=3, eval_every=2, eval_samples=8, patience=None)
+    max_vocab=200, batch_size=4, steps_per_stage=3, eval_every=2, eval_samples=8, patience=None,
+    generalization_samples=4, generalization_max_segments=4)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
@@ -87,7 +92,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      steps_per_stage: Optional[int] = None,
                      eval_every: Optional[int] = None, eval_samples: Optional[int] = None,
                      patience: Optional[int] = None, target_accuracy: float = 0.95,
-                     seed: int = 0, threads: Optional[int] = None, quick: bool = False,
+                     generalization_samples: Optional[int] = None,
+                     generalization_max_segments: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, quick: bool = False,
                      log=print) -> Dict[str, Any]:
     """Trains an RMT encoder on ``task`` through stages of 1 ... max_segments segments and
     returns the curriculum record (also written to out_dir/curriculum.json). ``None`` arguments
@@ -101,7 +107,9 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      batch_size=batch_size, lr=lr, clip_norm=clip_norm,
                      steps_per_stage=steps_per_stage,
                      eval_every=eval_every, eval_samples=eval_samples, patience=patience,
-                     target_accuracy=target_accuracy)
+                     target_accuracy=target_accuracy,
+                     generalization_samples=generalization_samples,
+                     generalization_max_segments=generalization_max_segments)
     c = _config(task, quick, seed, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +131,9 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
         record = json.loads(record_path.read_text())
         if isinstance(record.get("config"), dict):
             record["config"].setdefault("clip_norm", 0.0)   # records from before clipping
+            for key, old in (("eval_split", "test"), ("generalization_samples", 0),
+                             ("generalization_max_segments", 0)):
+                record["config"].setdefault(key, old)       # ... and before validation
         if record.get("config") != c:
             raise ValueError(f"{record_path} was written with another config; use another out_dir"
                              f" (old {record.get('config')}, new {c})")
@@ -151,7 +162,7 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                               seed=c["seed"] + S)
         stage = rmt.Stage(
             train_data=t.train_batches(c["batch_size"], S, T),
-            eval_data=t.eval_batches(c["eval_samples"], eval_bs, S, T, split="test"),
+            eval_data=t.eval_batches(c["eval_samples"], eval_bs, S, T, split=c["eval_split"]),
             max_steps=steps, target_accuracy=c["target_accuracy"], patience=c["patience"],
             name=f"{S} segments")
 
@@ -173,13 +184,25 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
         entry = {"num_segments": S, "tokens_per_sample": S * T, "steps": trainer.step_count,
                  "steps_this_run": ran[0], "eval_loss": summary["eval_loss"],
                  "eval_accuracy": summary["eval_accuracy"], "eval_samples": c["eval_samples"],
-                 "eval_split": "test (held-out pairs)",
+                 "eval_split": c["eval_split"],
                  "converged": summary["eval_accuracy"] >= c["target_accuracy"],
                  "wall_time": wall,  # of this run only (a resumed stage: since the resume)
                  "last_train_loss": train_losses[-1] if train_losses else None,
                  "evals": [{k: r[k] for k in ("step", "eval_loss", "eval_accuracy")}
                            for r in trainer.history if "eval_accuracy" in r],
                  "finished": True, "date": _now()}
+        if c["generalization_samples"]:
+            g0 = time.perf_counter()
+            entry["generalization"] = [
+                dict(zip(("num_segments", "correct", "samples"),
+                         (L, _count_correct(model, t, L, T, c["generalization_samples"], eval_bs),
+                          c["generalization_samples"])))
+                for L in _powers_of_two(c["generalization_max_segments"])]
+            for g in entry["generalization"]:
+                g["accuracy"] = g["correct"] / g["samples"]
+            log(f"[p2] stage {S}: test accuracy at " + ", ".join(
+                f"{g['num_segments']}: {g['accuracy']:.2f}" for g in entry["generalization"])
+                + f" segments ({time.perf_counter() - g0:.0f} s)", flush=True)
         record["stages"] = [s for s in record["stages"] if s["num_segments"] != S] + [entry]
         record["stages"].sort(key=lambda s: s["num_segments"])
         _write_json_atomic(record_path, record)
@@ -192,6 +215,36 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
     record["finished"] = _now()
     _write_json_atomic(record_path, record)
     return record
+
+
+def _powers_of_two(top: int) -> List[int]:
+    out, L = [], 1
+    while L <= top:
+        out.append(L)
+        L *= 2
+    return out
+
+
+def _count_correct(model, task, num_segments: int, segment_len: int, samples: int,
+                   batch_size: int, split: str = "test") -> int:
+    """How many of samples 0 ... samples - 1 of ``split`` the model answers right at
+    ``num_segments`` segments, each batch streamed one segment at a time (memory does not grow
+    with the length)."""
+    was_training = model.training
+    model.eval()
+    labels = task.labels_of(np.arange(samples), split=split)
+    correct = 0
+    try:
+        for i in range(0, samples, batch_size):
+            idx = list(range(i, min(samples, i + batch_size)))
+            logits = None
+            for logits in model.stream(task.segments_of(idx, num_segments, segment_len,
+                                                        split=split)):
+                pass
+            correct += int((logits.argmax(-1) == labels[idx]).sum())
+    finally:
+        model.train(was_training)
+    return correct
 
 
 def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] = (1, 2, 4, 8),
@@ -223,7 +276,6 @@ def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] 
     if len(counts) != len(lengths) or min(counts, default=1) < 1 or min(lengths, default=1) < 1:
         raise ValueError(f"lengths must be >= 1 and samples one count >= 1 or one per length, "
                          f"got lengths {lengths}, samples {samples}")
-    labels_all = t.labels_of(np.arange(max(counts, default=1)), split="test")
     report = {"model": str(model_path), "task": task, "seed": seed, "segment_len": T,
               "split": "test", "results": [], "engine": engine_version(), "date": _now()}
     earlier: Dict[Tuple[int, int], Dict[str, Any]] = {}
@@ -234,19 +286,12 @@ def evaluate_lengths(model_path, task: str = "memorize", lengths: Sequence[int] 
             earlier = {(r["num_segments"], r["samples"]): r for r in old.get("results", [])}
     results = report["results"]
     for S, samples in zip(lengths, counts):
-        labels = labels_all[:samples]
         if (S, samples) in earlier:
             results.append(earlier[(S, samples)])
             log(f"[p2 eval] {S} segments: done earlier, kept", flush=True)
             continue
         t0 = time.perf_counter()
-        correct = 0
-        for i in range(0, samples, batch_size):
-            idx = list(range(i, min(samples, i + batch_size)))
-            logits = None
-            for logits in model.stream(t.segments_of(idx, S, T, split="test")):
-                pass
-            correct += int((logits.argmax(-1) == labels[idx]).sum())
+        correct = _count_correct(model, t, S, T, samples, batch_size)
         wall = time.perf_counter() - t0
         lo, hi = wilson_interval(correct, samples)
         r = {"num_segments": int(S), "tokens_per_sample": int(S * T), "samples": samples,
@@ -275,7 +320,7 @@ def main(argv=None) -> int:
     tr.add_argument("--threads", type=int, default=None)
     for name in ("segment_len", "max_segments", "d_model", "n_layers", "n_heads", "d_ff",
                  "num_mem_tokens", "batch_size", "steps_per_stage", "eval_every", "eval_samples",
-                 "patience"):
+                 "patience", "generalization_samples", "generalization_max_segments"):
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--clip-norm", type=float, default=None, help="0: no clipping (default 1.0)")
@@ -297,7 +342,9 @@ def main(argv=None) -> int:
                          clip_norm=a.clip_norm,
                          steps_per_stage=a.steps_per_stage, eval_every=a.eval_every,
                          eval_samples=a.eval_samples, patience=a.patience,
-                         target_accuracy=a.target_accuracy, seed=a.seed, threads=a.threads,
+                         target_accuracy=a.target_accuracy,
+                         generalization_samples=a.generalization_samples,
+                         generalization_max_segments=a.generalization_max_segments, seed=a.seed, threads=a.threads,
                          quick=a.quick)
     else:
         samples = a.samples[0] if len(a.samples) == 1 else a.samples
