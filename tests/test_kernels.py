@@ -71,6 +71,50 @@ def test_exp_shift_sum(isa, rng, n, dtype):
     assert s == pytest.approx(expected.sum(), rel=rtol * 4, abs=1e-30)
 
 
+def _gelu64(x, tanh_approximation):
+    from math import erf, sqrt, tanh, pi
+    if tanh_approximation:
+        return np.array([0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3))) for v in x])
+    return np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in x])
+
+
+@pytest.mark.parametrize("tanh_approximation", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_gelu(isa, rng, n, dtype, tanh_approximation):
+    x = vec(rng, n, dtype, scale=3.0)
+    if n > 3:
+        x[:3] = [0.0, -12.0, 12.0]   # the flat tails and the origin
+    ours = k.vec_gelu(x, tanh_approximation)
+    ref = k.vec_gelu(x, tanh_approximation, reference=True)
+    exact = _gelu64(x.astype(np.float64), tanh_approximation)
+    eps = np.finfo(dtype).eps
+    assert ours.dtype == dtype and ours.shape == (n,)
+    # 1 + erf(x) cancels for negative x: the error is a few ulp of x, not of the result
+    bound = 16 * eps * (np.abs(exact) + np.abs(x.astype(np.float64)))
+    assert np.all(np.abs(ours - ref.astype(np.float64)) <= bound)
+    assert np.all(np.abs(ours - exact) <= bound)
+
+
+@pytest.mark.parametrize("tanh_approximation", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_gelu_backward_accumulates_the_derivative(isa, rng, n, dtype, tanh_approximation):
+    x, dout, dinp = vec(rng, n, dtype, scale=3.0), vec(rng, n, dtype), vec(rng, n, dtype)
+    before = dinp.copy()
+    ours = k.vec_gelu_backward(dinp, dout, x, tanh_approximation)
+    ref = k.vec_gelu_backward(dinp, dout, x, tanh_approximation, reference=True)
+    np.testing.assert_array_equal(dinp, before)   # the binding works on a copy
+    # central differences of the float64 formula
+    x64, h = x.astype(np.float64), 1e-6
+    deriv = (_gelu64(x64 + h, tanh_approximation) - _gelu64(x64 - h, tanh_approximation)) / (2 * h)
+    expected = before.astype(np.float64) + dout.astype(np.float64) * deriv
+    eps = np.finfo(dtype).eps
+    bound = 32 * eps * (np.abs(expected) + np.abs(dout * x) + 1)
+    assert np.all(np.abs(ours - ref.astype(np.float64)) <= bound)
+    assert np.all(np.abs(ours - expected) <= np.maximum(bound, 1e-8))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", LENGTHS)
 def test_scale(isa, rng, n, dtype):

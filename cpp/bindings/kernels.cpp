@@ -101,6 +101,38 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("x"), py::arg("a"), ref, "Returns x * a.");
 
+    m.def("vec_gelu", [](py::handle x, bool tanh_approximation, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = vec_arg<T>(x, "x");
+            auto out = new_array<T>({int64_t(X.size())}, false);
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).gelu(o, X.data(), int64_t(X.size()), tanh_approximation);
+            }
+            return std::move(out);
+        });
+    }, py::arg("x"), py::arg("tanh_approximation") = false, ref, "Returns gelu(x).");
+
+    m.def("vec_gelu_backward", [](py::handle dinp, py::handle dout, py::handle x,
+                                  bool tanh_approximation, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = vec_arg<T>(x, "x");
+            const int64_t n = int64_t(X.size());
+            auto D = vec_arg<T>(dout, "dout", n);
+            auto out = copy_of<T>(vec_arg<T>(dinp, "dinp", n));
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).gelu_backward(o, D.data(), X.data(), n, tanh_approximation);
+            }
+            return std::move(out);
+        });
+    }, py::arg("dinp"), py::arg("dout"), py::arg("x"), py::arg("tanh_approximation") = false, ref,
+       "Returns dinp + dout * gelu'(x) (dinp is not modified).");
+
     m.def("vec_adamw", [](py::handle param, py::handle grad, py::handle m_, py::handle v_, double lr,
                           double beta1, double beta2, double eps, double weight_decay_factor,
                           double bias_correction1, double bias_correction2_sqrt, bool reference) {

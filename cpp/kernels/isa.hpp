@@ -23,6 +23,9 @@ struct VectorKernels {
     // One AdamW step over a flat buffer (bias corrections folded into lr_t and the eps term).
     void (*adamw)(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta2,
                   T eps, T weight_decay_factor, T bias_correction1, T bias_correction2_sqrt);
+    void (*gelu)(T* out, const T* inp, int64_t n, bool tanh_approximation);
+    // dinp += dout * gelu'(inp)
+    void (*gelu_backward)(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation);
 };
 
 // The GEMM micro-kernel: C[0:m, 0:n] = alpha * Apanel * Bpanel + beta * C for one MR x NR tile.

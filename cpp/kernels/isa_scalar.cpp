@@ -8,7 +8,8 @@ namespace rmt::kernels {
 template <typename T>
 static VectorKernels<T> reference_vector_kernels() {
     return VectorKernels<T>{&reference::dot<T>, &reference::axpy<T>, &reference::max<T>,
-                            &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>};
+                            &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>,
+                            &reference::gelu<T>, &reference::gelu_backward<T>};
 }
 
 const KernelTable& scalar_table() {

@@ -107,9 +107,66 @@ void adamw(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta
 }
 
 template <class Arch, typename T>
+void gelu(T* out, const T* inp, int64_t n, bool tanh_approximation) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const batch half(T(0.5)), one(T(1));
+    int64_t i = 0;
+    if (tanh_approximation) {
+        const batch a(T(reference::kGeluSqrt2OverPi)), c(T(reference::kGeluTanhCoeff));
+        for (; i + W <= n; i += W) {
+            const batch x = batch::load_unaligned(inp + i);
+            const batch inner = a * xsimd::fma(c * x * x, x, x);
+            (half * x * (one + xsimd::tanh(inner))).store_unaligned(out + i);
+        }
+    } else {
+        const batch r(T(reference::kGeluSqrt1_2));
+        for (; i + W <= n; i += W) {
+            const batch x = batch::load_unaligned(inp + i);
+            (half * x * (one + xsimd::erf(x * r))).store_unaligned(out + i);
+        }
+    }
+    reference::gelu(out + i, inp + i, n - i, tanh_approximation);
+}
+
+template <class Arch, typename T>
+void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const batch half(T(0.5)), one(T(1));
+    int64_t i = 0;
+    if (tanh_approximation) {
+        const batch a(T(reference::kGeluSqrt2OverPi)), c(T(reference::kGeluTanhCoeff)),
+            c3(T(3 * reference::kGeluTanhCoeff));
+        for (; i + W <= n; i += W) {
+            const batch x = batch::load_unaligned(inp + i);
+            const batch x2 = x * x;
+            const batch t = xsimd::tanh(a * xsimd::fma(c * x2, x, x));
+            const batch dinner = a * xsimd::fma(c3, x2, one);
+            const batch grad = half * (one + t) + half * x * xsimd::fnma(t, t, one) * dinner;
+            xsimd::fma(batch::load_unaligned(dout + i), grad, batch::load_unaligned(dinp + i))
+                .store_unaligned(dinp + i);
+        }
+    } else {
+        const batch r(T(reference::kGeluSqrt1_2)), p(T(reference::kGeluInvSqrt2Pi)),
+            minus_half(T(-0.5));
+        for (; i + W <= n; i += W) {
+            const batch x = batch::load_unaligned(inp + i);
+            const batch cdf = half * (one + xsimd::erf(x * r));
+            const batch pdf = p * xsimd::exp(minus_half * x * x);
+            const batch grad = xsimd::fma(x, pdf, cdf);
+            xsimd::fma(batch::load_unaligned(dout + i), grad, batch::load_unaligned(dinp + i))
+                .store_unaligned(dinp + i);
+        }
+    }
+    reference::gelu_backward(dinp + i, dout + i, inp + i, n - i, tanh_approximation);
+}
+
+template <class Arch, typename T>
 VectorKernels<T> make_vector_kernels() {
-    return VectorKernels<T>{&dot<Arch, T>, &axpy<Arch, T>, &max<Arch, T>, &exp_shift_sum<Arch, T>,
-                            &scale<Arch, T>, &adamw<Arch, T>};
+    return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
+                            &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
+                            &gelu<Arch, T>,  &gelu_backward<Arch, T>};
 }
 
 }  // namespace rmt::kernels::simd

@@ -58,5 +58,47 @@ void adamw(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta
     }
 }
 
+// GELU with PyTorch's constants (aten/src/ATen/native/cpu/Activation.cpp): the exact
+// x/2 (1 + erf(x / sqrt 2)), or with tanh_approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+constexpr double kGeluSqrt1_2 = 0.70710678118654752440;      // 1 / sqrt(2)
+constexpr double kGeluInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
+constexpr double kGeluSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
+constexpr double kGeluTanhCoeff = 0.044715;
+
+template <typename T>
+void gelu(T* out, const T* inp, int64_t n, bool tanh_approximation) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T x = inp[i];
+        if (tanh_approximation) {
+            const T inner = T(kGeluSqrt2OverPi) * (x + T(kGeluTanhCoeff) * x * x * x);
+            out[i] = T(0.5) * x * (T(1) + std::tanh(inner));
+        } else {
+            out[i] = T(0.5) * x * (T(1) + std::erf(x * T(kGeluSqrt1_2)));
+        }
+    }
+}
+
+// dinp += dout * gelu'(inp)
+template <typename T>
+void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T x = inp[i];
+        T grad;
+        if (tanh_approximation) {
+            // (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(inner)
+            const T inner = T(kGeluSqrt2OverPi) * (x + T(kGeluTanhCoeff) * x * x * x);
+            const T t = std::tanh(inner);
+            const T dinner = T(kGeluSqrt2OverPi) * (T(1) + T(3 * kGeluTanhCoeff) * x * x);
+            grad = T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner;
+        } else {
+            // Phi(x) + x phi(x)
+            const T cdf = T(0.5) * (T(1) + std::erf(x * T(kGeluSqrt1_2)));
+            const T pdf = T(kGeluInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+            grad = cdf + x * pdf;
+        }
+        dinp[i] += dout[i] * grad;
+    }
+}
+
 }  // namespace
 }  // namespace rmt::kernels::reference

@@ -3,7 +3,7 @@ The vector kernels of the active ISA (or their scalar references), for tests
 """
 from __future__ import annotations
 import typing
-__all__: list[str] = ['vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_max', 'vec_scale']
+__all__: list[str] = ['vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_max', 'vec_scale']
 def vec_adamw(param: typing.Any, grad: typing.Any, m: typing.Any, v: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay_factor: typing.SupportsFloat | typing.SupportsIndex, bias_correction1: typing.SupportsFloat | typing.SupportsIndex, bias_correction2_sqrt: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
     """
     One AdamW step; returns the updated (param, m, v) as new arrays (inputs unchanged).
@@ -19,6 +19,14 @@ def vec_dot(x: typing.Any, y: typing.Any, reference: bool = False) -> typing.Any
 def vec_exp_shift_sum(x: typing.Any, shift: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
     """
     Returns (exp(x - shift), its sum).
+    """
+def vec_gelu(x: typing.Any, tanh_approximation: bool = False, reference: bool = False) -> typing.Any:
+    """
+    Returns gelu(x).
+    """
+def vec_gelu_backward(dinp: typing.Any, dout: typing.Any, x: typing.Any, tanh_approximation: bool = False, reference: bool = False) -> typing.Any:
+    """
+    Returns dinp + dout * gelu'(x) (dinp is not modified).
     """
 def vec_max(x: typing.Any, reference: bool = False) -> typing.Any:
     """
