@@ -71,6 +71,49 @@ def test_exp_shift_sum(isa, rng, n, dtype):
     assert s == pytest.approx(expected.sum(), rel=rtol * 4, abs=1e-30)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [n for n in LENGTHS if n > 0] + [76, 140])
+def test_softmax(isa, rng, n, dtype):
+    x = vec(rng, n, dtype, scale=5.0)
+    ours, ref = k.vec_softmax(x), k.vec_softmax(x, reference=True)
+    e = np.exp(x.astype(np.float64) - x.max())
+    rtol = 8e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=0)
+    np.testing.assert_allclose(ours, e / e.sum(), rtol=rtol, atol=0)
+    big = x.copy()
+    big[-1] = 1e4   # the maximum in the padded tail
+    assert k.vec_softmax(big)[-1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="empty"):
+        k.vec_softmax(np.zeros(0, dtype))
+
+
+# (M, N, K): row blocks of 8 / 4 / 1, column blocks of two vectors / one / scalar tails
+SMALL_GEMM_SHAPES = [(1, 1, 1), (3, 5, 2), (8, 16, 16), (9, 16, 76), (76, 80, 16), (76, 16, 76),
+                     (13, 33, 7), (5, 48, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SMALL_GEMM_SHAPES)
+def test_small_gemm(isa, rng, shape, dtype):
+    M, N, K = shape
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    c = rng.standard_normal((M, N)).astype(dtype)
+    exact = 0.7 * (a.astype(np.float64) @ b.astype(np.float64))
+    t = tol(dtype, K)
+    for args in [(), (c,)]:
+        ours = k.small_gemm(a, b, *args, alpha=0.7)
+        ref = k.small_gemm(a, b, *args, alpha=0.7, reference=True)
+        want = exact + (c if args else 0)
+        np.testing.assert_allclose(ours, ref, **t)
+        np.testing.assert_allclose(ours, want, **t)
+    c_before = c.copy()
+    k.small_gemm(a, b, c)
+    np.testing.assert_array_equal(c, c_before)   # c is copied, not written
+    with pytest.raises(ValueError, match="b has shape"):
+        k.small_gemm(a, rng.standard_normal((K + 1, N)).astype(dtype))
+
+
 def _gelu64(x, tanh_approximation):
     from math import erf, sqrt, tanh, pi
     if tanh_approximation:

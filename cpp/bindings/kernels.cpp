@@ -88,6 +88,19 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("x"), py::arg("shift"), ref, "Returns (exp(x - shift), its sum).");
 
+    m.def("vec_softmax", [](py::handle x, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto out = copy_of<T>(checked<T>(x, "x", 1));   // softmax of nothing: non-empty
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).softmax(o, int64_t(out.size()));
+            }
+            return std::move(out);
+        });
+    }, py::arg("x"), ref, "Returns softmax(x); x must be non-empty.");
+
     m.def("vec_scale", [](py::handle x, double a, bool reference) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);
@@ -132,6 +145,32 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("dinp"), py::arg("dout"), py::arg("x"), py::arg("tanh_approximation") = false, ref,
        "Returns dinp + dout * gelu'(x) (dinp is not modified).");
+
+    m.def("small_gemm", [](py::handle a, py::handle b, py::handle c, double alpha,
+                           bool reference) {
+        return dispatch_float(a, "a", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto A = checked<T>(a, "a", 2, {-1, -1}, /*allow_empty=*/true);
+            const int64_t M = dim(A, 0), K = dim(A, 1);
+            auto B = checked<T>(b, "b", 2, {K, -1}, /*allow_empty=*/true);
+            const int64_t N = dim(B, 1);
+            const bool accumulate = !c.is_none();
+            py::array_t<T> out = new_array<T>({M, N}, false);
+            if (accumulate) {
+                auto Cin = checked<T>(c, "c", 2, {M, N}, /*allow_empty=*/true);
+                std::copy(Cin.data(), Cin.data() + Cin.size(), out.mutable_data());
+            }
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).small_gemm(M, N, K, T(alpha), A.data(), K, B.data(), N, o, N,
+                                               accumulate);
+            }
+            return std::move(out);
+        });
+    }, py::arg("a"), py::arg("b"), py::arg("c") = py::none(), py::arg("alpha") = 1.0, ref,
+       "Returns alpha * a @ b (+ c when c is given; c is not modified): the unpacked GEMM of "
+       "the attention heads.");
 
     m.def("vec_adamw", [](py::handle param, py::handle grad, py::handle m_, py::handle v_, double lr,
                           double beta1, double beta2, double eps, double weight_decay_factor,

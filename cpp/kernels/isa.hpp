@@ -26,7 +26,16 @@ struct VectorKernels {
     void (*gelu)(T* out, const T* inp, int64_t n, bool tanh_approximation);
     // dinp += dout * gelu'(inp)
     void (*gelu_backward)(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation);
+    // C (M x N) = alpha * A (M x K) B (K x N) (+ C with accumulate), row-major with leading
+    // dimensions, unpacked: for tiny products. Fastest when N is a multiple of pad_elements<T>().
+    void (*small_gemm)(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                       const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate);
+    void (*softmax)(T* x, int64_t n);                         // in place, n >= 1
 };
+
+// Elements in 64 bytes: a multiple of every ISA's vector width, the padding unit for small_gemm.
+template <typename T>
+constexpr int64_t pad_elements() { return int64_t(64 / sizeof(T)); }
 
 // The GEMM micro-kernel: C[0:m, 0:n] = alpha * Apanel * Bpanel + beta * C for one MR x NR tile.
 // Apanel is packed MR-interleaved (kc columns of MR values), Bpanel NR-interleaved (kc rows of NR

@@ -9,7 +9,8 @@ template <typename T>
 static VectorKernels<T> reference_vector_kernels() {
     return VectorKernels<T>{&reference::dot<T>, &reference::axpy<T>, &reference::max<T>,
                             &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>,
-                            &reference::gelu<T>, &reference::gelu_backward<T>};
+                            &reference::gelu<T>, &reference::gelu_backward<T>,
+                            &reference::small_gemm<T>, &reference::softmax<T>};
 }
 
 const KernelTable& scalar_table() {

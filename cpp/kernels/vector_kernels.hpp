@@ -2,7 +2,9 @@
 // Only those translation units include this header: nothing else is compiled for an ISA the
 // CPU may lack. Each kernel has a scalar twin in vector_reference.hpp.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <xsimd/xsimd.hpp>
 
@@ -67,12 +69,48 @@ T exp_shift_sum(T* x, T shift, int64_t n) {
         e.store_unaligned(x + i);
         s += e;
     }
-    T r = xsimd::hadd(s);
-    for (; i < n; ++i) {
-        x[i] = std::exp(x[i] - shift);
-        r += x[i];
+    if (i < n) {
+        // The tail as one padded vector: softmax rows are short (segment plus memory, often
+        // 76 or 140 keys), and a scalar std::exp per tail element cost as much as the rest.
+        // exp(-inf) = 0 exactly, so the padding adds nothing to the sum.
+        alignas(64) T lanes[W];
+        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
+        std::copy(x + i, x + n, lanes);
+        batch e = xsimd::exp(batch::load_aligned(lanes) - vshift);
+        e.store_aligned(lanes);
+        std::copy(lanes, lanes + (n - i), x + i);
+        s += e;
     }
-    return r;
+    return xsimd::hadd(s);
+}
+
+// One row in three vector passes; the partial last vector goes through a padded copy (-inf for
+// the max and the exp, whose exp is exactly 0), so no element takes the scalar std::exp.
+template <class Arch, typename T>
+void softmax(T* x, int64_t n) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const int64_t whole = n / W * W;
+    alignas(64) T tail[W];
+    std::fill(tail, tail + W, -std::numeric_limits<T>::infinity());
+    std::copy(x + whole, x + n, tail);
+    batch m = batch::load_aligned(tail);
+    for (int64_t i = 0; i < whole; i += W) m = xsimd::max(m, batch::load_unaligned(x + i));
+    alignas(64) T lanes[W];   // xsimd 8 has no horizontal max
+    m.store_aligned(lanes);
+    const batch mx(*std::max_element(lanes, lanes + W));
+    batch s(T(0));
+    for (int64_t i = 0; i < whole; i += W) {
+        const batch e = xsimd::exp(batch::load_unaligned(x + i) - mx);
+        e.store_unaligned(x + i);
+        s += e;
+    }
+    const batch et = xsimd::exp(batch::load_aligned(tail) - mx);
+    s += et;
+    const batch inv(T(1) / xsimd::hadd(s));
+    for (int64_t i = 0; i < whole; i += W) (batch::load_unaligned(x + i) * inv).store_unaligned(x + i);
+    (et * inv).store_aligned(tail);
+    std::copy(tail, tail + (n - whole), x + whole);
 }
 
 template <class Arch, typename T>
@@ -162,11 +200,80 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_ap
     reference::gelu_backward(dinp + i, dout + i, inp + i, n - i, tanh_approximation);
 }
 
+// R rows of C = alpha * A B (+ C): columns in blocks of two vectors, then one; each block keeps
+// R x (1 or 2) accumulators in registers across all of K (B rows are loaded once per block and
+// shared by the R rows). Columns past the last whole vector go to the scalar loop: callers that
+// care pad N to a multiple of 64 bytes.
+template <class Arch, typename T, int R>
+void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                     int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const batch va(alpha);
+    int64_t j = 0;
+    for (; j + 2 * W <= N; j += 2 * W) {
+        batch acc0[R], acc1[R];
+        for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = batch(T(0));
+        for (int64_t k = 0; k < K; ++k) {
+            const batch b0 = batch::load_unaligned(B + k * ldb + j);
+            const batch b1 = batch::load_unaligned(B + k * ldb + j + W);
+            for (int r = 0; r < R; ++r) {
+                const batch a(A[r * lda + k]);
+                acc0[r] = xsimd::fma(a, b0, acc0[r]);
+                acc1[r] = xsimd::fma(a, b1, acc1[r]);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            T* c = C + r * ldc + j;
+            if (accumulate) {
+                xsimd::fma(va, acc0[r], batch::load_unaligned(c)).store_unaligned(c);
+                xsimd::fma(va, acc1[r], batch::load_unaligned(c + W)).store_unaligned(c + W);
+            } else {
+                (va * acc0[r]).store_unaligned(c);
+                (va * acc1[r]).store_unaligned(c + W);
+            }
+        }
+    }
+    for (; j + W <= N; j += W) {
+        batch acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = batch(T(0));
+        for (int64_t k = 0; k < K; ++k) {
+            const batch b0 = batch::load_unaligned(B + k * ldb + j);
+            for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(batch(A[r * lda + k]), b0, acc[r]);
+        }
+        for (int r = 0; r < R; ++r) {
+            T* c = C + r * ldc + j;
+            if (accumulate) xsimd::fma(va, acc[r], batch::load_unaligned(c)).store_unaligned(c);
+            else (va * acc[r]).store_unaligned(c);
+        }
+    }
+    if (j < N) reference::small_gemm(R, N - j, K, alpha, A, lda, B + j, ldb, C + j, ldc, accumulate);
+}
+
+template <class Arch, typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+    // Eight rows share each B load when the output is one vector wide (an attention head of 16
+    // floats), so eight FMA chains hide the latency; four rows otherwise.
+    int64_t i = 0;
+    if (N <= xsimd::batch<T, Arch>::size)
+        for (; i + 8 <= M; i += 8)
+            small_gemm_rows<Arch, T, 8>(N, K, alpha, A + i * lda, lda, B, ldb, C + i * ldc, ldc,
+                                        accumulate);
+    for (; i + 4 <= M; i += 4)
+        small_gemm_rows<Arch, T, 4>(N, K, alpha, A + i * lda, lda, B, ldb, C + i * ldc, ldc,
+                                    accumulate);
+    for (; i < M; ++i)
+        small_gemm_rows<Arch, T, 1>(N, K, alpha, A + i * lda, lda, B, ldb, C + i * ldc, ldc,
+                                    accumulate);
+}
+
 template <class Arch, typename T>
 VectorKernels<T> make_vector_kernels() {
     return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
                             &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
-                            &gelu<Arch, T>,  &gelu_backward<Arch, T>};
+                            &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
+                            &softmax<Arch, T>};
 }
 
 }  // namespace rmt::kernels::simd

@@ -58,6 +58,34 @@ void adamw(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta
     }
 }
 
+// x = softmax(x) over n >= 1 values (max-shifted).
+template <typename T>
+void softmax(T* x, int64_t n) {
+    T mx = x[0];
+    for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        x[i] = std::exp(x[i] - mx);
+        s += x[i];
+    }
+    const T inv = T(1) / s;
+    for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+// C (M x N, ldc) = alpha * A (M x K, lda) B (K x N, ldb), or C += that with accumulate; all
+// row-major. The unpacked GEMM for the many tiny products of attention heads, where packing and
+// the blocked GEMM's set-up cost more than the arithmetic.
+template <typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+    for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+            T s = 0;
+            for (int64_t k = 0; k < K; ++k) s += A[i * lda + k] * B[k * ldb + j];
+            C[i * ldc + j] = accumulate ? C[i * ldc + j] + alpha * s : alpha * s;
+        }
+}
+
 // GELU with PyTorch's constants (aten/src/ATen/native/cpu/Activation.cpp): the exact
 // x/2 (1 + erf(x / sqrt 2)), or with tanh_approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 constexpr double kGeluSqrt1_2 = 0.70710678118654752440;      // 1 / sqrt(2)

@@ -54,6 +54,40 @@ private:
     int saved_ = 0;
 };
 
+// Heads this small go through kernels' small_gemm on per-thread packed copies (K^T and V with
+// rows padded to 64 bytes) instead of the blocked GEMM: for a 76 x 76 x 16 head (the P2 encoder)
+// the blocked GEMM's packing and set-up cost several times the arithmetic.
+bool small_heads(int64_t Tq, int64_t Tk, int64_t hs) {
+    return Tq * Tk * hs <= (int64_t(1) << 20) && hs <= 128;
+}
+
+int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
+
+// One (batch, head) of the forward pass with small_gemm. kt (hs x Tkp), vp (Tk x hsp) and
+// scores (Tq x Tkp) are the caller's per-thread scratch; their padding columns stay zero.
+template <typename T>
+void small_head_forward(T* oh, T* p, const T* qh, const T* kh, const T* vh, const uint8_t* allowed,
+                        int64_t Tq, int64_t Tk, int64_t C, int64_t hs, T scale, T* kt, T* vp,
+                        T* scores) {
+    const auto& vec = kernels::vec<T>();
+    const int64_t Tkp = round_up(Tk, kernels::pad_elements<T>());
+    const int64_t hsp = round_up(hs, kernels::pad_elements<T>());
+    for (int64_t j = 0; j < Tk; ++j)
+        for (int64_t d = 0; d < hs; ++d) kt[d * Tkp + j] = kh[j * C + d];
+    // S = q k^T / sqrt(hs) into padded rows, then the masked softmax into probs
+    vec.small_gemm(Tq, Tkp, hs, scale, qh, C, kt, Tkp, scores, Tkp, false);
+    for (int64_t i = 0; i < Tq; ++i) std::copy(scores + i * Tkp, scores + i * Tkp + Tk, p + i * Tk);
+    masked_softmax_rows<T>(p, p, allowed, Tq, Tk, Tq);
+    // out = P v: straight into the head's columns when hs is already padded
+    if (hsp == hs) {
+        vec.small_gemm(Tq, hs, Tk, T(1), p, Tk, vh, C, oh, C, false);
+        return;
+    }
+    for (int64_t j = 0; j < Tk; ++j) std::copy(vh + j * C, vh + j * C + hs, vp + j * hsp);
+    vec.small_gemm(Tq, hsp, Tk, T(1), p, Tk, vp, hsp, scores, hsp, false);
+    for (int64_t i = 0; i < Tq; ++i) std::copy(scores + i * hsp, scores + i * hsp + hs, oh + i * C);
+}
+
 }  // namespace
 
 template <typename T>
@@ -62,6 +96,29 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
                        int64_t hs) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
+    if (small_heads(Tq, Tk, hs)) {
+        const int64_t pad = kernels::pad_elements<T>();
+        const int64_t Tkp = round_up(Tk, pad), hsp = round_up(hs, pad);
+#ifdef RMT_HAVE_OPENMP
+#pragma omp parallel if (split_heads(B, NH, Tq, Tk, hs))
+#endif
+        {
+            std::vector<T> kt(size_t(hs * Tkp), T(0)), vp(size_t(Tk * hsp), T(0));
+            std::vector<T> scores(size_t(Tq * std::max(Tkp, hsp)), T(0));
+#ifdef RMT_HAVE_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (int64_t bh = 0; bh < B * NH; ++bh) {
+                const int64_t b = bh / NH, h = bh % NH;
+                small_head_forward<T>(out + b * Tq * C + h * hs, probs + bh * Tq * Tk,
+                                      q + b * Tq * C + h * hs, k + b * Tk * C + h * hs,
+                                      v + b * Tk * C + h * hs,
+                                      allowed ? allowed + b * mask_batch_stride : nullptr, Tq, Tk,
+                                      C, hs, scale, kt.data(), vp.data(), scores.data());
+            }
+        }
+        return;
+    }
     SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (split_heads(B, NH, Tq, Tk, hs))

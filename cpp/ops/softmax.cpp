@@ -26,6 +26,14 @@ void masked_softmax_rows(T* probs, const T* scores, const uint8_t* allowed, int6
             std::fill(p, p + N, T(0));
             continue;
         }
+        if (!a || std::all_of(a + lo, a + hi, [](uint8_t v) { return v != 0; })) {
+            // one allowed range without holes (no mask, causal, padding): one fused kernel call
+            if (p != s) std::copy(s + lo, s + hi, p + lo);
+            vk.softmax(p + lo, hi - lo);
+            std::fill(p, p + lo, T(0));
+            std::fill(p + hi, p + N, T(0));
+            continue;
+        }
         // Masked keys inside [lo, hi) are set to -inf, whose exp is exactly 0 (scalar and xsimd),
         // so the vector exp and sum run over the whole range.
         T mx;
