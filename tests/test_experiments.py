@@ -205,3 +205,9 @@ def test_results_are_written_atomically(tmp_path):
         ex._write_json_atomic(target, {"a": object()})   # fails while writing
     assert json.loads(target.read_text()) == {"a": 1}    # the old file is intact
     assert os.listdir(tmp_path) == ["r.json"]            # and no temporary is left
+    mask = os.umask(0o022)
+    try:
+        ex._write_json_atomic(target, {"a": 2})
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644       # an ordinary file, not mkstemp's 0600

@@ -171,3 +171,13 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
     assert s2["steps"] == 3 and s2["steps_this_run"] == 1
     assert [e["step"] for e in s2["evals"]] == [2, 3]
     assert (out / "model.safetensors").exists()
+
+
+def test_mixed_lengths_trains_on_shorter_samples_too(quick_run, tmp_path):
+    _, fixed = quick_run
+    mixed = p2.train_curriculum("memorize", tmp_path / "mixed", quick=True, threads=1,
+                                mixed_lengths=True, log=None)
+    assert mixed["config"]["mixed_lengths"] is True and fixed["config"]["mixed_lengths"] is False
+    # stage 1 has only 1-segment samples either way; stage 2 sees other batches when mixed
+    assert mixed["stages"][0]["last_train_loss"] == pytest.approx(fixed["stages"][0]["last_train_loss"])
+    assert mixed["stages"][1]["last_train_loss"] != fixed["stages"][1]["last_train_loss"]

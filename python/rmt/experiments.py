@@ -59,12 +59,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from .checkpoint import _atomic_write
 
 KINDS = ("transformer", "memtr", "txl", "rmt")
 KIND_LABELS = {"transformer": "Baseline", "memtr": "MemTr", "txl": "Tr-XL", "rmt": "RMT"}
@@ -210,18 +211,11 @@ def engine_version() -> Dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    _atomic_write(Path(path), write)
 
 
 def _chunks(batch: Dict[str, np.ndarray], size: int) -> List[Dict[str, np.ndarray]]:

@@ -14,6 +14,9 @@ samples of their own) reaches ``target_accuracy`` or ``patience`` evaluations pa
 improvement, or ``steps_per_stage`` steps. After each stage its best model is evaluated on the
 test split at 1, 2, 4, ... ``generalization_max_segments`` segments (``generalization_samples``
 samples each, streamed): the train-length x evaluation-length table of P2 Figures 4 and 5.
+With ``mixed_lengths`` each training sample of stage S draws its length from 1 ... S segments
+(right-aligned, leading empty segments) instead of all having S; the stage still stops on
+S-segment validation samples.
 (Records written before the validation split existed say ``eval_split: "test"``: their stages
 stopped on the test samples.)
 
@@ -43,7 +46,7 @@ DEFAULTS: Dict[str, Any] = dict(
     num_mem_tokens=10, dropout=0.0, max_vocab=2000, batch_size=32, lr=1e-3, weight_decay=1e-3,
     warmup_fraction=0.1, steps_per_stage=1000, eval_every=25, eval_samples=192, patience=12,
     target_accuracy=0.95, clip_norm=1.0, eval_split="validation", generalization_samples=100,
-    generalization_max_segments=64)
+    generalization_max_segments=64, mixed_lengths=False)
 
 QUICK: Dict[str, Any] = dict(
     segment_len=16, max_segments=2, d_model=16, n_layers=1, n_heads=2, d_ff=32, num_mem_tokens=2,
@@ -93,7 +96,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      eval_every: Optional[int] = None, eval_samples: Optional[int] = None,
                      patience: Optional[int] = None, target_accuracy: float = 0.95,
                      generalization_samples: Optional[int] = None,
-                     generalization_max_segments: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, quick: bool = False,
+                     generalization_max_segments: Optional[int] = None,
+                     mixed_lengths: bool = False, seed: int = 0, threads: Optional[int] = None, quick: bool = False,
                      log=print) -> Dict[str, Any]:
     """Trains an RMT encoder on ``task`` through stages of 1 ... max_segments segments and
     returns the curriculum record (also written to out_dir/curriculum.json). ``None`` arguments
@@ -109,7 +113,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      eval_every=eval_every, eval_samples=eval_samples, patience=patience,
                      target_accuracy=target_accuracy,
                      generalization_samples=generalization_samples,
-                     generalization_max_segments=generalization_max_segments)
+                     generalization_max_segments=generalization_max_segments,
+                     mixed_lengths=bool(mixed_lengths))
     c = _config(task, quick, seed, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +137,7 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
         if isinstance(record.get("config"), dict):
             record["config"].setdefault("clip_norm", 0.0)   # records from before clipping
             for key, old in (("eval_split", "test"), ("generalization_samples", 0),
-                             ("generalization_max_segments", 0)):
+                             ("generalization_max_segments", 0), ("mixed_lengths", False)):
                 record["config"].setdefault(key, old)       # ... and before validation
         if record.get("config") != c:
             raise ValueError(f"{record_path} was written with another config; use another out_dir"
@@ -161,7 +166,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                               warmup_steps=max(1, int(round(c["warmup_fraction"] * steps))),
                               seed=c["seed"] + S)
         stage = rmt.Stage(
-            train_data=t.train_batches(c["batch_size"], S, T),
+            train_data=t.train_batches(c["batch_size"], S, T,
+                                       min_segments=1 if c["mixed_lengths"] else None),
             eval_data=t.eval_batches(c["eval_samples"], eval_bs, S, T, split=c["eval_split"]),
             max_steps=steps, target_accuracy=c["target_accuracy"], patience=c["patience"],
             name=f"{S} segments")
@@ -325,6 +331,8 @@ def main(argv=None) -> int:
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--clip-norm", type=float, default=None, help="0: no clipping (default 1.0)")
     tr.add_argument("--target-accuracy", type=float, default=0.95)
+    tr.add_argument("--mixed-lengths", action="store_true",
+                    help="stage S trains on samples of 1 ... S segments")
     ev = sub.add_parser("eval", help="accuracy at growing lengths, streamed")
     ev.add_argument("--model", required=True)
     ev.add_argument("--task", default="memorize")
@@ -344,7 +352,8 @@ def main(argv=None) -> int:
                          eval_samples=a.eval_samples, patience=a.patience,
                          target_accuracy=a.target_accuracy,
                          generalization_samples=a.generalization_samples,
-                         generalization_max_segments=a.generalization_max_segments, seed=a.seed, threads=a.threads,
+                         generalization_max_segments=a.generalization_max_segments,
+                         mixed_lengths=a.mixed_lengths, seed=a.seed, threads=a.threads,
                          quick=a.quick)
     else:
         samples = a.samples[0] if len(a.samples) == 1 else a.samples
