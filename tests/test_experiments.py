@@ -126,6 +126,67 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert not (tmp_path / "b" / "_checkpoints").exists()   # cleaned up once the results exist
 
 
+def test_curriculum_stages_fill_whole_segments_of_the_same_length():
+    def stages(task, length, S):
+        spec = ex.make_spec(task, S, "rmt", task_args={"length": length}, curriculum={})
+        return [(st["task_args"]["length"], st["num_segments"]) for st in ex.curriculum_stages(spec)]
+
+    assert stages("copy", 24, 3) == [(8, 1), (16, 2)]
+    assert stages("copy", 24, 6) == [(4, 1), (8, 2), (12, 3), (16, 4), (20, 5)]
+    assert stages("copy", 24, 9) == [(8, 3), (16, 6)]
+    assert stages("reverse", 24, 4) == [(6, 1), (12, 2), (18, 3)]
+    assert stages("copy", 24, 1) == []
+    for task, S in [("copy", 3), ("copy", 9), ("reverse", 6)]:
+        spec = ex.make_spec(task, S, "rmt", task_args={"length": 24}, curriculum={})
+        final = ex.make_task(spec)
+        for st in ex.curriculum_stages(spec):
+            t = ex.make_task({**spec, **st})
+            assert t.segment_len == final.segment_len and t.left_pad == 0
+            assert t.vocab_size == final.vocab_size
+    assert ex.curriculum_stages(ex.make_spec("copy", 3, "rmt", task_args={"length": 24})) == []
+    retrieval = ex.make_spec("retrieval", 3, "rmt", task_args={"pairs": 4}, curriculum={})
+    assert ex.curriculum_stages(retrieval) == []
+    assert "-cur-" in ex.run_id(retrieval)
+    assert "-cur-" not in ex.run_id(ex.make_spec("retrieval", 3, "rmt", task_args={"pairs": 4}))
+
+
+def test_a_curriculum_run_trains_the_stages_first_and_resumes(tmp_path):
+    spec = tiny("rmt", curriculum={"max_steps": 4, "eval_every": 2, "n_val": 8,
+                                   "target_accuracy": None})   # copy-2 in 1 segment of 6
+    stage_steps = []
+    straight = ex.run_grid([spec], tmp_path / "a", callback=lambda r: stage_steps.append(
+        (r.get("curriculum_stage"), r.get("step"))) if "loss" in r else None)[0]
+    assert len(straight["curriculum"]) == 1
+    st = straight["curriculum"][0]
+    assert st["task_args"]["length"] == 2 and st["num_segments"] == 1 and st["steps"] == 4
+    assert 0 <= st["val_accuracy"] <= 1
+    assert stage_steps[:4] == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert stage_steps[4:] == [(None, k) for k in range(1, 9)]
+    # the curriculum changes the run: the same spec without it trains otherwise
+    plain = ex.run_grid([tiny("rmt")], tmp_path / "c")[0]
+    assert plain["curriculum"] is None and losses(plain) != losses(straight)
+
+    def kill_at_5(rec):
+        if rec.get("step") == 5 and "loss" in rec and "curriculum_stage" not in rec:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        ex.run_grid([spec], tmp_path / "b", callback=kill_at_5)
+    resumed = ex.run_grid([spec], tmp_path / "b")[0]
+    assert resumed["resumed_from_step"] == 4
+    no_time = lambda cur: [{k: v for k, v in st.items() if k != "wall_time"} for st in cur]
+    assert no_time(resumed["curriculum"]) == no_time(straight["curriculum"])
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
+
+
+def test_select_filters_kinds_and_segments_and_adds_the_curriculum():
+    specs = ex.select(ex.get_grid("p1-copy"), kinds=["rmt", "txl"], segments=[1, 9],
+                      curriculum={})
+    assert [(s["kind"], s["num_segments"]) for s in specs] == [
+        ("txl", 1), ("rmt", 1), ("txl", 9), ("rmt", 9)]
+    assert [s["curriculum"] is not None for s in specs] == [False, False, True, True]
+
+
 def test_runs_are_deterministic_in_the_seed(tmp_path):
     a = ex.run_grid([tiny("rmt", seed=3)], tmp_path / "a")[0]
     b = ex.run_grid([tiny("rmt", seed=3)], tmp_path / "b")[0]

@@ -181,3 +181,19 @@ def test_mixed_lengths_trains_on_shorter_samples_too(quick_run, tmp_path):
     # stage 1 has only 1-segment samples either way; stage 2 sees other batches when mixed
     assert mixed["stages"][0]["last_train_loss"] == pytest.approx(fixed["stages"][0]["last_train_loss"])
     assert mixed["stages"][1]["last_train_loss"] != fixed["stages"][1]["last_train_loss"]
+
+
+def test_flops_count_by_hand_and_scale_as_claimed():
+    cfg = dict(kind="rmt_encoder", d_model=4, n_layers=1, n_heads=2, d_ff=8, segment_len=5,
+               num_mem_tokens=2, vocab_size=10, num_classes=3)
+    n = 5 + 2 + 3   # [CLS] mem x 2 [SEP] x 5 [SEP]
+    by_hand = 2 * (4 * n * 4 * 4 + 2 * n * n * 4 + 2 * n * 4 * 8)
+    assert p2.encoder_flops(cfg, 1) == by_hand
+    assert p2.encoder_flops(cfg, 4096) == 4096 * by_hand      # linear in the segments
+    assert p2.encoder_flops(rmt.ModelConfig(**cfg), 3) == 3 * by_hand
+    n_full = 5 * 1000 + 2
+    assert p2.full_attention_flops(cfg, 5000) == 2 * (4 * n_full * 16 + 2 * n_full ** 2 * 4
+                                                      + 2 * n_full * 32)
+    # quadratic: 10x the tokens costs ~100x once attention dominates
+    ratio = p2.full_attention_flops(cfg, 10 ** 6) / p2.full_attention_flops(cfg, 10 ** 5)
+    assert 95 < ratio < 100

@@ -89,6 +89,11 @@ QUICK_OVERRIDES = {
 }
 
 
+# A length curriculum (off unless a spec asks for it): before the run proper, the model trains on
+# the shorter copies / reversals that fill 1, 2, ... of its segments, each stage until its own
+# validation accuracy reaches target_accuracy or max_steps pass.
+CURRICULUM_DEFAULTS = {"max_steps": 500, "target_accuracy": 0.99, "n_val": 200, "eval_every": 50}
+
 # ---- specs ----
 
 def _task_class(name: str):
@@ -111,9 +116,11 @@ def make_spec(task: str, num_segments: int, kind: str, *, task_args: Optional[Di
               steps: Optional[int] = None, batch_size: int = 32, eval_every: Optional[int] = None,
               n_val: int = 500, n_test: int = 1000, seed: int = 0,
               checkpoint_every: Optional[int] = None, target_accuracy: Optional[float] = 1.0,
-              quick: bool = False) -> Dict[str, Any]:
+              curriculum: Optional[Dict[str, Any]] = None, quick: bool = False) -> Dict[str, Any]:
     """A complete run spec with the defaults filled in. memory None = the convention (segment
-    length for memtr / txl / rmt, 0 for the baseline)."""
+    length for memtr / txl / rmt, 0 for the baseline). ``curriculum``: None, or a dict of
+    CURRICULUM_DEFAULTS overrides ({} for the defaults) to train first on the shorter versions of
+    the task (see ``curriculum_stages``)."""
     spec = {
         "task": task, "task_args": dict(task_args or {}), "num_segments": num_segments, "kind": kind,
         "memory": memory, "model": {**PAPER_MODELS.get(task, PAPER_MODELS["copy"]), **(model or {})},
@@ -121,6 +128,7 @@ def make_spec(task: str, num_segments: int, kind: str, *, task_args: Optional[Di
         "steps": steps if steps is not None else FULL_STEPS.get(task, 3000),
         "batch_size": batch_size, "eval_every": eval_every, "n_val": n_val, "n_test": n_test,
         "seed": seed, "checkpoint_every": checkpoint_every, "target_accuracy": target_accuracy,
+        "curriculum": None if curriculum is None else {**CURRICULUM_DEFAULTS, **curriculum},
         "quick": quick,
     }
     return normalize_spec(spec)
@@ -142,6 +150,7 @@ def normalize_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     s.setdefault("n_test", 1000)
     s.setdefault("target_accuracy", None)
     s.setdefault("quick", False)
+    s.setdefault("curriculum", None)
     task = make_task(s)
     if s["kind"] == "transformer":
         if s.get("memory"):
@@ -162,6 +171,8 @@ def quick_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     for k, v in QUICK_OVERRIDES.items():
         s[k] = copy.deepcopy(v)
     s["optimizer"] = {**s["optimizer"], "lr": 3e-3, "warmup_steps": 5}
+    if s.get("curriculum") is not None:
+        s["curriculum"] = {**s["curriculum"], "max_steps": 10, "n_val": 32, "eval_every": 5}
     s["quick"] = True
     return normalize_spec(s)
 
@@ -182,6 +193,8 @@ def run_id(spec: Dict[str, Any]) -> str:
              f"bptt{'full' if s['bptt_depth'] is None else s['bptt_depth']}",
              f"{o['name']}", f"lr{_fmt(float(o['lr']))}", f"b{s['batch_size']}", f"st{s['steps']}",
              f"seed{s['seed']}"]
+    if s["curriculum"] is not None:
+        parts.insert(-1, "cur")
     if s["quick"]:
         parts.insert(0, "quick")
     return "-".join(parts)
@@ -223,6 +236,51 @@ def _chunks(batch: Dict[str, np.ndarray], size: int) -> List[Dict[str, np.ndarra
     return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
 
 
+def curriculum_stages(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The stages before the run proper of a spec with a curriculum: for copy-L / reverse-L in S
+    segments of T tokens, the task lengths L' < L whose model input fills exactly k < S segments
+    of the same T (copy: 3 L' = k T; reverse: 2 L' = k T), shortest first, as
+    [{"task_args", "num_segments"}]. The vocabulary stays the run's. Other tasks: none."""
+    s = normalize_spec(spec)
+    if s["curriculum"] is None or s["task"] not in ("copy", "reverse"):
+        return []
+    task = make_task(s)
+    per_symbol = 3 if s["task"] == "copy" else 2   # model input tokens per input symbol
+    T, L = task.segment_len, task.length
+    stages = []
+    for k in range(1, s["num_segments"]):
+        if (k * T) % per_symbol == 0 and 0 < k * T // per_symbol < L:
+            args = {**s["task_args"], "length": k * T // per_symbol,
+                    "vocab_size": task.vocab_size}
+            stages.append({"task_args": args, "num_segments": k})
+    return stages
+
+
+def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None) -> List[Dict]:
+    from .trainer import evaluate
+
+    c = s["curriculum"]
+    summary = []
+    for i, st in enumerate(curriculum_stages(s)):
+        stage_spec = {**s, "task_args": st["task_args"], "num_segments": st["num_segments"]}
+        task = make_task(stage_spec)
+        if task.segment_len != segment_len:
+            raise AssertionError(f"curriculum stage {st} has segments of {task.segment_len}, "
+                                 f"not {segment_len}")
+        val = _chunks(task.split(c["n_val"], c["n_val"])["val"], EVAL_BATCH)
+        trainer = _build_trainer({**s, "seed": s["seed"] + 1000 * (i + 1)}, model)
+        t0 = time.perf_counter()
+        stage_callback = None if callback is None else \
+            (lambda rec, i=i: callback({**rec, "curriculum_stage": i}))
+        trainer.fit(task.train_batches(s["batch_size"]), steps=int(c["max_steps"]), eval_data=val,
+                    eval_every=int(c["eval_every"]), target_accuracy=c["target_accuracy"],
+                    callback=stage_callback)
+        summary.append({**st, "steps": trainer.step_count,
+                        "val_accuracy": evaluate(model, val)["accuracy"],
+                        "wall_time": time.perf_counter() - t0})
+    return summary
+
+
 def build_model(spec: Dict[str, Any], task=None):
     """The model of a (normalized) spec, initialised with the spec's seed."""
     import rmt
@@ -261,7 +319,8 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
             progress: bool = False, keep_checkpoints: bool = False) -> Dict[str, Any]:
     """Trains and evaluates one run and writes <out_dir>/<run_id>.json (returned as a dict).
     Resumes from <out_dir>/_checkpoints/<run_id>/ if a previous attempt was killed. `callback`
-    is passed to Trainer.fit (called with every history record)."""
+    is passed to Trainer.fit (called with every history record; during a curriculum the
+    records carry "curriculum_stage")."""
     from .trainer import evaluate
 
     s = normalize_spec(spec)
@@ -278,9 +337,16 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
     trainer = _build_trainer(s, model)
     resumed_from = 0
     last = ckpt_dir / "last.safetensors"
+    curriculum_file = ckpt_dir / "curriculum.json"
+    curriculum = None
     if last.exists():
-        trainer.load_checkpoint(last)
+        trainer.load_checkpoint(last)   # the weights after the curriculum, and further
         resumed_from = trainer.step_count
+        if curriculum_file.exists():
+            curriculum = json.loads(curriculum_file.read_text())
+    elif s["curriculum"] is not None:
+        curriculum = _run_curriculum(s, model, task.segment_len, callback=callback)
+        _write_json_atomic(curriculum_file, curriculum)
     t_train = time.perf_counter()
     trainer.fit(task.train_batches(s["batch_size"]), steps=s["steps"], eval_data=val,
                 eval_every=s["eval_every"], checkpoint_dir=ckpt_dir,
@@ -321,6 +387,7 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
         },
         "curve": {"train": train_curve, "eval": eval_curve},
         "steps_taken": steps_taken,
+        "curriculum": curriculum,
         "resumed_from_step": resumed_from,
         "wall_time": time.perf_counter() - t0,
         "train_time": train_time,
@@ -364,6 +431,26 @@ GRIDS: Dict[str, Callable[[], List[Dict[str, Any]]]] = {
     "p1-copy": p1_copy, "p1-reverse": p1_reverse, "p1-retrieval": p1_retrieval,
 }
 GRIDS["p1"] = lambda: p1_copy() + p1_reverse() + p1_retrieval()
+
+
+def select(specs: Sequence[Dict[str, Any]], kinds: Optional[Sequence[str]] = None,
+           segments: Optional[Sequence[int]] = None,
+           curriculum: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """The specs of the given kinds and numbers of segments (None: all); with ``curriculum`` (a
+    dict of CURRICULUM_DEFAULTS overrides, {} for the defaults), the copy and reverse runs of
+    more than one segment get that length curriculum."""
+    out = []
+    for spec in specs:
+        if kinds is not None and spec["kind"] not in kinds:
+            continue
+        if segments is not None and spec["num_segments"] not in segments:
+            continue
+        spec = copy.deepcopy(spec)
+        if curriculum is not None and spec["task"] in ("copy", "reverse") \
+                and spec["num_segments"] > 1:
+            spec["curriculum"] = {**CURRICULUM_DEFAULTS, **curriculum}
+        out.append(normalize_spec(spec))
+    return out
 
 
 def get_grid(name: str, quick: bool = False) -> List[Dict[str, Any]]:
@@ -466,12 +553,23 @@ def main(argv=None) -> int:
                         help="rmt threads (default: 1 with --quick, else all)")
     parser.add_argument("--list", action="store_true", help="print the run ids and exit")
     parser.add_argument("--progress", action="store_true", help="a progress bar per run (tqdm)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=None,
+                        help="only these model kinds")
+    parser.add_argument("--segments", nargs="+", type=int, default=None,
+                        help="only these numbers of segments")
+    parser.add_argument("--curriculum", action="store_true",
+                        help="copy / reverse runs of more than one segment first train on the "
+                             "shorter tasks (see curriculum_stages)")
     args = parser.parse_args(argv)
+    specs = select(get_grid(args.grid), args.kinds, args.segments,
+                   {} if args.curriculum else None)
+    if not specs:
+        parser.error("no run of the grid matches --kinds / --segments")
     if args.list:
-        for s in get_grid(args.grid, quick=args.quick):
-            print(run_id(s))
+        for s in specs:
+            print(run_id(quick_spec(s) if args.quick else s))
         return 0
-    results = run_grid(args.grid, args.out, quick=args.quick, threads=args.threads,
+    results = run_grid(specs, args.out, quick=args.quick, threads=args.threads,
                        progress=args.progress,
                        log=lambda msg: print(msg, flush=True))
     for row in summary_table(results):

@@ -223,6 +223,34 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
     return record
 
 
+def _forward_flops(n: int, d_model: int, n_layers: int, d_ff: int, d_attn: int) -> float:
+    """Forward FLOPs (a multiply-add = 2) of n_layers encoder layers on n tokens: the Q, K, V
+    and output projections (4 n d_model d_attn multiply-adds), the two attention products
+    (2 n^2 d_attn) and the feed-forward block (2 n d_model d_ff)."""
+    return 2.0 * n_layers * (4 * n * d_model * d_attn + 2 * n * n * d_attn + 2 * n * d_model * d_ff)
+
+
+def encoder_flops(config, num_segments: int) -> float:
+    """Forward FLOPs of the RMT encoder (``config``: a ModelConfig or its dict, kind
+    rmt_encoder) on an input of ``num_segments`` segments: every segment is one pass over
+    [CLS][mem x M][SEP] segment [SEP], so the cost is linear in the input length (P2 Figure 3's
+    analysis; embeddings, layer norms, softmax and the classification head are left out, as
+    there)."""
+    c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    d_attn = c["n_heads"] * (c.get("d_head") or c["d_model"] // c["n_heads"])
+    n = c["segment_len"] + c["num_mem_tokens"] + 3
+    return num_segments * _forward_flops(n, c["d_model"], c["n_layers"], c["d_ff"], d_attn)
+
+
+def full_attention_flops(config, num_tokens: int) -> float:
+    """Forward FLOPs of the same layers attending over all ``num_tokens`` tokens at once (a
+    plain Transformer encoder with a long enough context, [CLS] x [SEP]): quadratic in the
+    length."""
+    c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    d_attn = c["n_heads"] * (c.get("d_head") or c["d_model"] // c["n_heads"])
+    return _forward_flops(num_tokens + 2, c["d_model"], c["n_layers"], c["d_ff"], d_attn)
+
+
 def _powers_of_two(top: int) -> List[int]:
     out, L = [], 1
     while L <= top:
