@@ -54,38 +54,73 @@ private:
     int saved_ = 0;
 };
 
-// Heads this small go through kernels' small_gemm on per-thread packed copies (K^T and V with
-// rows padded to 64 bytes) instead of the blocked GEMM: for a 76 x 76 x 16 head (the P2 encoder)
-// the blocked GEMM's packing and set-up cost several times the arithmetic.
-bool small_heads(int64_t Tq, int64_t Tk, int64_t hs) {
-    return Tq * Tk * hs <= (int64_t(1) << 20) && hs <= 128;
+// The per-head products go through head_gemm: heads this small (a 76 x 76 x 16 head of the P2
+// encoder, 72 x 48 x 32 of the copy model) take kernels' unpacked small_gemm, on operands
+// transposed or padded to whole vectors in per-thread scratch; there the blocked GEMM's packing
+// and set-up cost several times the arithmetic. Bigger heads take the blocked GEMM.
+bool small_product(int64_t M, int64_t N, int64_t K) {
+    return M * N * K <= (int64_t(1) << 20);
 }
 
 int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
-// One (batch, head) of the forward pass with small_gemm. kt (hs x Tkp), vp (Tk x hsp) and
-// scores (Tq x Tkp) are the caller's per-thread scratch; their padding columns stay zero.
+// Per-thread scratch that only grows: after the first step no product allocates.
 template <typename T>
-void small_head_forward(T* oh, T* p, const T* qh, const T* kh, const T* vh, const uint8_t* allowed,
-                        int64_t Tq, int64_t Tk, int64_t C, int64_t hs, T scale, T* kt, T* vp,
-                        T* scores) {
-    const auto& vec = kernels::vec<T>();
-    const int64_t Tkp = round_up(Tk, kernels::pad_elements<T>());
-    const int64_t hsp = round_up(hs, kernels::pad_elements<T>());
-    for (int64_t j = 0; j < Tk; ++j)
-        for (int64_t d = 0; d < hs; ++d) kt[d * Tkp + j] = kh[j * C + d];
-    // S = q k^T / sqrt(hs) into padded rows, then the masked softmax into probs
-    vec.small_gemm(Tq, Tkp, hs, scale, qh, C, kt, Tkp, scores, Tkp, false);
-    for (int64_t i = 0; i < Tq; ++i) std::copy(scores + i * Tkp, scores + i * Tkp + Tk, p + i * Tk);
-    masked_softmax_rows<T>(p, p, allowed, Tq, Tk, Tq);
-    // out = P v: straight into the head's columns when hs is already padded
-    if (hsp == hs) {
-        vec.small_gemm(Tq, hs, Tk, T(1), p, Tk, vh, C, oh, C, false);
+T* scratch(int slot, size_t n) {
+    thread_local std::vector<T> buffers[3];
+    std::vector<T>& b = buffers[slot];
+    if (b.size() < n) b.resize(n);
+    return b.data();
+}
+
+// C (M x N, ldc) = alpha op(A) op(B) + beta C, row-major, op = transpose when trans_*; beta is
+// 0 (C is overwritten, never read) or 1.
+template <typename T>
+void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+    if (!small_product(M, N, K)) {
+        gemm<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    for (int64_t j = 0; j < Tk; ++j) std::copy(vh + j * C, vh + j * C + hs, vp + j * hsp);
-    vec.small_gemm(Tq, hsp, Tk, T(1), p, Tk, vp, hsp, scores, hsp, false);
-    for (int64_t i = 0; i < Tq; ++i) std::copy(scores + i * hsp, scores + i * hsp + hs, oh + i * C);
+    if (M == 0 || N == 0) return;
+    const bool accumulate = beta != T(0);
+    const auto& vec = kernels::vec<T>();
+    if (trans_a) {   // A is stored K x M: make it M x K
+        T* a = scratch<T>(0, size_t(M * K));
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t i = 0; i < M; ++i) a[i * K + k] = A[k * lda + i];
+        A = a;
+        lda = K;
+    }
+    // B as K x Np rows, Np a whole number of vectors (zero padding), unless it already is
+    const int64_t Np = round_up(N, kernels::pad_elements<T>());
+    if (trans_b || Np != N) {
+        T* b = scratch<T>(1, size_t(K * Np));
+        for (int64_t k = 0; k < K; ++k) {
+            T* row = b + k * Np;
+            if (trans_b)
+                for (int64_t j = 0; j < N; ++j) row[j] = B[j * ldb + k];
+            else
+                std::copy(B + k * ldb, B + k * ldb + N, row);
+            std::fill(row + N, row + Np, T(0));
+        }
+        B = b;
+        ldb = Np;
+    }
+    if (Np == N) {
+        vec.small_gemm(M, N, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
+        return;
+    }
+    T* c = scratch<T>(2, size_t(M * Np));
+    vec.small_gemm(M, Np, K, alpha, A, lda, B, ldb, c, Np, false);
+    for (int64_t i = 0; i < M; ++i) {
+        T* dst = C + i * ldc;
+        const T* src = c + i * Np;
+        if (accumulate)
+            for (int64_t j = 0; j < N; ++j) dst[j] += src[j];
+        else
+            std::copy(src, src + N, dst);
+    }
 }
 
 }  // namespace
@@ -96,29 +131,6 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
                        int64_t hs) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
-    if (small_heads(Tq, Tk, hs)) {
-        const int64_t pad = kernels::pad_elements<T>();
-        const int64_t Tkp = round_up(Tk, pad), hsp = round_up(hs, pad);
-#ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (split_heads(B, NH, Tq, Tk, hs))
-#endif
-        {
-            std::vector<T> kt(size_t(hs * Tkp), T(0)), vp(size_t(Tk * hsp), T(0));
-            std::vector<T> scores(size_t(Tq * std::max(Tkp, hsp)), T(0));
-#ifdef RMT_HAVE_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (int64_t bh = 0; bh < B * NH; ++bh) {
-                const int64_t b = bh / NH, h = bh % NH;
-                small_head_forward<T>(out + b * Tq * C + h * hs, probs + bh * Tq * Tk,
-                                      q + b * Tq * C + h * hs, k + b * Tk * C + h * hs,
-                                      v + b * Tk * C + h * hs,
-                                      allowed ? allowed + b * mask_batch_stride : nullptr, Tq, Tk,
-                                      C, hs, scale, kt.data(), vp.data(), scores.data());
-            }
-        }
-        return;
-    }
     SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (split_heads(B, NH, Tq, Tk, hs))
@@ -131,11 +143,11 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
         T* oh = out + b * Tq * C + h * hs;
         T* p = probs + bh * Tq * Tk;
         // S = q k^T / sqrt(hs), then the masked softmax in place
-        gemm<T>(false, true, Tq, Tk, hs, scale, qh, C, kh, C, T(0), p, Tk);
+        head_gemm<T>(false, true, Tq, Tk, hs, scale, qh, C, kh, C, T(0), p, Tk);
         masked_softmax_rows<T>(p, p, allowed ? allowed + b * mask_batch_stride : nullptr, Tq, Tk,
                                Tq);
         // out = P v (a query with nothing allowed has P = 0, so outputs 0)
-        gemm<T>(false, false, Tq, hs, Tk, T(1), p, Tk, vh, C, T(0), oh, C);
+        head_gemm<T>(false, false, Tq, hs, Tk, T(1), p, Tk, vh, C, T(0), oh, C);
     }
 }
 
@@ -164,13 +176,13 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
             T* dkh = dk + b * Tk * C + h * hs;
             T* dvh = dv + b * Tk * C + h * hs;
             // out = P v:  dP = dout v^T,  dv += P^T dout
-            gemm<T>(false, true, Tq, Tk, hs, T(1), doh, C, vh, C, T(0), ds.data(), Tk);
-            gemm<T>(true, false, Tk, hs, Tq, T(1), p, Tk, doh, C, T(1), dvh, C);
+            head_gemm<T>(false, true, Tq, Tk, hs, T(1), doh, C, vh, C, T(0), ds.data(), Tk);
+            head_gemm<T>(true, false, Tk, hs, Tq, T(1), p, Tk, doh, C, T(1), dvh, C);
             // P = softmax(S): dS = P (dP - <dP, P>), with the 1/sqrt(hs) of S folded in
             softmax_rows_backward<T>(ds.data(), ds.data(), p, Tq, Tk, scale, true);
             // S = q k^T:  dq += dS k,  dk += dS^T q
-            gemm<T>(false, false, Tq, hs, Tk, T(1), ds.data(), Tk, kh, C, T(1), dqh, C);
-            gemm<T>(true, false, Tk, hs, Tq, T(1), ds.data(), Tk, qh, C, T(1), dkh, C);
+            head_gemm<T>(false, false, Tq, hs, Tk, T(1), ds.data(), Tk, kh, C, T(1), dqh, C);
+            head_gemm<T>(true, false, Tk, hs, Tq, T(1), ds.data(), Tk, qh, C, T(1), dkh, C);
         }
     }
 }
@@ -207,10 +219,10 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                     qv[i * hs + d] = qh[i * C + d] + vbh[d];
                 }
             // content term: S = (q + u) k^T / sqrt(hs)
-            gemm<T>(false, true, Q, K, hs, scale, qu.data(), hs, kh, C, T(0), p, K);
+            head_gemm<T>(false, true, Q, K, hs, scale, qu.data(), hs, kh, C, T(0), p, K);
             // position term against every distance: BD[i, m] = (q_i + v) . rk_m / sqrt(hs),
             // then the rel shift S[i, j] += BD[i, j + Q-1-i] where that index exists
-            gemm<T>(false, true, Q, K, hs, scale, qv.data(), hs, rkh, C, T(0), bd.data(), K);
+            head_gemm<T>(false, true, Q, K, hs, scale, qv.data(), hs, rkh, C, T(0), bd.data(), K);
             for (int64_t i = 0; i < Q; ++i) {
                 const int64_t shift = Q - 1 - i;
                 const int64_t jend = K - shift;   // j + shift < K
@@ -220,7 +232,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             }
             masked_softmax_rows<T>(p, p, allowed ? allowed + b * mask_batch_stride : nullptr, Q, K,
                                    Q);
-            gemm<T>(false, false, Q, hs, K, T(1), p, K, vh, C, T(0), oh, C);
+            head_gemm<T>(false, false, Q, hs, K, T(1), p, K, vh, C, T(0), oh, C);
         }
     }
 }
@@ -269,18 +281,18 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                     qv[i * hs + d] = qh[i * C + d] + vbh[d];
                 }
             // out = P v:  dP = dout v^T,  dv += P^T dout
-            gemm<T>(false, true, Q, K, hs, T(1), doh, C, vh, C, T(0), ds.data(), K);
-            gemm<T>(true, false, K, hs, Q, T(1), p, K, doh, C, T(1), dvh, C);
+            head_gemm<T>(false, true, Q, K, hs, T(1), doh, C, vh, C, T(0), ds.data(), K);
+            head_gemm<T>(true, false, K, hs, Q, T(1), p, K, doh, C, T(1), dvh, C);
             // P = softmax(S): dS = P (dP - <dP, P>) / sqrt(hs)  (the gradient of both terms)
             softmax_rows_backward<T>(ds.data(), ds.data(), p, Q, K, scale, true);
             // content term (q + u) k^T:  d(q + u) = dS k  (to dq and du),  dk += dS^T (q + u)
-            gemm<T>(false, false, Q, hs, K, T(1), ds.data(), K, kh, C, T(0), dqx.data(), hs);
+            head_gemm<T>(false, false, Q, hs, K, T(1), ds.data(), K, kh, C, T(0), dqx.data(), hs);
             for (int64_t i = 0; i < Q; ++i)
                 for (int64_t d = 0; d < hs; ++d) {
                     dqh[i * C + d] += dqx[i * hs + d];
                     duh[d] += dqx[i * hs + d];
                 }
-            gemm<T>(true, false, K, hs, Q, T(1), ds.data(), K, qu.data(), hs, T(1), dkh, C);
+            head_gemm<T>(true, false, K, hs, Q, T(1), ds.data(), K, qu.data(), hs, T(1), dkh, C);
             // rel shift backward: scatter dS[i, j] back to BD[i, j + Q-1-i]
             for (int64_t i = 0; i < Q; ++i) {
                 const int64_t shift = std::min(Q - 1 - i, K);
@@ -291,13 +303,13 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             }
             // position term (q + v) rk^T:  d(q + v) = dBD rk (to dq and dv_bias),
             // drk += dBD^T (q + v)
-            gemm<T>(false, false, Q, hs, K, T(1), dbd.data(), K, rkh, C, T(0), dqx.data(), hs);
+            head_gemm<T>(false, false, Q, hs, K, T(1), dbd.data(), K, rkh, C, T(0), dqx.data(), hs);
             for (int64_t i = 0; i < Q; ++i)
                 for (int64_t d = 0; d < hs; ++d) {
                     dqh[i * C + d] += dqx[i * hs + d];
                     dvbh[d] += dqx[i * hs + d];
                 }
-            gemm<T>(true, false, K, hs, Q, T(1), dbd.data(), K, qv.data(), hs, T(1), drkh, C);
+            head_gemm<T>(true, false, K, hs, Q, T(1), dbd.data(), K, qv.data(), hs, T(1), drkh, C);
         }
     }
     if (B > 1) {
