@@ -165,6 +165,9 @@ def test_a_curriculum_run_trains_the_stages_first_and_resumes(tmp_path):
     # the curriculum changes the run: the same spec without it trains otherwise
     plain = ex.run_grid([tiny("rmt")], tmp_path / "c")[0]
     assert plain["curriculum"] is None and losses(plain) != losses(straight)
+    rows = ex.summary_table([straight, plain])
+    assert sorted((row["label"], row["curriculum"], row["runs"]) for row in rows) == [
+        ("RMT", False, 1), ("RMT +cur", True, 1)]
 
     def kill_at_5(rec):
         if rec.get("step") == 5 and "loss" in rec and "curriculum_stage" not in rec:

@@ -532,15 +532,18 @@ def load_results(out_dir) -> List[Dict[str, Any]]:
 
 
 def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (task, num_segments, kind): mean test accuracy over seeds, number of runs."""
+    """One row per (task, num_segments, kind, with a curriculum or not): mean test accuracy
+    over seeds, number of runs. Runs with a length curriculum are labelled "<kind> +cur"."""
     cells: Dict[tuple, List[float]] = {}
     for r in results:
         s = r["spec"]
-        cells.setdefault((s["task"], s["num_segments"], s["kind"]), []).append(
+        cur = s.get("curriculum") is not None
+        cells.setdefault((s["task"], s["num_segments"], s["kind"], cur), []).append(
             r["metrics"]["test_accuracy"])
-    return [{"task": t, "num_segments": n, "kind": k, "label": KIND_LABELS.get(k, k),
+    return [{"task": t, "num_segments": n, "kind": k, "curriculum": cur,
+             "label": KIND_LABELS.get(k, k) + (" +cur" if cur else ""),
              "test_accuracy": float(np.mean(v)), "runs": len(v)}
-            for (t, n, k), v in sorted(cells.items())]
+            for (t, n, k, cur), v in sorted(cells.items())]
 
 
 def main(argv=None) -> int:
