@@ -87,6 +87,33 @@ def test_softmax(isa, rng, n, dtype):
         k.vec_softmax(np.zeros(0, dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [n for n in LENGTHS if n > 0] + [64, 256])
+def test_layernorm_row_and_its_backward(isa, rng, n, dtype):
+    x = (vec(rng, n, dtype, scale=3.0) + dtype(50.0)).astype(dtype)   # a large mean to cancel
+    w, b = vec(rng, n, dtype), vec(rng, n, dtype)
+    out, mean, rstd = k.vec_layernorm_row(x, w, b, 1e-5)
+    ref, mean_ref, rstd_ref = k.vec_layernorm_row(x, w, b, 1e-5, reference=True)
+    x64 = x.astype(np.float64)
+    mu, var = x64.mean(), x64.var()
+    exact = (x64 - mu) / np.sqrt(var + 1e-5) * w + b
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    assert mean == pytest.approx(mu, rel=rtol) and mean_ref == pytest.approx(mu, rel=rtol)
+    assert rstd == pytest.approx(1 / np.sqrt(var + 1e-5), rel=rtol)
+    assert rstd_ref == pytest.approx(rstd, rel=rtol)
+    np.testing.assert_allclose(out, exact, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol)
+    dy, dx = vec(rng, n, dtype), vec(rng, n, dtype)
+    got = k.vec_layernorm_row_backward(dx, dy, x, w, mean, rstd)
+    want = k.vec_layernorm_row_backward(dx, dy, x, w, mean, rstd, reference=True)
+    # the input gradient through the exact formula in float64
+    xhat = (x64 - mean) * rstd
+    dxhat = dy.astype(np.float64) * w
+    grad = rstd * (dxhat - dxhat.mean() - xhat * (dxhat * xhat).mean())
+    np.testing.assert_allclose(got, dx + grad, rtol=rtol, atol=rtol * 10)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10)
+
+
 # (M, N, K): row blocks of 8 / 4 / 1, column blocks of two vectors / one / scalar tails
 SMALL_GEMM_SHAPES = [(1, 1, 1), (3, 5, 2), (8, 16, 16), (9, 16, 76), (76, 80, 16), (76, 16, 76),
                      (13, 33, 7), (5, 48, 0)]

@@ -101,6 +101,48 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("x"), ref, "Returns softmax(x); x must be non-empty.");
 
+    m.def("vec_layernorm_row", [](py::handle x, py::handle weight, py::handle bias, double eps,
+                                  bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = checked<T>(x, "x", 1);
+            const int64_t n = int64_t(X.size());
+            auto Wt = vec_arg<T>(weight, "weight", n);
+            auto Bs = vec_arg<T>(bias, "bias", n);
+            auto out = new_array<T>({n}, false);
+            T mean, rstd;
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).layernorm_row(o, X.data(), Wt.data(), Bs.data(), n, T(eps),
+                                                  &mean, &rstd);
+            }
+            return py::make_tuple(std::move(out), double(mean), double(rstd));
+        });
+    }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5, ref,
+       "Returns (LayerNorm of the row x, its mean, its 1 / sqrt(var + eps)).");
+
+    m.def("vec_layernorm_row_backward", [](py::handle dx, py::handle dy, py::handle x,
+                                           py::handle weight, double mean, double rstd,
+                                           bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = checked<T>(x, "x", 1);
+            const int64_t n = int64_t(X.size());
+            auto Dy = vec_arg<T>(dy, "dy", n);
+            auto Wt = vec_arg<T>(weight, "weight", n);
+            auto out = copy_of<T>(vec_arg<T>(dx, "dx", n));
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).layernorm_row_backward(o, Dy.data(), X.data(), Wt.data(),
+                                                           T(mean), T(rstd), n);
+            }
+            return std::move(out);
+        });
+    }, py::arg("dx"), py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("mean"),
+       py::arg("rstd"), ref, "Returns dx + the input gradient of one LayerNorm row (dx unchanged).");
+
     m.def("vec_scale", [](py::handle x, double a, bool reference) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);

@@ -31,6 +31,11 @@ struct VectorKernels {
     void (*small_gemm)(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                        const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate);
     void (*softmax)(T* x, int64_t n);                         // in place, n >= 1
+    // One LayerNorm row (n >= 1) and the input gradient of one row (accumulated into dx).
+    void (*layernorm_row)(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps,
+                          T* mean, T* rstd);
+    void (*layernorm_row_backward)(T* dx, const T* dy, const T* x, const T* weight, T mean,
+                                   T rstd, int64_t n);
 };
 
 // Elements in 64 bytes: a multiple of every ISA's vector width, the padding unit for small_gemm.

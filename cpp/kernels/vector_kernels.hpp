@@ -268,12 +268,91 @@ void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t ld
                                     accumulate);
 }
 
+// LayerNorm rows in T lanes: each lane sums its own elements (W partial sums, two accumulators),
+// so the rounding error stays well below the serial float sum's; the second pass sums squares of
+// (x - mean), which do not cancel. The scalar tail joins the lane sums before the reduction.
+template <class Arch, typename T>
+void layernorm_row(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps, T* mean,
+                   T* rstd) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const int64_t whole = n / W * W;
+    batch s0(T(0)), s1(T(0));
+    int64_t i = 0;
+    for (; i + 2 * W <= whole; i += 2 * W) {
+        s0 += batch::load_unaligned(x + i);
+        s1 += batch::load_unaligned(x + i + W);
+    }
+    if (i < whole) s0 += batch::load_unaligned(x + i);
+    T tail = 0;
+    for (int64_t c = whole; c < n; ++c) tail += x[c];
+    const T m = (xsimd::hadd(s0 + s1) + tail) / T(n);
+    const batch vm(m);
+    batch q0(T(0)), q1(T(0));
+    for (i = 0; i + 2 * W <= whole; i += 2 * W) {
+        const batch d0 = batch::load_unaligned(x + i) - vm;
+        const batch d1 = batch::load_unaligned(x + i + W) - vm;
+        q0 = xsimd::fma(d0, d0, q0);
+        q1 = xsimd::fma(d1, d1, q1);
+    }
+    if (i < whole) {
+        const batch d0 = batch::load_unaligned(x + i) - vm;
+        q0 = xsimd::fma(d0, d0, q0);
+    }
+    T tail_sq = 0;
+    for (int64_t c = whole; c < n; ++c) tail_sq += (x[c] - m) * (x[c] - m);
+    const T r = T(1) / std::sqrt((xsimd::hadd(q0 + q1) + tail_sq) / T(n) + eps);
+    const batch vr(r);
+    for (i = 0; i < whole; i += W)
+        xsimd::fma((batch::load_unaligned(x + i) - vm) * vr, batch::load_unaligned(weight + i),
+                   batch::load_unaligned(bias + i)).store_unaligned(out + i);
+    for (int64_t c = whole; c < n; ++c) out[c] = (x[c] - m) * r * weight[c] + bias[c];
+    *mean = m;
+    *rstd = r;
+}
+
+template <class Arch, typename T>
+void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T mean, T rstd,
+                            int64_t n) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const int64_t whole = n / W * W;
+    const batch vm(mean), vr(rstd);
+    batch a(T(0)), b(T(0));
+    for (int64_t i = 0; i < whole; i += W) {
+        const batch xhat = (batch::load_unaligned(x + i) - vm) * vr;
+        const batch dxhat = batch::load_unaligned(dy + i) * batch::load_unaligned(weight + i);
+        a += dxhat;
+        b = xsimd::fma(dxhat, xhat, b);
+    }
+    T sa = xsimd::hadd(a), sb = xsimd::hadd(b);
+    for (int64_t c = whole; c < n; ++c) {
+        const T xhat = (x[c] - mean) * rstd;
+        const T dxhat = dy[c] * weight[c];
+        sa += dxhat;
+        sb += dxhat * xhat;
+    }
+    const batch ma(sa / T(n)), mb(sb / T(n));
+    for (int64_t i = 0; i < whole; i += W) {
+        const batch xhat = (batch::load_unaligned(x + i) - vm) * vr;
+        const batch dxhat = batch::load_unaligned(dy + i) * batch::load_unaligned(weight + i);
+        const batch g = vr * (dxhat - ma - xhat * mb);
+        (batch::load_unaligned(dx + i) + g).store_unaligned(dx + i);
+    }
+    for (int64_t c = whole; c < n; ++c) {
+        const T xhat = (x[c] - mean) * rstd;
+        const T dxhat = dy[c] * weight[c];
+        dx[c] += rstd * (dxhat - sa / T(n) - xhat * (sb / T(n)));
+    }
+}
+
 template <class Arch, typename T>
 VectorKernels<T> make_vector_kernels() {
     return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
                             &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
                             &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
-                            &softmax<Arch, T>};
+                            &softmax<Arch, T>, &layernorm_row<Arch, T>,
+                            &layernorm_row_backward<Arch, T>};
 }
 
 }  // namespace rmt::kernels::simd

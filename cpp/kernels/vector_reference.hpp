@@ -58,6 +58,48 @@ void adamw(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta
     }
 }
 
+// One row of LayerNorm: out = (x - mean) * rstd * weight + bias, mean and rstd = 1 / sqrt(var +
+// eps) (biased variance, as nn.LayerNorm) returned. Two passes in double: the variance of
+// (x - mean) does not cancel catastrophically.
+template <typename T>
+void layernorm_row(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps, T* mean,
+                   T* rstd) {
+    double s = 0;
+    for (int64_t c = 0; c < n; ++c) s += double(x[c]);
+    const double mu = s / double(n);
+    double ss = 0;
+    for (int64_t c = 0; c < n; ++c) {
+        const double d = double(x[c]) - mu;
+        ss += d * d;
+    }
+    const T m = T(mu);
+    const T r = T(1.0 / std::sqrt(ss / double(n) + double(eps)));
+    for (int64_t c = 0; c < n; ++c) out[c] = (x[c] - m) * r * weight[c] + bias[c];
+    *mean = m;
+    *rstd = r;
+}
+
+// dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * weight,
+// xhat = (x - mean) * rstd: the input gradient of one LayerNorm row.
+template <typename T>
+void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T mean, T rstd,
+                            int64_t n) {
+    double sum_dxhat = 0, sum_dxhat_xhat = 0;
+    for (int64_t c = 0; c < n; ++c) {
+        const T xhat = (x[c] - mean) * rstd;
+        const T dxhat = dy[c] * weight[c];
+        sum_dxhat += double(dxhat);
+        sum_dxhat_xhat += double(dxhat) * double(xhat);
+    }
+    const T mean_dxhat = T(sum_dxhat / double(n));
+    const T mean_dxhat_xhat = T(sum_dxhat_xhat / double(n));
+    for (int64_t c = 0; c < n; ++c) {
+        const T xhat = (x[c] - mean) * rstd;
+        const T dxhat = dy[c] * weight[c];
+        dx[c] += rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+    }
+}
+
 // x = softmax(x) over n >= 1 values (max-shifted).
 template <typename T>
 void softmax(T* x, int64_t n) {

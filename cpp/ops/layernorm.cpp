@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/isa.hpp"
 #include "kernels/threads.hpp"
 
 namespace rmt::ops {
@@ -20,26 +21,10 @@ template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
                        int64_t N, int64_t C, T eps) {
     const bool parallel = worth_threads(N * C);
+    const auto& vec = kernels::vec<T>();
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t n = 0; n < N; ++n) {
-        const T* x = inp + n * C;
-        T* o = out + n * C;
-        // Two passes in double: the variance of (x - mean) does not cancel catastrophically.
-        double s = 0;
-        for (int64_t c = 0; c < C; ++c) s += double(x[c]);
-        const double mu = s / double(C);
-        double ss = 0;
-        for (int64_t c = 0; c < C; ++c) {
-            const double d = double(x[c]) - mu;
-            ss += d * d;
-        }
-        const double var = ss / double(C);   // biased, as nn.LayerNorm
-        const T m = T(mu);
-        const T r = T(1.0 / std::sqrt(var + double(eps)));
-        for (int64_t c = 0; c < C; ++c) o[c] = (x[c] - m) * r * weight[c] + bias[c];
-        mean[n] = m;
-        rstd[n] = r;
-    }
+    for (int64_t n = 0; n < N; ++n)
+        vec.layernorm_row(out + n * C, inp + n * C, weight, bias, C, eps, mean + n, rstd + n);
 }
 
 template <typename T>
@@ -48,27 +33,11 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
     const bool parallel = worth_threads(N * C);
     // out = xhat * weight + bias, xhat = (x - mean) * rstd:
     // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight.
+    const auto& vec = kernels::vec<T>();
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t n = 0; n < N; ++n) {
-        const T* x = inp + n * C;
-        const T* dy = dout + n * C;
-        T* dx = dinp + n * C;
-        const T m = mean[n], r = rstd[n];
-        double sum_dxhat = 0, sum_dxhat_xhat = 0;
-        for (int64_t c = 0; c < C; ++c) {
-            const T xhat = (x[c] - m) * r;
-            const T dxhat = dy[c] * weight[c];
-            sum_dxhat += double(dxhat);
-            sum_dxhat_xhat += double(dxhat) * double(xhat);
-        }
-        const T mean_dxhat = T(sum_dxhat / double(C));
-        const T mean_dxhat_xhat = T(sum_dxhat_xhat / double(C));
-        for (int64_t c = 0; c < C; ++c) {
-            const T xhat = (x[c] - m) * r;
-            const T dxhat = dy[c] * weight[c];
-            dx[c] += r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-        }
-    }
+    for (int64_t n = 0; n < N; ++n)
+        vec.layernorm_row_backward(dinp + n * C, dout + n * C, inp + n * C, weight, mean[n],
+                                   rstd[n], C);
     // dweight += sum_n dout * xhat, dbias += sum_n dout: each thread owns a block of columns and
     // walks the rows in order, so the sums do not depend on the thread count.
     constexpr int64_t block = 64;

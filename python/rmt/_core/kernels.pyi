@@ -3,7 +3,7 @@ The vector kernels of the active ISA (or their scalar references), for tests
 """
 from __future__ import annotations
 import typing
-__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_max', 'vec_scale', 'vec_softmax']
+__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_scale', 'vec_softmax']
 def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, reference: bool = False) -> typing.Any:
     """
     Returns alpha * a @ b (+ c when c is given; c is not modified): the unpacked GEMM of the attention heads.
@@ -31,6 +31,14 @@ def vec_gelu(x: typing.Any, tanh_approximation: bool = False, reference: bool = 
 def vec_gelu_backward(dinp: typing.Any, dout: typing.Any, x: typing.Any, tanh_approximation: bool = False, reference: bool = False) -> typing.Any:
     """
     Returns dinp + dout * gelu'(x) (dinp is not modified).
+    """
+def vec_layernorm_row(x: typing.Any, weight: typing.Any, bias: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, reference: bool = False) -> typing.Any:
+    """
+    Returns (LayerNorm of the row x, its mean, its 1 / sqrt(var + eps)).
+    """
+def vec_layernorm_row_backward(dx: typing.Any, dy: typing.Any, x: typing.Any, weight: typing.Any, mean: typing.SupportsFloat | typing.SupportsIndex, rstd: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
+    """
+    Returns dx + the input gradient of one LayerNorm row (dx unchanged).
     """
 def vec_max(x: typing.Any, reference: bool = False) -> typing.Any:
     """
