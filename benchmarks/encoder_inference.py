@@ -1,0 +1,146 @@
+"""Streaming inference of the RMT encoder (P2, kind rmt_encoder): our engine against the same
+model in PyTorch eager (batched, same weights, same threads), measured in one run with
+alternating rounds, and against the machine's FMA peak for the model's FLOPs
+(rmt.p2.encoder_flops: projections, attention products, feed-forward).
+
+    PYTHONPATH=python python benchmarks/encoder_inference.py               # the P2 model, 1 and 2 threads
+    PYTHONPATH=python python benchmarks/encoder_inference.py --d-model 256 --n-layers 4 --d-ff 1024
+
+Each sample is a batch of --batch sequences streamed through --segments segments (memory carried,
+no gradient). Before timing, the two engines' logits are compared (they must agree to 1e-3).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+
+
+def torch_stream(cfg, params, segments):
+    """The same encoder in PyTorch, batched: [CLS][mem][SEP] x [SEP] per segment, post-norm
+    layers, exact GELU, keys of pad tokens masked; returns the last segment's logits."""
+    import torch
+    import torch.nn.functional as F
+
+    C, NH, M = cfg["d_model"], cfg["n_heads"], cfg["num_mem_tokens"]
+    hs = cfg["d_head"] or C // NH
+    D, eps = NH * hs, cfg["layer_norm_eps"]
+    p = params
+    E = p["word_emb.weight"]
+    B = segments[0].shape[0]
+    memory = p["mem_tokens"].expand(B, M, C)
+    logits = None
+    with torch.inference_mode():
+        for x in segments:
+            T = x.shape[1]
+            cls = E[cfg["cls_id"]].expand(B, 1, C)
+            sep = E[cfg["sep_id"]].expand(B, 1, C)
+            h = torch.cat([cls, memory, sep, E[x], sep], dim=1)
+            h = F.layer_norm(h + p["pos_emb.weight"], (C,), p["emb_norm.weight"],
+                             p["emb_norm.bias"], eps)
+            Q = h.shape[1]
+            key_ok = torch.cat([torch.ones(B, M + 2, dtype=torch.bool), x != cfg["pad_id"],
+                                torch.ones(B, 1, dtype=torch.bool)], dim=1)
+            bias = torch.zeros(B, 1, 1, Q).masked_fill(~key_ok.view(B, 1, 1, Q), float("-inf"))
+            for layer in range(cfg["n_layers"]):
+                pre = f"layers.{layer}."
+                qkv = h @ p[pre + "attn.qkv.weight"].T
+                q, k, v = (t.view(B, Q, NH, hs).transpose(1, 2) for t in qkv.split(D, dim=-1))
+                att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hs) + bias, dim=-1) @ v
+                att = att.transpose(1, 2).reshape(B, Q, D)
+                h = F.layer_norm(h + att @ p[pre + "attn.o.weight"].T, (C,),
+                                 p[pre + "attn.norm.weight"], p[pre + "attn.norm.bias"], eps)
+                ff = F.gelu(h @ p[pre + "ff.fc1.weight"].T + p[pre + "ff.fc1.bias"])
+                ff = ff @ p[pre + "ff.fc2.weight"].T + p[pre + "ff.fc2.bias"]
+                h = F.layer_norm(h + ff, (C,), p[pre + "ff.norm.weight"], p[pre + "ff.norm.bias"],
+                                 eps)
+            memory = h[:, 1:M + 1]
+            pooled = torch.tanh(h[:, 0] @ p["pooler.weight"].T + p["pooler.bias"])
+            logits = pooled @ p["cls_head.weight"].T + p["cls_head.bias"]
+    return logits
+
+
+def bench(cfg_dict, batch, num_segments, threads, rounds, min_time):
+    import torch
+
+    import rmt
+    from rmt import p2
+
+    rmt.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    model = rmt.RMTEncoder(rmt.ModelConfig(**cfg_dict), seed=0)
+    model.eval()
+    cfg = model.config.to_dict()
+    params = {k: torch.tensor(v.copy()) for k, v in model.parameters().items()}
+    g = np.random.default_rng(0)
+    segs = [g.integers(4, cfg["vocab_size"], (batch, cfg["segment_len"]))
+            for _ in range(num_segments)]
+    tsegs = [torch.tensor(s) for s in segs]
+
+    def ours():
+        out = None
+        for out in model.stream(iter(segs)):
+            pass
+        return out
+
+    def theirs():
+        return torch_stream(cfg, params, tsegs)
+
+    diff = float(np.abs(ours() - theirs().numpy()).max())
+    if not diff < 1e-3:
+        raise SystemExit(f"the engines disagree: max |logits difference| = {diff:g}")
+
+    def timed(fn):
+        time.sleep(0.3)   # let the other library's worker threads go to sleep
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                return elapsed / n
+
+    t_ours, t_torch = [], []
+    for _ in range(rounds):
+        t_ours.append(timed(ours))
+        t_torch.append(timed(theirs))
+    tokens = batch * num_segments * cfg["segment_len"]
+    flops = batch * p2.encoder_flops(cfg, num_segments)
+    peak = rmt.fma_peak_gflops(threads=threads, seconds=0.5)
+    to, tt = statistics.median(t_ours), statistics.median(t_torch)
+    ratios = sorted(b / a for a, b in zip(t_ours, t_torch))
+    print(f"thr {threads}  ours {tokens / to:9.0f} tok/s ({flops / to / 1e9:6.1f} GFLOP/s, "
+          f"{100 * flops / to / 1e9 / peak:4.1f}% of the {peak:.0f} GFLOP/s FMA peak)   torch "
+          f"{tokens / tt:9.0f} tok/s   ours/torch {statistics.median(ratios):.2f} "
+          f"({ratios[0]:.2f}-{ratios[-1]:.2f})   max |logit diff| {diff:.1e}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=128)
+    p.add_argument("--segment-len", type=int, default=64)
+    p.add_argument("--memory", type=int, default=10)
+    p.add_argument("--vocab", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--segments", type=int, default=32)
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed sample")
+    a = p.parse_args(argv)
+    cfg = dict(kind="rmt_encoder", vocab_size=a.vocab, d_model=a.d_model, n_layers=a.n_layers,
+               n_heads=a.n_heads, d_ff=a.d_ff, segment_len=a.segment_len,
+               num_mem_tokens=a.memory, num_classes=6, dropout=0.0)
+    print(f"RMT encoder {cfg}, batch {a.batch}, {a.segments} segments per sample")
+    for threads in [int(t) for t in a.threads.split(",")]:
+        bench(cfg, a.batch, a.segments, threads, a.rounds, a.min_time)
+
+
+if __name__ == "__main__":
+    main()
