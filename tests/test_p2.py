@@ -148,6 +148,13 @@ def test_cli_train_and_eval(tmp_path):
     assert [r["num_segments"] for r in rep["results"]] == [1, 2]
 
 
+def test_cli_refuses_a_sample_count_per_length_that_does_not_match(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        p2.main(["eval", "--model", str(tmp_path / "m.safetensors"), "--lengths", "1", "2", "4",
+                 "--samples", "5", "6"])
+    assert "one per length" in capsys.readouterr().err
+
+
 def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
 

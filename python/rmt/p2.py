@@ -384,6 +384,9 @@ def main(argv=None) -> int:
                          mixed_lengths=a.mixed_lengths, seed=a.seed, threads=a.threads,
                          quick=a.quick)
     else:
+        if len(a.samples) not in (1, len(a.lengths)):
+            p.error(f"--samples takes one count or one per length ({len(a.lengths)}), "
+                    f"got {len(a.samples)}")
         samples = a.samples[0] if len(a.samples) == 1 else a.samples
         evaluate_lengths(a.model, a.task, a.lengths, samples, a.out, batch_size=a.batch_size,
                          threads=a.threads)
