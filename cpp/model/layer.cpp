@@ -38,9 +38,46 @@ const float* dropout_grad(const std::vector<float>& dy, const std::vector<uint8_
 
 }  // namespace
 
+namespace {
+
+// The backward pass needs a dozen zero-filled buffers per layer and segment, of the same few
+// sizes every step. Allocated fresh, the large ones come from mmap and every page faults in
+// again (as costly as the fill itself), so returned buffers wait in a per-thread pool, bounded
+// in count and bytes, and zeros() reuses the smallest one that fits.
+struct ZeroPool {
+    std::vector<std::vector<float>> free;
+    size_t bytes = 0;
+};
+thread_local ZeroPool zero_pool;
+constexpr size_t kPoolMaxBuffers = 64;
+constexpr size_t kPoolMaxBytes = size_t(1) << 30;
+
+}  // namespace
+
 std::vector<float> zeros(int64_t n) {
     RMT_PROFILE_SCOPE("glue.zeros");
-    return std::vector<float>(n, 0.0f);
+    auto& free = zero_pool.free;
+    size_t best = free.size();
+    for (size_t i = 0; i < free.size(); ++i)
+        if (free[i].capacity() >= size_t(n) &&
+            (best == free.size() || free[i].capacity() < free[best].capacity()))
+            best = i;
+    if (best == free.size()) return std::vector<float>(size_t(n), 0.0f);
+    std::vector<float> v = std::move(free[best]);
+    free.erase(free.begin() + std::ptrdiff_t(best));
+    zero_pool.bytes -= v.capacity() * sizeof(float);
+    v.assign(size_t(n), 0.0f);   // within capacity: no allocation
+    return v;
+}
+
+void recycle(std::vector<float>& v) {
+    const size_t bytes = v.capacity() * sizeof(float);
+    if (bytes > 0 && zero_pool.free.size() < kPoolMaxBuffers &&
+        zero_pool.bytes + bytes <= kPoolMaxBytes) {
+        zero_pool.bytes += bytes;
+        zero_pool.free.push_back(std::move(v));
+    }
+    v = std::vector<float>();
 }
 
 void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, const float* h,
@@ -153,10 +190,10 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                    a.ln2_mean.data(), a.ln2_rstd.data(), NQ, C);
     }
     // res2 = o + dropout(act W2^T + b2): the residual hands dres2 to o unchanged
-    std::vector<float> d_o;
+    std::vector<float> d_o = zeros(0);
     {
     RMT_PROFILE_SCOPE("glue.copy");
-    d_o = dres2;
+    d_o.assign(dres2.begin(), dres2.end());
     }
     const float* dff = dropout_grad(dres2, a.keep_ff, dropout_p, scratch);
     std::vector<float> dact = zeros(NQ * F);
@@ -211,6 +248,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
         // rk = R Wr^T (R is a constant)
         RMT_PROFILE_SCOPE_FLOPS("bwd.linear.r", 2 * K * C * D);
         ops::linear_backward<float>(nullptr, g.r, nullptr, drk.data(), R, w.r, K, C, D);
+        recycle(drk);
     } else {
         RMT_PROFILE_SCOPE("bwd.attention");
         ops::attention_backward<float>(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(),
@@ -233,6 +271,8 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
         float* dst = dh + b * Q * C;
         for (int64_t i = 0; i < Q * C; ++i) dst[i] += src[i];
     }
+    for (auto* v : {&dres2, &d_o, &dact, &dfc1, &dres1, &dattn, &dq, &dk, &dv, &dk_in, &scratch})
+        recycle(*v);
 }
 
 }  // namespace rmt::model

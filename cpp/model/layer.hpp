@@ -78,7 +78,10 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                     const LayerTensors<const float>& w, const float* h, const float* R,
                     const LayerDims& d, float dropout_p);
 
-// A new zero-filled buffer of n floats (timed as glue.zeros when profiling).
+// A zero-filled buffer of n floats (timed as glue.zeros when profiling), reusing the storage of
+// a buffer given back with recycle() on this thread when one is large enough.
 std::vector<float> zeros(int64_t n);
+// Gives v's storage to this thread's pool for zeros() (v is left empty).
+void recycle(std::vector<float>& v);
 
 }  // namespace rmt::model

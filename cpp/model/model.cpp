@@ -445,6 +445,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
         ops::linear_backward<float>(dtoken.data(), demb, dbias, dlogits.data(), seg.token_out.data(),
                                     emb, B * T, C, V);
         }
+        recycle(dlogits);
         std::vector<std::vector<float>> next_streams(n_streams + 1);
         const int64_t passes = (rmt && !full_depth) ? std::min<int64_t>(bptt_depth, S - 1 - s) + 1 : 1;
         for (int64_t a = 0; a < passes; ++a) {
@@ -464,6 +465,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
                 }
             }
             segment_backward(dh0, seg, dfinal, B, seg_tokens[s].data());
+            recycle(dfinal);
             if (config_.kind == Kind::MemTr) {
                 RMT_PROFILE_SCOPE("glue.memory");
                 float* dmem = grad("mem_tokens");
