@@ -141,6 +141,17 @@ def test_small_gemm(isa, rng, shape, dtype):
         k.small_gemm(a, rng.standard_normal((K + 1, N)).astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_relu_backward(isa, rng, n, dtype):
+    x, dout, dinp = vec(rng, n, dtype), vec(rng, n, dtype), vec(rng, n, dtype)
+    if n > 2:
+        x[:2] = [0.0, -0.0]   # the gradient at 0 is 0, as PyTorch's
+    ours = k.vec_relu_backward(dinp, dout, x)
+    np.testing.assert_array_equal(ours, k.vec_relu_backward(dinp, dout, x, reference=True))
+    np.testing.assert_array_equal(ours, dinp + np.where(x > 0, dout, dtype(0)))
+
+
 def _gelu64(x, tanh_approximation):
     from math import erf, sqrt, tanh, pi
     if tanh_approximation:

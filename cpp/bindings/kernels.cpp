@@ -170,6 +170,23 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("x"), py::arg("tanh_approximation") = false, ref, "Returns gelu(x).");
 
+    m.def("vec_relu_backward", [](py::handle dinp, py::handle dout, py::handle x, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = vec_arg<T>(x, "x");
+            const int64_t n = int64_t(X.size());
+            auto D = vec_arg<T>(dout, "dout", n);
+            auto out = copy_of<T>(vec_arg<T>(dinp, "dinp", n));
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).relu_backward(o, D.data(), X.data(), n);
+            }
+            return std::move(out);
+        });
+    }, py::arg("dinp"), py::arg("dout"), py::arg("x"), ref,
+       "Returns dinp + dout * (x > 0) (dinp is not modified).");
+
     m.def("vec_gelu_backward", [](py::handle dinp, py::handle dout, py::handle x,
                                   bool tanh_approximation, bool reference) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {

@@ -36,6 +36,7 @@ struct VectorKernels {
                           T* mean, T* rstd);
     void (*layernorm_row_backward)(T* dx, const T* dy, const T* x, const T* weight, T mean,
                                    T rstd, int64_t n);
+    void (*relu_backward)(T* dinp, const T* dout, const T* inp, int64_t n);   // dinp += ...
 };
 
 // Elements in 64 bytes: a multiple of every ISA's vector width, the padding unit for small_gemm.

@@ -11,7 +11,8 @@ static VectorKernels<T> reference_vector_kernels() {
                             &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>,
                             &reference::gelu<T>, &reference::gelu_backward<T>,
                             &reference::small_gemm<T>, &reference::softmax<T>,
-                            &reference::layernorm_row<T>, &reference::layernorm_row_backward<T>};
+                            &reference::layernorm_row<T>, &reference::layernorm_row_backward<T>,
+                            &reference::relu_backward<T>};
 }
 
 const KernelTable& scalar_table() {

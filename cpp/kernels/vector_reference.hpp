@@ -128,6 +128,12 @@ void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t ld
         }
 }
 
+// dinp += dout where inp > 0 (the ReLU's gradient; 0 at inp = 0, as PyTorch).
+template <typename T>
+void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dinp[i] += inp[i] > T(0) ? dout[i] : T(0);
+}
+
 // GELU with PyTorch's constants (aten/src/ATen/native/cpu/Activation.cpp): the exact
 // x/2 (1 + erf(x / sqrt 2)), or with tanh_approximation x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 constexpr double kGeluSqrt1_2 = 0.70710678118654752440;      // 1 / sqrt(2)

@@ -28,7 +28,13 @@ void relu_forward(T* out, const T* inp, int64_t n) {
 
 template <typename T>
 void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) dinp[i] += inp[i] > T(0) ? dout[i] : T(0);
+    const auto& vec = kernels::vec<T>();
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (worth_threads(n))
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t lo = c * kChunk;
+        vec.relu_backward(dinp + lo, dout + lo, inp + lo, std::min(kChunk, n - lo));
+    }
 }
 
 // GELU goes through the vector kernels (xsimd erf / tanh / exp) in chunks, threaded when large.

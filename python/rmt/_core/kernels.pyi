@@ -3,7 +3,7 @@ The vector kernels of the active ISA (or their scalar references), for tests
 """
 from __future__ import annotations
 import typing
-__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_scale', 'vec_softmax']
+__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_relu_backward', 'vec_scale', 'vec_softmax']
 def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, reference: bool = False) -> typing.Any:
     """
     Returns alpha * a @ b (+ c when c is given; c is not modified): the unpacked GEMM of the attention heads.
@@ -43,6 +43,10 @@ def vec_layernorm_row_backward(dx: typing.Any, dy: typing.Any, x: typing.Any, we
 def vec_max(x: typing.Any, reference: bool = False) -> typing.Any:
     """
     max(x); x must be non-empty.
+    """
+def vec_relu_backward(dinp: typing.Any, dout: typing.Any, x: typing.Any, reference: bool = False) -> typing.Any:
+    """
+    Returns dinp + dout * (x > 0) (dinp is not modified).
     """
 def vec_scale(x: typing.Any, a: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
     """
