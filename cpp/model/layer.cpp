@@ -85,14 +85,19 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
                    DropoutStream& drop) {
     const int64_t B = d.B, Q = d.Q, P = d.P, K = d.K(), C = d.C, D = d.D, F = d.F;
     const int64_t NQ = B * Q;
-    // k_in = [cache; h] per batch row: keys and values see the cache, queries only h.
-    {
-    RMT_PROFILE_SCOPE("glue.concat");
-    a.k_in.resize(B * K * C);
-    for (int64_t b = 0; b < B; ++b) {
-        if (P > 0) std::memcpy(&a.k_in[b * K * C], cache + b * P * C, sizeof(float) * P * C);
-        std::memcpy(&a.k_in[(b * K + P) * C], h + b * Q * C, sizeof(float) * Q * C);
-    }
+    // k_in = [cache; h] per batch row: keys and values see the cache, queries only h. Without a
+    // cache k_in is h itself: no copy (k_in stays empty).
+    const float* k_src = h;
+    if (P > 0) {
+        RMT_PROFILE_SCOPE("glue.concat");
+        a.k_in.resize(B * K * C);
+        for (int64_t b = 0; b < B; ++b) {
+            std::memcpy(&a.k_in[b * K * C], cache + b * P * C, sizeof(float) * P * C);
+            std::memcpy(&a.k_in[(b * K + P) * C], h + b * Q * C, sizeof(float) * Q * C);
+        }
+        k_src = a.k_in.data();
+    } else {
+        a.k_in.clear();
     }
     // q = h Wq^T, k = k_in Wk^T, v = k_in Wv^T: the three row blocks of qkv.weight (3D, C).
     {
@@ -101,8 +106,8 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     a.k.resize(B * K * D);
     a.v.resize(B * K * D);
     ops::linear_forward<float>(a.q.data(), h, w.qkv, nullptr, NQ, C, D);
-    ops::linear_forward<float>(a.k.data(), a.k_in.data(), w.qkv + D * C, nullptr, B * K, C, D);
-    ops::linear_forward<float>(a.v.data(), a.k_in.data(), w.qkv + 2 * D * C, nullptr, B * K, C, D);
+    ops::linear_forward<float>(a.k.data(), k_src, w.qkv + D * C, nullptr, B * K, C, D);
+    ops::linear_forward<float>(a.v.data(), k_src, w.qkv + 2 * D * C, nullptr, B * K, C, D);
     }
     a.probs.resize(B * d.NH * Q * K);
     a.attn.resize(NQ * D);
@@ -254,22 +259,28 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
         ops::attention_backward<float>(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(),
                                        a.k.data(), a.v.data(), a.probs.data(), B, Q, K, d.NH, d.hs);
     }
-    // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T
-    std::vector<float> dk_in = zeros(B * K * C);
+    // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T. Without a cache k_in is h: its gradient goes
+    // straight into dh.
+    const bool cached = P > 0;
+    std::vector<float> dk_in = cached ? zeros(B * K * C) : std::vector<float>();
+    float* dk_src = cached ? dk_in.data() : dh;
+    const float* k_src = cached ? a.k_in.data() : h;
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.qkv", 4 * (NQ + 2 * B * K) * C * D);
-    ops::linear_backward<float>(dk_in.data(), g.qkv + D * C, nullptr, dk.data(), a.k_in.data(),
-                                w.qkv + D * C, B * K, C, D);
-    ops::linear_backward<float>(dk_in.data(), g.qkv + 2 * D * C, nullptr, dv.data(), a.k_in.data(),
+    ops::linear_backward<float>(dk_src, g.qkv + D * C, nullptr, dk.data(), k_src, w.qkv + D * C,
+                                B * K, C, D);
+    ops::linear_backward<float>(dk_src, g.qkv + 2 * D * C, nullptr, dv.data(), k_src,
                                 w.qkv + 2 * D * C, B * K, C, D);
     ops::linear_backward<float>(dh, g.qkv, nullptr, dq.data(), h, w.qkv, NQ, C, D);
     }
-    RMT_PROFILE_SCOPE("glue.concat");
-    // k_in = [cache; h]: the h rows pass their gradient on, the cache rows are a constant
-    for (int64_t b = 0; b < B; ++b) {
-        const float* src = &dk_in[(b * K + P) * C];
-        float* dst = dh + b * Q * C;
-        for (int64_t i = 0; i < Q * C; ++i) dst[i] += src[i];
+    if (cached) {
+        RMT_PROFILE_SCOPE("glue.concat");
+        // k_in = [cache; h]: the h rows pass their gradient on, the cache rows are a constant
+        for (int64_t b = 0; b < B; ++b) {
+            const float* src = &dk_in[(b * K + P) * C];
+            float* dst = dh + b * Q * C;
+            for (int64_t i = 0; i < Q * C; ++i) dst[i] += src[i];
+        }
     }
     for (auto* v : {&dres2, &d_o, &dact, &dfc1, &dres1, &dattn, &dq, &dk, &dv, &dk_in, &scratch})
         recycle(*v);

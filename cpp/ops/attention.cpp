@@ -107,19 +107,21 @@ void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
         B = b;
         ldb = Np;
     }
-    if (Np == N) {
-        vec.small_gemm(M, N, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
-        return;
-    }
-    T* c = scratch<T>(2, size_t(M * Np));
-    vec.small_gemm(M, Np, K, alpha, A, lda, B, ldb, c, Np, false);
+    // The whole vectors straight into C; the last, partial one through scratch (B's zero
+    // padding makes it a whole vector there).
+    const int64_t pad = kernels::pad_elements<T>();
+    const int64_t whole = N / pad * pad;
+    if (whole > 0) vec.small_gemm(M, whole, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
+    if (whole == N) return;
+    T* c = scratch<T>(2, size_t(M * pad));
+    vec.small_gemm(M, pad, K, alpha, A, lda, B + whole, ldb, c, pad, false);
     for (int64_t i = 0; i < M; ++i) {
-        T* dst = C + i * ldc;
-        const T* src = c + i * Np;
+        T* dst = C + i * ldc + whole;
+        const T* src = c + i * pad;
         if (accumulate)
-            for (int64_t j = 0; j < N; ++j) dst[j] += src[j];
+            for (int64_t j = 0; j < N - whole; ++j) dst[j] += src[j];
         else
-            std::copy(src, src + N, dst);
+            std::copy(src, src + (N - whole), dst);
     }
 }
 
