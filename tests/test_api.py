@@ -111,6 +111,32 @@ def test_stream_matches_the_whole_sequence(cls, extra):
     np.testing.assert_allclose(streamed, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_attention_maps_show_what_the_memory_rows_read():
+    model = rmt_model().eval()
+    rows = model.segment_rows()
+    assert rows == {"read": slice(0, 2), "tokens": slice(2, 8), "write": slice(8, 10)}
+    _, state = model.step(batch(B=2, S=1)["tokens"])
+    for layer in range(model.config.n_layers):
+        a = state.attention(layer)
+        assert a.shape == (2, model.config.n_heads, 10, 10)
+        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+        # RMT's read block does not see its segment; a token sees no later token; the write
+        # block sees everything
+        assert np.all(a[:, :, rows["read"], rows["tokens"]] == 0)
+        tok = a[:, :, rows["tokens"], rows["tokens"]]
+        assert np.all(np.triu(np.ones((6, 6), bool), 1)[None, None] <= (tok == 0))
+        assert np.all(a[:, :, rows["write"], :] > 0)
+    assert state.attention(0) is not state.attention(0)   # a new array each call
+    with pytest.raises(TypeError, match="layer"):
+        state.attention(0.5)
+    enc = rmt.RMTEncoder(rmt.ModelConfig(kind="rmt_encoder", vocab_size=12, d_model=16,
+                                         n_layers=1, n_heads=2, d_ff=16, segment_len=6,
+                                         num_mem_tokens=2, num_classes=3, dropout=0.0)).eval()
+    assert enc.segment_rows()["tokens"] == slice(4, 10)
+    _, est = enc.step(np.array([[4, 5, 6, 7, 8, 9], [0] * 6]))
+    assert est.attention(0).shape == (1, 2, 11, 11)   # the all-padding sample did not run
+
+
 def test_memory_state_is_a_view_that_step_advances():
     model = rmt_model().eval()
     state = model.init_memory(batch_size=2)

@@ -194,3 +194,33 @@ def test_dropout_same_seed_same_result_and_different_seed_differs():
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
     assert results[0][0] != results[2][0]
+
+
+@pytest.mark.parametrize("extra", [dict(kind="rmt", num_mem_tokens=2),
+                                   dict(kind="txl", mem_len=3),
+                                   dict(kind="rmt", num_mem_tokens=2, mem_len=3)],
+                         ids=["rmt", "txl", "txl+rmt"])
+def test_attention_maps_of_a_stream_match_the_reference(extra):
+    cfg = dict(BASE, **extra)
+    model, params = make_pair(cfg)
+    tokens, targets = random_batch(cfg, 3)
+    ref.PROBS_RECORDER = recorded = []
+    try:
+        ref.forward_loss(cfg, params, torch.tensor(tokens), torch.tensor(targets))
+    finally:
+        ref.PROBS_RECORDER = None
+    L, T = cfg["n_layers"], cfg["segment_len"]
+    assert len(recorded) == 3 * L
+    state = model.init_stream(tokens.shape[0])
+    for s in range(3):
+        model.step(state, tokens[:, s * T:(s + 1) * T])
+        for layer in range(L):
+            ours = model.attention(state, layer)
+            want = recorded[s * L + layer].numpy()
+            assert ours.shape == want.shape, (s, layer)
+            np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"segment {s} layer {layer}")
+    with pytest.raises(IndexError, match="layer"):
+        model.attention(state, L)
+    with pytest.raises(ValueError, match="no segment"):
+        model.attention(model.init_stream(2), 0)

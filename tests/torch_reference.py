@@ -97,6 +97,10 @@ def rel_shift(x):
     return shifted * valid
 
 
+# When a list, layer_forward appends each layer's attention probabilities (B, NH, Q, K) to it.
+PROBS_RECORDER = None
+
+
 def layer_forward(c, p, layer, h, cache, allowed, R):
     """One post-norm Transformer-XL layer. h (B, Q, C); cache (B, P, C) or None; allowed (Q, K)."""
     pre = f"layers.{layer}."
@@ -122,6 +126,8 @@ def layer_forward(c, p, layer, h, cache, allowed, R):
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=1)
     probs = torch.nan_to_num(probs, nan=0.0)   # a row with nothing allowed attends to nothing
+    if PROBS_RECORDER is not None:
+        PROBS_RECORDER.append(probs.permute(2, 3, 0, 1).detach().clone())
     attn = torch.einsum("ijbn,jbnd->ibnd", probs, v.transpose(0, 1)).transpose(0, 1)
     attn = attn.reshape(B, Q, D)
     eps = c["layer_norm_eps"]

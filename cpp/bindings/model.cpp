@@ -276,6 +276,27 @@ void register_model(py::module_& core) {
         .def_property("training", &Model::training, &Model::set_training)
         .def("set_dropout_seed", &Model::set_dropout_seed, py::arg("seed"))
         .def("init_stream", &Model::init_stream, py::arg("batch"))
+        .def("attention", [](Model& m, const model::StreamState& st, int64_t layer) {
+            const auto& c = m.config();
+            if (layer < 0 || layer >= c.n_layers)
+                throw py::index_error("layer must be in [0, " + std::to_string(c.n_layers) +
+                                      "), got " + std::to_string(layer));
+            if (st.segments_seen == 0 || int64_t(st.workspace.layers.size()) <= layer)
+                throw py::value_error("no segment has run through this state yet");
+            const std::vector<float>& probs = st.workspace.layers[layer].probs;
+            // the encoder runs only the samples with content in the segment
+            const int64_t B = c.kind == model::Kind::RMTEncoder
+                                  ? int64_t(st.workspace.rows.size()) : st.batch;
+            const int64_t NH = c.n_heads, Q = c.query_rows();
+            if (B == 0) return new_array<float>({0, NH, Q, Q});
+            const int64_t K = int64_t(probs.size()) / (B * NH * Q);
+            auto out = new_array<float>({B, NH, Q, K}, false);
+            std::copy(probs.begin(), probs.end(), out.mutable_data());
+            return out;
+        }, py::arg("state"), py::arg("layer"),
+           "The attention probabilities of layer `layer` in the last segment run through `state`: "
+           "a new array (batch, heads, query rows, key rows) (rmt_encoder: only the samples with "
+           "content in that segment).")
         .def("step", &step, py::arg("state"), py::arg("tokens"),
              "Runs one segment (batch, segment_len) without gradient, advancing the stream state; "
              "returns the logits (batch, segment_len, vocab); rmt_encoder: the segment's CLS "

@@ -55,6 +55,16 @@ class MemoryState:
         """An independent copy (used by generation to look ahead without committing)."""
         return MemoryState(self._state.copy(), self._model)
 
+    def attention(self, layer: int) -> np.ndarray:
+        """The attention probabilities of ``layer`` in the last segment run through this state:
+        a new array (batch, heads, query rows, key rows). The query rows are those of
+        ``model.segment_rows()`` (RMT: read memory, tokens, write memory); the key rows are the
+        Transformer-XL cache rows (``cache_len`` before the segment ran) followed by the query
+        rows. rmt_encoder: only the samples with content in that segment."""
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+        return self._model._core.attention(self._state, int(layer))
+
     def __repr__(self):
         return (f"MemoryState(batch_size={self.batch_size}, segments_seen={self.segments_seen}, "
                 f"cache_len={self.cache_len}, memory={None if self.memory is None else self.memory.shape})")
@@ -197,6 +207,23 @@ class Model:
             raise TypeError("memory must be a MemoryState made by this model's init_memory()")
         logits = self._core.step(memory._state, segment)
         return logits, memory
+
+    def segment_rows(self) -> Dict[str, slice]:
+        """The rows of one segment inside the layers, by role, as slices of the query rows:
+        "read" / "tokens" / "write" for RMT ([read memory][segment][write memory]), "memory" /
+        "tokens" for MemTr, "cls" / "memory" / "sep" / "tokens" / "end" for the RMT encoder,
+        "tokens" for the others."""
+        c = self.config
+        M, T = c.num_mem_tokens, c.segment_len
+        if self.kind == "rmt":
+            return {"read": slice(0, M), "tokens": slice(M, M + T),
+                    "write": slice(M + T, 2 * M + T)}
+        if self.kind == "memtr":
+            return {"memory": slice(0, M), "tokens": slice(M, M + T)}
+        if self.kind == "rmt_encoder":
+            return {"cls": slice(0, 1), "memory": slice(1, M + 1), "sep": slice(M + 1, M + 2),
+                    "tokens": slice(M + 2, M + 2 + T), "end": slice(M + 2 + T, M + 3 + T)}
+        return {"tokens": slice(0, T)}
 
     def stream(self, segments: Iterable, memory: Optional[MemoryState] = None,
                return_memory: bool = False) -> Iterator[np.ndarray]:

@@ -94,6 +94,10 @@ class Model:
     training: bool
     def __init__(self, config: dict, seed: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
+    def attention(self, state: StreamState, layer: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        The attention probabilities of layer `layer` in the last segment run through `state`: a new array (batch, heads, query rows, key rows) (rmt_encoder: only the samples with content in that segment).
+        """
     def classify(self, tokens: typing.Any) -> typing.Any:
         """
         rmt_encoder: forward only; returns the last segment's CLS logits (batch, num_classes).
