@@ -275,3 +275,28 @@ def test_results_are_written_atomically(tmp_path):
     finally:
         os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o644       # an ordinary file, not mkstemp's 0600
+
+
+def test_a_saved_model_gives_attention_maps_of_its_memory_rows(tmp_path):
+    spec = tiny("rmt")
+    result = ex.run_grid([spec], tmp_path, save_models=True)[0]
+    path = ex.model_path(tmp_path, ex.run_id(spec))
+    assert result["model"] == f"models/{ex.run_id(spec)}.safetensors" and path.exists()
+    model = rmt.load(path)
+    task = ex.make_task(spec)
+    test = task.split(spec["n_val"], spec["n_test"])["test"]
+    # the saved model is the reported one
+    assert rmt.evaluate(model, test)["accuracy"] == pytest.approx(
+        result["metrics"]["test_accuracy"])
+    maps = ex.attention_maps(model, test["tokens"][:4])
+    S, L = spec["num_segments"], spec["model"]["n_layers"]
+    rows = model.segment_rows()
+    Q = rows["write"].stop
+    assert maps.shape == (S, L, Q, Q)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(maps[:, :, rows["read"], rows["tokens"]] == 0)   # the read block is blind to x
+    # the same as averaging the stream's own maps
+    _, state = model.step(test["tokens"][:4, :task.segment_len])
+    np.testing.assert_allclose(maps[0, 0], state.attention(0).mean(axis=(0, 1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="segment_len"):
+        ex.attention_maps(model, test["tokens"][:4, :-1])

@@ -281,6 +281,11 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None) -
     return summary
 
 
+def model_path(out_dir, rid: str) -> Path:
+    """Where run_one(save_model=True) writes the model of run ``rid``."""
+    return Path(out_dir) / "models" / f"{rid}.safetensors"
+
+
 def build_model(spec: Dict[str, Any], task=None):
     """The model of a (normalized) spec, initialised with the spec's seed."""
     import rmt
@@ -316,11 +321,13 @@ EVAL_BATCH = 250
 
 
 def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = None,
-            progress: bool = False, keep_checkpoints: bool = False) -> Dict[str, Any]:
+            progress: bool = False, keep_checkpoints: bool = False,
+            save_model: bool = False) -> Dict[str, Any]:
     """Trains and evaluates one run and writes <out_dir>/<run_id>.json (returned as a dict).
     Resumes from <out_dir>/_checkpoints/<run_id>/ if a previous attempt was killed. `callback`
     is passed to Trainer.fit (called with every history record; during a curriculum the
-    records carry "curriculum_stage")."""
+    records carry "curriculum_stage"). ``save_model``: also write the reported model (the best
+    checkpoint's weights) to <out_dir>/models/<run_id>.safetensors, e.g. for attention maps."""
     from .trainer import evaluate
 
     s = normalize_spec(spec)
@@ -396,6 +403,9 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
         "date": datetime.datetime.fromtimestamp(started_wall, datetime.timezone.utc).isoformat(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
+    if save_model:
+        model.save(model_path(out_dir, rid), {"run_id": rid})
+        result["model"] = str(Path("models") / f"{rid}.safetensors")
     _write_json_atomic(out_dir / f"{rid}.json", result)
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -464,11 +474,12 @@ def get_grid(name: str, quick: bool = False) -> List[Dict[str, Any]]:
 def run_grid(grid: Union[str, Sequence[Dict[str, Any]]], out_dir, quick: bool = False, *,
              threads: Optional[int] = None, progress: bool = False,
              log: Optional[Callable[[str], None]] = None,
-             callback: Optional[Callable] = None) -> List[Dict[str, Any]]:
+             callback: Optional[Callable] = None,
+             save_models: bool = False) -> List[Dict[str, Any]]:
     """Runs every spec of `grid` (a list of specs or a grid name) not already done in `out_dir`
     and returns the results of all of them (read back for the skipped ones). quick: each spec
     replaced by its tiny CI version. threads: rmt threads during the grid (quick default: 1;
-    the previous setting is restored)."""
+    the previous setting is restored). save_models: see run_one's save_model."""
     import rmt
 
     if threads is None and quick:
@@ -477,12 +488,12 @@ def run_grid(grid: Union[str, Sequence[Dict[str, Any]]], out_dir, quick: bool = 
     if threads is not None:
         rmt.set_num_threads(int(threads))
     try:
-        return _run_grid(grid, out_dir, quick, progress, log, callback)
+        return _run_grid(grid, out_dir, quick, progress, log, callback, save_models)
     finally:
         rmt.set_num_threads(previous)
 
 
-def _run_grid(grid, out_dir, quick, progress, log, callback):
+def _run_grid(grid, out_dir, quick, progress, log, callback, save_models=False):
     specs = get_grid(grid) if isinstance(grid, str) else [normalize_spec(s) for s in grid]
     if quick:
         specs = [quick_spec(s) for s in specs]
@@ -508,7 +519,7 @@ def _run_grid(grid, out_dir, quick, progress, log, callback):
             continue
         if log:
             log(f"[{i + 1}/{len(specs)}] {rid}: running")
-        r = run_one(s, out_dir, callback=callback, progress=progress)
+        r = run_one(s, out_dir, callback=callback, progress=progress, save_model=save_models)
         if log:
             m = r["metrics"]
             log(f"[{i + 1}/{len(specs)}] {rid}: test acc {m['test_accuracy']:.3f} "
@@ -516,6 +527,32 @@ def _run_grid(grid, out_dir, quick, progress, log, callback):
                 f"{r['wall_time']:.0f} s, {r['steps_per_second']:.1f} steps/s")
         results.append(r)
     return results
+
+
+def attention_maps(model, tokens) -> np.ndarray:
+    """The attention of every layer in every segment when ``model`` streams ``tokens`` (batch,
+    S * segment_len), averaged over the batch and the heads: (S, layers, query rows, key rows),
+    rows as in ``model.segment_rows()`` (keys: cache rows first, if any). P1's analysis of the
+    memory operations looks at what the write rows and the read rows attend to."""
+    tokens = np.asarray(tokens)
+    T = model.config.segment_len
+    if tokens.ndim != 2 or tokens.shape[1] % T or tokens.shape[1] == 0:
+        raise ValueError(f"tokens must be (batch, S * segment_len = S * {T}), got {tokens.shape}")
+    was_training = model.training
+    model.eval()
+    maps = []
+    try:
+        state = None
+        for s in range(tokens.shape[1] // T):
+            _, state = model.step(tokens[:, s * T:(s + 1) * T], state)
+            maps.append(np.stack([state.attention(layer).mean(axis=(0, 1))
+                                  for layer in range(model.config.n_layers)]))
+    finally:
+        model.train(was_training)
+    if len({m.shape for m in maps}) > 1:   # a growing Transformer-XL cache: pad on the left
+        K = max(m.shape[-1] for m in maps)
+        maps = [np.pad(m, ((0, 0), (0, 0), (K - m.shape[-1], 0))) for m in maps]
+    return np.stack(maps)
 
 
 def load_results(out_dir) -> List[Dict[str, Any]]:
@@ -560,6 +597,8 @@ def main(argv=None) -> int:
                         help="only these model kinds")
     parser.add_argument("--segments", nargs="+", type=int, default=None,
                         help="only these numbers of segments")
+    parser.add_argument("--save-models", action="store_true",
+                        help="also write each run's model to <out>/models/<run_id>.safetensors")
     parser.add_argument("--curriculum", action="store_true",
                         help="copy / reverse runs of more than one segment first train on the "
                              "shorter tasks (see curriculum_stages)")
@@ -573,6 +612,7 @@ def main(argv=None) -> int:
             print(run_id(quick_spec(s) if args.quick else s))
         return 0
     results = run_grid(specs, args.out, quick=args.quick, threads=args.threads,
+                       save_models=args.save_models,
                        progress=args.progress,
                        log=lambda msg: print(msg, flush=True))
     for row in summary_table(results):
