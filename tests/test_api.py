@@ -208,7 +208,12 @@ def test_sampling_respects_top_k_and_seed():
 def test_save_and_load_round_trip(tmp_path):
     model = rmt_model(mem_len=4)
     path = tmp_path / "m.safetensors"
-    model.save(path)
+    mask = os.umask(0o022)
+    try:
+        model.save(path)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644   # an ordinary file, not the temporary's 0600
     loaded = rmt.load(path)
     assert type(loaded) is rmt.RMT and loaded.config == model.config
     for k, v in model.parameters().items():

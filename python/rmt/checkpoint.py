@@ -29,9 +29,10 @@ def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # mkstemp makes the file 0600; the result gets the permissions of an ordinary new file.
-        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
+        # mkstemp makes the file 0600 (and a writer may recreate it): the result gets the
+        # permissions of an ordinary new file.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
