@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import numpy as np
+
+from alternating import alternate, median_ratio
 
 
 def torch_stream(cfg, params, segments):
@@ -93,29 +94,15 @@ def bench(cfg_dict, batch, num_segments, threads, rounds, min_time):
     if not diff < 1e-3:
         raise SystemExit(f"the engines disagree: max |logits difference| = {diff:g}")
 
-    def timed(fn):
-        time.sleep(0.3)   # let the other library's worker threads go to sleep
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                return elapsed / n
-
-    t_ours, t_torch = [], []
-    for _ in range(rounds):
-        t_ours.append(timed(ours))
-        t_torch.append(timed(theirs))
+    t_ours, t_torch = alternate(ours, theirs, rounds, min_time)
     tokens = batch * num_segments * cfg["segment_len"]
     flops = batch * p2.encoder_flops(cfg, num_segments)
     peak = rmt.fma_peak_gflops(threads=threads, seconds=0.5)
     to, tt = statistics.median(t_ours), statistics.median(t_torch)
-    ratios = sorted(b / a for a, b in zip(t_ours, t_torch))
+    med, lo, hi = median_ratio(t_ours, t_torch)
     print(f"thr {threads}  ours {tokens / to:9.0f} tok/s ({flops / to / 1e9:6.1f} GFLOP/s, "
           f"{100 * flops / to / 1e9 / peak:4.1f}% of the {peak:.0f} GFLOP/s FMA peak)   torch "
-          f"{tokens / tt:9.0f} tok/s   ours/torch {statistics.median(ratios):.2f} "
-          f"({ratios[0]:.2f}-{ratios[-1]:.2f})   max |logit diff| {diff:.1e}")
+          f"{tokens / tt:9.0f} tok/s   ours/torch {med:.2f} ({lo:.2f}-{hi:.2f})   max |logit diff| {diff:.1e}")
 
 
 def main(argv=None):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from alternating import alternate, median_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -29,11 +30,6 @@ MODELS = {
     "lm": dict(cfg=dict(kind="rmt", vocab_size=256, d_model=256, n_layers=6, n_heads=4, d_ff=1024,
                         segment_len=128, num_mem_tokens=10), segments=3, batch=16, bptt_depth=None),
 }
-
-
-def median_ratio(ours, theirs):
-    ratios = [t / o for o, t in zip(ours, theirs)]
-    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def bench(name, threads, rounds, min_time):
@@ -69,23 +65,8 @@ def bench(name, threads, rounds, min_time):
         torch.nn.utils.clip_grad_norm_(params.values(), 0.25)
         opt.step()
 
-    def timed(fn):
-        # Let the other library's worker threads go to sleep first (OpenBLAS and libgomp
-        # workers spin after a call and would steal the other core from this sample).
-        time.sleep(0.3)
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                return elapsed / n
-
     ours(), theirs()                       # warm-up
-    t_ours, t_torch = [], []
-    for _ in range(rounds):
-        t_ours.append(timed(ours))
-        t_torch.append(timed(theirs))
+    t_ours, t_torch = alternate(ours, theirs, rounds, min_time)
     tokens_per_step = B * S * T
     med, lo, hi = median_ratio(t_ours, t_torch)
     print(f"{name:5s} thr {threads}  ours {statistics.median(t_ours) * 1e3:8.1f} ms/step "

@@ -1,6 +1,8 @@
 // `_core.kernels`: the vector kernels of the active ISA (or, with reference=True, their scalar
 // references) on 1-D numpy arrays, so tests can compare every ISA against the plain loops.
 // Inputs are never modified: in-place kernels run on copies that are returned.
+#include <type_traits>
+
 #include "bindings/checks.hpp"
 #include "bindings/register.hpp"
 #include "kernels/isa.hpp"
@@ -26,6 +28,25 @@ py::array_t<T> copy_of(const NumpyView<T>& v) {
     auto out = new_array<T>({int64_t(v.size())}, false);
     std::copy(v.data(), v.data() + v.size(), out.mutable_data());
     return out;
+}
+
+// dinp + an activation's gradient, on a copy of dinp (dinp, dout, x: 1-D, one length):
+// call(out, dout, x, n) runs the kernel, with T deduced from its pointers.
+template <class Call>
+py::object backward_on_copy(py::handle dinp, py::handle dout, py::handle x, Call call) {
+    return dispatch_float(x, "x", [&](auto tag) -> py::object {
+        using T = decltype(tag);
+        auto X = vec_arg<T>(x, "x");
+        const int64_t n = int64_t(X.size());
+        auto D = vec_arg<T>(dout, "dout", n);
+        auto out = copy_of<T>(vec_arg<T>(dinp, "dinp", n));
+        T* o = out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            call(o, D.data(), X.data(), n);
+        }
+        return std::move(out);
+    });
 }
 
 }  // namespace
@@ -171,36 +192,18 @@ void register_kernels(py::module_& m) {
     }, py::arg("x"), py::arg("tanh_approximation") = false, ref, "Returns gelu(x).");
 
     m.def("vec_relu_backward", [](py::handle dinp, py::handle dout, py::handle x, bool reference) {
-        return dispatch_float(x, "x", [&](auto tag) -> py::object {
-            using T = decltype(tag);
-            auto X = vec_arg<T>(x, "x");
-            const int64_t n = int64_t(X.size());
-            auto D = vec_arg<T>(dout, "dout", n);
-            auto out = copy_of<T>(vec_arg<T>(dinp, "dinp", n));
-            T* o = out.mutable_data();
-            {
-                py::gil_scoped_release release;
-                table<T>(reference).relu_backward(o, D.data(), X.data(), n);
-            }
-            return std::move(out);
+        return backward_on_copy(dinp, dout, x, [&](auto* o, const auto* d, const auto* xs, int64_t n) {
+            using T = std::remove_pointer_t<decltype(o)>;
+            table<T>(reference).relu_backward(o, d, xs, n);
         });
     }, py::arg("dinp"), py::arg("dout"), py::arg("x"), ref,
        "Returns dinp + dout * (x > 0) (dinp is not modified).");
 
     m.def("vec_gelu_backward", [](py::handle dinp, py::handle dout, py::handle x,
                                   bool tanh_approximation, bool reference) {
-        return dispatch_float(x, "x", [&](auto tag) -> py::object {
-            using T = decltype(tag);
-            auto X = vec_arg<T>(x, "x");
-            const int64_t n = int64_t(X.size());
-            auto D = vec_arg<T>(dout, "dout", n);
-            auto out = copy_of<T>(vec_arg<T>(dinp, "dinp", n));
-            T* o = out.mutable_data();
-            {
-                py::gil_scoped_release release;
-                table<T>(reference).gelu_backward(o, D.data(), X.data(), n, tanh_approximation);
-            }
-            return std::move(out);
+        return backward_on_copy(dinp, dout, x, [&](auto* o, const auto* d, const auto* xs, int64_t n) {
+            using T = std::remove_pointer_t<decltype(o)>;
+            table<T>(reference).gelu_backward(o, d, xs, n, tanh_approximation);
         });
     }, py::arg("dinp"), py::arg("dout"), py::arg("x"), py::arg("tanh_approximation") = false, ref,
        "Returns dinp + dout * gelu'(x) (dinp is not modified).");
