@@ -54,19 +54,36 @@ constexpr size_t kPoolMaxBytes = size_t(1) << 30;
 
 }  // namespace
 
-std::vector<float> zeros(int64_t n) {
-    RMT_PROFILE_SCOPE("glue.zeros");
+namespace {
+
+// The pooled buffer that fits n floats most tightly (empty if none does), taken out of the pool.
+std::vector<float> take_pooled(size_t n) {
     auto& free = zero_pool.free;
     size_t best = free.size();
     for (size_t i = 0; i < free.size(); ++i)
-        if (free[i].capacity() >= size_t(n) &&
+        if (free[i].capacity() >= n &&
             (best == free.size() || free[i].capacity() < free[best].capacity()))
             best = i;
-    if (best == free.size()) return std::vector<float>(size_t(n), 0.0f);
+    if (best == free.size()) return {};
     std::vector<float> v = std::move(free[best]);
     free.erase(free.begin() + std::ptrdiff_t(best));
     zero_pool.bytes -= v.capacity() * sizeof(float);
-    v.assign(size_t(n), 0.0f);   // within capacity: no allocation
+    return v;
+}
+
+}  // namespace
+
+std::vector<float> zeros(int64_t n) {
+    RMT_PROFILE_SCOPE("glue.zeros");
+    std::vector<float> v = take_pooled(size_t(n));
+    v.assign(size_t(n), 0.0f);   // within a pooled buffer's capacity: no allocation
+    return v;
+}
+
+std::vector<float> pooled_copy(const std::vector<float>& src) {
+    RMT_PROFILE_SCOPE("glue.copy");
+    std::vector<float> v = take_pooled(src.size());
+    v.assign(src.begin(), src.end());
     return v;
 }
 
@@ -195,11 +212,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                    a.ln2_mean.data(), a.ln2_rstd.data(), NQ, C);
     }
     // res2 = o + dropout(act W2^T + b2): the residual hands dres2 to o unchanged
-    std::vector<float> d_o = zeros(0);
-    {
-    RMT_PROFILE_SCOPE("glue.copy");
-    d_o.assign(dres2.begin(), dres2.end());
-    }
+    std::vector<float> d_o = pooled_copy(dres2);
     const float* dff = dropout_grad(dres2, a.keep_ff, dropout_p, scratch);
     std::vector<float> dact = zeros(NQ * F);
     {

@@ -81,7 +81,9 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
 // A zero-filled buffer of n floats (timed as glue.zeros when profiling), reusing the storage of
 // a buffer given back with recycle() on this thread when one is large enough.
 std::vector<float> zeros(int64_t n);
-// Gives v's storage to this thread's pool for zeros() (v is left empty).
+// A copy of src in a buffer from the same pool (timed as glue.copy).
+std::vector<float> pooled_copy(const std::vector<float>& src);
+// Gives v's storage to this thread's pool for zeros() and pooled_copy() (v is left empty).
 void recycle(std::vector<float>& v);
 
 }  // namespace rmt::model
