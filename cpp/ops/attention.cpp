@@ -92,29 +92,37 @@ void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
         A = a;
         lda = K;
     }
-    // B as K x Np rows, Np a whole number of vectors (zero padding), unless it already is
-    const int64_t Np = round_up(N, kernels::pad_elements<T>());
-    if (trans_b || Np != N) {
+    // B^T stored N x K: make it K x Np rows, Np a whole number of vectors (zero padding)
+    const int64_t pad = kernels::pad_elements<T>();
+    const int64_t whole = N / pad * pad;
+    if (trans_b) {
+        const int64_t Np = round_up(N, pad);
         T* b = scratch<T>(1, size_t(K * Np));
         for (int64_t k = 0; k < K; ++k) {
             T* row = b + k * Np;
-            if (trans_b)
-                for (int64_t j = 0; j < N; ++j) row[j] = B[j * ldb + k];
-            else
-                std::copy(B + k * ldb, B + k * ldb + N, row);
+            for (int64_t j = 0; j < N; ++j) row[j] = B[j * ldb + k];
             std::fill(row + N, row + Np, T(0));
         }
         B = b;
         ldb = Np;
     }
-    // The whole vectors straight into C; the last, partial one through scratch (B's zero
-    // padding makes it a whole vector there).
-    const int64_t pad = kernels::pad_elements<T>();
-    const int64_t whole = N / pad * pad;
+    // The whole vectors straight into C; the last, partial one through scratch, its B columns
+    // zero-padded to a whole vector.
     if (whole > 0) vec.small_gemm(M, whole, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
     if (whole == N) return;
+    const T* b_tail = B + whole;
+    int64_t ld_tail = ldb;
+    if (!trans_b) {
+        T* t = scratch<T>(1, size_t(K * pad));
+        for (int64_t k = 0; k < K; ++k) {
+            std::copy(B + k * ldb + whole, B + k * ldb + N, t + k * pad);
+            std::fill(t + k * pad + (N - whole), t + (k + 1) * pad, T(0));
+        }
+        b_tail = t;
+        ld_tail = pad;
+    }
     T* c = scratch<T>(2, size_t(M * pad));
-    vec.small_gemm(M, pad, K, alpha, A, lda, B + whole, ldb, c, pad, false);
+    vec.small_gemm(M, pad, K, alpha, A, lda, b_tail, ld_tail, c, pad, false);
     for (int64_t i = 0; i < M; ++i) {
         T* dst = C + i * ldc + whole;
         const T* src = c + i * pad;
