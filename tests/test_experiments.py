@@ -1,6 +1,8 @@
 """The experiment runner (rmt.experiments): results files, resumable grids, killed runs, seeds."""
 import json
+import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -300,3 +302,118 @@ def test_a_saved_model_gives_attention_maps_of_its_memory_rows(tmp_path):
     np.testing.assert_allclose(maps[0, 0], state.attention(0).mean(axis=(0, 1)), rtol=1e-6)
     with pytest.raises(ValueError, match="segment_len"):
         ex.attention_maps(model, test["tokens"][:4, :-1])
+
+
+# ---- language modelling (P1 Tables 2 and 4): the "lm" task, Tr-XL+RMT, bits per byte ----
+
+def tiny_lm(kind="rmt", memory=None, bptt=None, cache=None, corpus=None, **kw):
+    args = dict(task_args={"segment_len": 8, **({"corpus": corpus} if corpus else {})},
+                model=dict(n_layers=1, n_heads=2, d_model=16, d_head=None, d_ff=32, dropout=0.0),
+                memory=memory, bptt_depth=bptt, cache=cache, steps=6, batch_size=4,
+                eval_every=3, n_val=5, n_test=7, target_accuracy=None,
+                optimizer={"lr": 3e-3, "warmup_steps": 2})
+    args.update(kw)
+    return ex.make_spec("lm", 3, kind, **args)
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    text = ("It is a truth universally acknowledged, that a single man in possession of a good "
+            "fortune, must be in want of a wife.\n") * 40
+    path = tmp_path / "austen.txt"
+    path.write_text(text)
+    return str(path)
+
+
+def test_lm_task_windows_come_from_their_own_split(small_corpus):
+    from rmt.tasks import LanguageModelTask
+
+    task = LanguageModelTask(segment_len=8, corpus=small_corpus, num_segments=3, seed=5)
+    c = task.corpus
+    assert task.vocab_size == 256 and task.seq_len == 24
+    split = task.split(n_val=4, n_test=3)
+    assert split["val"]["tokens"].shape == (4, 24) and split["test"]["tokens"].shape == (3, 24)
+    # validation: the valid split's first 4 * 24 + 1 bytes, consecutive, targets shifted by one
+    np.testing.assert_array_equal(split["val"]["tokens"].ravel(), c.valid[:96])
+    np.testing.assert_array_equal(split["val"]["targets"].ravel(), c.valid[1:97])
+    np.testing.assert_array_equal(split["test"]["tokens"].ravel(), c.test[:72])
+    # training windows: consecutive bytes of the train split, a function of (seed, step)
+    batches = task.train_batches(6)
+    b = batches(11)
+    np.testing.assert_array_equal(b["tokens"], batches(11)["tokens"])
+    assert not np.array_equal(b["tokens"], batches(12)["tokens"])
+    train = c.train.tobytes()
+    for row, tgt in zip(b["tokens"], b["targets"]):
+        assert bytes(row.astype(np.uint8)) in train
+        np.testing.assert_array_equal(row[1:], tgt[:-1])
+    other = LanguageModelTask(segment_len=8, corpus=small_corpus, num_segments=3, seed=6)
+    assert not np.array_equal(other.train_batches(6)(11)["tokens"], b["tokens"])
+    with pytest.raises(ValueError, match="segment_len"):
+        LanguageModelTask(segment_len=0, corpus=small_corpus)
+    with pytest.raises(TypeError, match="corpus"):
+        LanguageModelTask(corpus=3)
+    with pytest.raises(FileNotFoundError):
+        LanguageModelTask(corpus=small_corpus + ".missing")
+    with pytest.raises(ValueError, match="valid windows"):
+        task.split(n_val=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        task.train_batches(0)
+
+
+def test_lm_task_default_corpus_is_the_austen_novels():
+    from rmt.tasks import LanguageModelTask
+
+    task = LanguageModelTask(segment_len=64, num_segments=4)
+    assert len(task.corpus.train) > 3_000_000
+    text = bytes(task.split(2, 2)["val"]["tokens"].ravel().astype(np.uint8)).decode("utf-8", "replace")
+    assert re.search(r"[a-z]+ [a-z]+ [a-z]+", text), text
+
+
+def test_lm_runs_report_bits_per_byte_and_txl_rmt_has_both_memories(tmp_path, small_corpus):
+    grid = [tiny_lm("transformer", corpus=small_corpus),
+            tiny_lm("txl", 8, corpus=small_corpus),
+            tiny_lm("rmt", 4, 1, corpus=small_corpus),
+            tiny_lm("txl_rmt", 4, 1, cache=8, corpus=small_corpus)]
+    results = ex.run_grid(grid, tmp_path)
+    for r in results:
+        m = r["metrics"]
+        for k in ("val", "test", "last_val", "last_test"):
+            assert m[f"{k}_bpc"] == pytest.approx(m[f"{k}_loss"] / math.log(2))
+        assert 0 < m["test_bpc"] < 9
+    cfg = ex.build_model(grid[3]).config
+    assert isinstance(ex.build_model(grid[3]), rmt.RMT)
+    assert (cfg.num_mem_tokens, cfg.mem_len) == (4, 8)
+    assert "-txl_rmt-m4c8-" in ex.run_id(grid[3]) and "-bptt1-" in ex.run_id(grid[3])
+    rows = ex.lm_table(ex.load_results(tmp_path))
+    assert [r["label"] for r in rows] == ["Baseline", "Tr-XL [8]", "RMT [4] BPTT-1",
+                                          "Tr-XL+RMT [8+4] BPTT-1"]
+    assert ex.summary_table(ex.load_results(tmp_path)) == []   # accuracy tables skip LM runs
+    # the model a run reports is better than its initialisation on the test windows
+    task = ex.make_task(grid[2])
+    init = rmt.evaluate(ex.build_model(grid[2]), [task.split(5, 7)["test"]])["loss"]
+    assert results[2]["metrics"]["test_loss"] < init
+
+
+def test_lm_specs_reject_a_cache_on_other_kinds():
+    with pytest.raises(ValueError, match="only txl_rmt"):
+        ex.make_spec("lm", 2, "rmt", task_args={"segment_len": 8}, cache=8)
+    spec = tiny_lm("txl_rmt", 4)
+    assert spec["cache"] == 8          # default: the segment length
+    bad = {**spec, "cache": 0}
+    with pytest.raises(ValueError, match="cache"):
+        ex.normalize_spec(bad)
+    with pytest.raises(ValueError, match="only txl_rmt"):
+        ex.normalize_spec({**tiny_lm("txl", 4), "cache": 8})
+
+
+def test_the_lm_grid_has_the_shape_of_p1_tables_2_and_4():
+    grid = ex.get_grid("p1-lm")
+    labels = [ex.lm_label(s) for s in grid]
+    assert labels == ["Baseline", "Tr-XL [10]", "Tr-XL [64]",
+                      "RMT [5] BPTT-2", "RMT [10] BPTT-2", "RMT [20] BPTT-2", "RMT [10] BPTT-0",
+                      "RMT [10] BPTT-1", "RMT [10] BPTT-3", "Tr-XL+RMT [64+10] BPTT-2"]
+    assert len({ex.run_id(s) for s in grid}) == len(grid)
+    for s in grid:
+        assert s["task"] == "lm" and s["num_segments"] == 4 and s["target_accuracy"] is None
+        assert s["task_args"] == {"segment_len": 64} and s["model"] == ex.PAPER_MODELS["lm"]
+    assert ex.main(["p1-lm", "--out", "unused", "--list", "--kinds", "txl_rmt"]) == 0

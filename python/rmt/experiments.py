@@ -25,6 +25,11 @@ Named grids (each over Baseline `transformer`, MemTr `memtr`, Transformer-XL `tx
 - "p1-copy": copy-24 in 1 / 3 / 6 / 9 segments (segments of 72 / 24 / 12 / 8 tokens);
 - "p1-reverse": reverse-24 in 1 / 2 / 4 / 6 segments (48 / 24 / 12 / 8);
 - "p1-retrieval": associative retrieval, 4 pairs, in 1 .. 5 segments (10 / 5 / 4 / 3 / 2).
+- "p1-lm": byte-level language modelling on the default corpus (`rmt.tasks.LanguageModelTask`),
+  the shape of P1 Tables 2 and 4: Baseline, MemTr, Tr-XL with several caches, RMT with memory
+  5 / 10 / 20 and BPTT depth 0 .. 3, Tr-XL+RMT (kind "txl_rmt", with a `cache` as well as a
+  `memory`); see `p1_lm`. Results carry bits per byte (`val_bpc`, `test_bpc`); `lm_table`
+  summarises them.
 
 Scale. The paper's models are kept (copy / reverse: 4 layers, 4 heads, C = 128, hs = 64, F = 256,
 dropout 0.1, batch 32; retrieval: 6 layers, 4 heads, hs = 32, C = 64, F = 128, batch 32: the
@@ -56,6 +61,7 @@ import copy
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,16 +74,23 @@ import numpy as np
 from .checkpoint import _atomic_write
 
 KINDS = ("transformer", "memtr", "txl", "rmt")
-KIND_LABELS = {"transformer": "Baseline", "memtr": "MemTr", "txl": "Tr-XL", "rmt": "RMT"}
+#: Tr-XL+RMT (P1 A.5): the RMT decoder with a Transformer-XL cache of ``cache`` rows as well. Only
+#: the language-modelling grid has it, so it is not in KINDS (the algorithmic grids' kinds).
+ALL_KINDS = KINDS + ("txl_rmt",)
+KIND_LABELS = {"transformer": "Baseline", "memtr": "MemTr", "txl": "Tr-XL", "rmt": "RMT",
+               "txl_rmt": "Tr-XL+RMT"}
 
 #: The paper's models (SPEC section 4).
 PAPER_MODELS = {
     "copy": {"n_layers": 4, "n_heads": 4, "d_model": 128, "d_head": 64, "d_ff": 256, "dropout": 0.1},
     "reverse": {"n_layers": 4, "n_heads": 4, "d_model": 128, "d_head": 64, "d_ff": 256, "dropout": 0.1},
     "retrieval": {"n_layers": 6, "n_heads": 4, "d_model": 64, "d_head": 32, "d_ff": 128, "dropout": 0.1},
+    # Not the paper's (enwik8: 12 layers, C = 512, F = 2048): a byte-level LM small enough for
+    # a dozen runs on one core of this machine (see p1_lm).
+    "lm": {"n_layers": 3, "n_heads": 4, "d_model": 128, "d_head": 32, "d_ff": 512, "dropout": 0.0},
 }
 #: Training steps per run of the full grids (the paper: 400k-900k; see the module docstring).
-FULL_STEPS = {"copy": 2000, "reverse": 2000, "retrieval": 10000}
+FULL_STEPS = {"copy": 2000, "reverse": 2000, "retrieval": 10000, "lm": 1000}
 
 DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999],
                      "clip_norm": 0.25, "schedule": "cosine", "warmup_steps": 100}
@@ -116,9 +129,11 @@ def make_spec(task: str, num_segments: int, kind: str, *, task_args: Optional[Di
               steps: Optional[int] = None, batch_size: int = 32, eval_every: Optional[int] = None,
               n_val: int = 500, n_test: int = 1000, seed: int = 0,
               checkpoint_every: Optional[int] = None, target_accuracy: Optional[float] = 1.0,
-              curriculum: Optional[Dict[str, Any]] = None, quick: bool = False) -> Dict[str, Any]:
+              curriculum: Optional[Dict[str, Any]] = None, cache: Optional[int] = None,
+              quick: bool = False) -> Dict[str, Any]:
     """A complete run spec with the defaults filled in. memory None = the convention (segment
-    length for memtr / txl / rmt, 0 for the baseline). ``curriculum``: None, or a dict of
+    length for memtr / txl / rmt / txl_rmt, 0 for the baseline). ``cache``: the Transformer-XL
+    cache of a txl_rmt run (None: the segment length; other kinds have none). ``curriculum``: None, or a dict of
     CURRICULUM_DEFAULTS overrides ({} for the defaults) to train first on the shorter versions of
     the task (see ``curriculum_stages``)."""
     spec = {
@@ -131,6 +146,10 @@ def make_spec(task: str, num_segments: int, kind: str, *, task_args: Optional[Di
         "curriculum": None if curriculum is None else {**CURRICULUM_DEFAULTS, **curriculum},
         "quick": quick,
     }
+    if kind == "txl_rmt":
+        spec["cache"] = cache
+    elif cache is not None:
+        raise ValueError(f"only txl_rmt runs have a cache (memory is {kind}'s size), got cache={cache}")
     return normalize_spec(spec)
 
 
@@ -142,8 +161,8 @@ def normalize_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     missing = [k for k in required if k not in s]
     if missing:
         raise ValueError(f"run spec is missing {', '.join(missing)} (build specs with make_spec)")
-    if s["kind"] not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {s['kind']!r}")
+    if s["kind"] not in ALL_KINDS:
+        raise ValueError(f"kind must be one of {ALL_KINDS}, got {s['kind']!r}")
     s.setdefault("task_args", {})
     s.setdefault("bptt_depth", None)
     s.setdefault("n_val", 500)
@@ -158,6 +177,13 @@ def normalize_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
         s["memory"] = 0
     elif s.get("memory") is None:
         s["memory"] = task.segment_len
+    if s["kind"] == "txl_rmt":
+        if s.get("cache") is None:
+            s["cache"] = task.segment_len
+        if not isinstance(s["cache"], int) or isinstance(s["cache"], bool) or s["cache"] < 1:
+            raise ValueError(f"cache must be an int >= 1, got {s['cache']!r}")
+    elif "cache" in s:
+        raise ValueError(f"only txl_rmt runs have a cache, not {s['kind']}")
     if s.get("eval_every") is None:
         s["eval_every"] = max(1, s["steps"] // 10)
     if s.get("checkpoint_every") is None:
@@ -181,14 +207,22 @@ def _fmt(x) -> str:
     return ("%g" % x).replace(".", "p").replace("-", "m") if isinstance(x, float) else str(x)
 
 
+def _slug(x) -> str:
+    # A path (the lm task's corpus) names the run by its file name; the run id is a file name.
+    if isinstance(x, str):
+        return re.sub(r"[^A-Za-z0-9_.]+", "_", Path(x).name)
+    return _fmt(x)
+
+
 def run_id(spec: Dict[str, Any]) -> str:
     """A readable slug naming everything that distinguishes runs, e.g.
     copy24-s3-rmt-m24-L4-d128-bpttfull-adam-lr0p001-b32-st3000-seed0."""
     s = normalize_spec(spec)
     ta = s["task_args"]
-    size = "".join(_fmt(ta[k]) for k in sorted(ta)) if ta else ""
+    size = "".join(_slug(ta[k]) for k in sorted(ta)) if ta else ""
     m, o = s["model"], s["optimizer"]
-    parts = [f"{s['task']}{size}", f"s{s['num_segments']}", s["kind"], f"m{s['memory']}",
+    memory = f"m{s['memory']}" + (f"c{s['cache']}" if s["kind"] == "txl_rmt" else "")
+    parts = [f"{s['task']}{size}", f"s{s['num_segments']}", s["kind"], memory,
              f"L{m['n_layers']}", f"d{m['d_model']}",
              f"bptt{'full' if s['bptt_depth'] is None else s['bptt_depth']}",
              f"{o['name']}", f"lr{_fmt(float(o['lr']))}", f"b{s['batch_size']}", f"st{s['steps']}",
@@ -296,12 +330,14 @@ def build_model(spec: Dict[str, Any], task=None):
     cfg = dict(vocab_size=task.vocab_size, d_model=m["d_model"], n_layers=m["n_layers"],
                n_heads=m["n_heads"], d_ff=m["d_ff"], d_head=m.get("d_head"),
                segment_len=task.segment_len, dropout=float(m.get("dropout", 0.1)))
-    if s["kind"] in ("memtr", "rmt"):
+    if s["kind"] in ("memtr", "rmt", "txl_rmt"):
         cfg["num_mem_tokens"] = s["memory"]
-    elif s["kind"] == "txl":
+    if s["kind"] == "txl":
         cfg["mem_len"] = s["memory"]
+    if s["kind"] == "txl_rmt":
+        cfg["mem_len"] = s["cache"]
     classes = {"transformer": rmt.Transformer, "memtr": rmt.MemoryTransformer,
-               "txl": rmt.TransformerXL, "rmt": rmt.RMT}
+               "txl": rmt.TransformerXL, "rmt": rmt.RMT, "txl_rmt": rmt.RMT}
     return classes[s["kind"]](rmt.ModelConfig(**cfg), seed=s["seed"])
 
 
@@ -403,6 +439,11 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
         "date": datetime.datetime.fromtimestamp(started_wall, datetime.timezone.utc).isoformat(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
+    if s["task"] == "lm":   # bits per byte (the loss is the mean over every target byte)
+        from .corpus import bits_per_byte
+
+        for k in ("val", "test", "last_val", "last_test"):
+            result["metrics"][f"{k}_bpc"] = bits_per_byte(result["metrics"][f"{k}_loss"])
     if save_model:
         model.save(model_path(out_dir, rid), {"run_id": rid})
         result["model"] = str(Path("models") / f"{rid}.safetensors")
@@ -437,8 +478,29 @@ def p1_retrieval() -> List[Dict[str, Any]]:
     return _grid("retrieval", {"pairs": 4}, (1, 2, 3, 4, 5))
 
 
+LM_SEGMENT_LEN, LM_SEGMENTS = 64, 4
+
+
+def p1_lm() -> List[Dict[str, Any]]:
+    """Byte-level language modelling on the default corpus (the shape of P1 Tables 2 and 4):
+    segments of 64 bytes, windows of 4 segments (the BPTT unroll), 3 layers, C = 128, F = 512,
+    batch 16 (4096 bytes a step), 1000 steps; Adam lr 1e-3, cosine, clip 0.25. Baseline; Tr-XL
+    with caches of 10 and 64; RMT with memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at
+    depth 0 / 1 / 3 (3 = the whole window); Tr-XL+RMT [cache 64 + memory 10]. Ten runs of
+    about 7 minutes on one core (0.4-0.45 s a step measured, the other core busy)."""
+    def lm(kind, memory=None, bptt=None, cache=None):
+        return make_spec("lm", LM_SEGMENTS, kind, task_args={"segment_len": LM_SEGMENT_LEN},
+                         memory=memory, bptt_depth=bptt, cache=cache, batch_size=16, n_val=200,
+                         n_test=400, target_accuracy=None)
+    return ([lm("transformer")]
+            + [lm("txl", m) for m in (10, 64)]
+            + [lm("rmt", m, 2) for m in (5, 10, 20)]
+            + [lm("rmt", 10, d) for d in (0, 1, 3)]
+            + [lm("txl_rmt", 10, 2, cache=64)])
+
+
 GRIDS: Dict[str, Callable[[], List[Dict[str, Any]]]] = {
-    "p1-copy": p1_copy, "p1-reverse": p1_reverse, "p1-retrieval": p1_retrieval,
+    "p1-copy": p1_copy, "p1-reverse": p1_reverse, "p1-retrieval": p1_retrieval, "p1-lm": p1_lm,
 }
 GRIDS["p1"] = lambda: p1_copy() + p1_reverse() + p1_retrieval()
 
@@ -522,7 +584,8 @@ def _run_grid(grid, out_dir, quick, progress, log, callback, save_models=False):
         r = run_one(s, out_dir, callback=callback, progress=progress, save_model=save_models)
         if log:
             m = r["metrics"]
-            log(f"[{i + 1}/{len(specs)}] {rid}: test acc {m['test_accuracy']:.3f} "
+            bpc = f" ({m['test_bpc']:.3f} bpc)" if "test_bpc" in m else ""
+            log(f"[{i + 1}/{len(specs)}] {rid}: test acc {m['test_accuracy']:.3f}{bpc} "
                 f"(val {m['val_accuracy']:.3f}), {r['steps_taken']} steps, "
                 f"{r['wall_time']:.0f} s, {r['steps_per_second']:.1f} steps/s")
         results.append(r)
@@ -574,6 +637,8 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     cells: Dict[tuple, List[float]] = {}
     for r in results:
         s = r["spec"]
+        if s["task"] == "lm":   # see lm_table
+            continue
         cur = s.get("curriculum") is not None
         cells.setdefault((s["task"], s["num_segments"], s["kind"], cur), []).append(
             r["metrics"]["test_accuracy"])
@@ -581,6 +646,39 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
              "label": KIND_LABELS.get(k, k) + (" +cur" if cur else ""),
              "test_accuracy": float(np.mean(v)), "runs": len(v)}
             for (t, n, k, cur), v in sorted(cells.items())]
+
+
+def lm_label(spec: Dict[str, Any]) -> str:
+    """P1's names for a language-modelling run: "RMT [10] BPTT-2", "Tr-XL [64]",
+    "Tr-XL+RMT [64+10]", "Baseline"."""
+    kind, mem, d = spec["kind"], spec["memory"], spec["bptt_depth"]
+    bptt = "" if kind not in ("rmt", "txl_rmt") else (" BPTT-full" if d is None else f" BPTT-{d}")
+    size = {"transformer": "", "txl_rmt": f" [{spec.get('cache')}+{mem}]"}.get(kind, f" [{mem}]")
+    return KIND_LABELS[kind] + size + bptt
+
+
+def lm_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per language-modelling run configuration (kind, memory, cache, BPTT depth): mean
+    test and validation bits per byte over seeds, number of runs; in grid order of kind."""
+    cells: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in results:
+        s = r["spec"]
+        if s["task"] != "lm":
+            continue
+        key = (ALL_KINDS.index(s["kind"]), s.get("cache") or 0, s["memory"],
+               -1 if s["bptt_depth"] is None else s["bptt_depth"], s["num_segments"],
+               s["task_args"].get("segment_len"))
+        cells.setdefault(key, []).append(r)
+    rows = []
+    for key, runs in sorted(cells.items()):
+        s = runs[0]["spec"]
+        rows.append({"label": lm_label(s), "kind": s["kind"], "memory": s["memory"],
+                     "cache": s.get("cache"), "bptt_depth": s["bptt_depth"],
+                     "num_segments": s["num_segments"], "segment_len": key[-1],
+                     "test_bpc": float(np.mean([r["metrics"]["test_bpc"] for r in runs])),
+                     "val_bpc": float(np.mean([r["metrics"]["val_bpc"] for r in runs])),
+                     "runs": len(runs)})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -593,7 +691,7 @@ def main(argv=None) -> int:
                         help="rmt threads (default: 1 with --quick, else all)")
     parser.add_argument("--list", action="store_true", help="print the run ids and exit")
     parser.add_argument("--progress", action="store_true", help="a progress bar per run (tqdm)")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=None,
+    parser.add_argument("--kinds", nargs="+", choices=ALL_KINDS, default=None,
                         help="only these model kinds")
     parser.add_argument("--segments", nargs="+", type=int, default=None,
                         help="only these numbers of segments")
@@ -618,6 +716,9 @@ def main(argv=None) -> int:
     for row in summary_table(results):
         print(f"{row['task']:>10} {row['num_segments']:>2} segments {row['label']:>8}: "
               f"test accuracy {row['test_accuracy']:.3f} ({row['runs']} run(s))")
+    for row in lm_table(results):
+        print(f"{'lm':>10} {row['label']:>24}: test {row['test_bpc']:.3f} bpc "
+              f"(val {row['val_bpc']:.3f}, {row['runs']} run(s))")
     return 0
 
 

@@ -13,6 +13,7 @@ redrawn), so train/validation/test do not overlap.
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
@@ -184,4 +185,63 @@ class AssociativeRetrievalTask(Task):
         return inputs, answers
 
 
-TASKS = {"copy": CopyTask, "reverse": ReverseTask, "retrieval": AssociativeRetrievalTask}
+@functools.lru_cache(maxsize=4)
+def _byte_corpus(source: Optional[str]):
+    from .corpus import ByteCorpus, default_corpus
+
+    return ByteCorpus.from_text(default_corpus()) if source is None else ByteCorpus(source)
+
+
+class LanguageModelTask:
+    """Byte-level language modelling (P1 section 4.2, enwik8-style) in the shape the experiment
+    runner expects of a task. A training sample is a random window of num_segments * segment_len
+    consecutive bytes of the train split (targets: the next bytes), so memory and cache carry
+    across its segments and start afresh in the next window; every target counts.
+
+    ``corpus``: None for the default corpus (Jane Austen's novels, rmt.data.default_corpus: 4.0 MB
+    of English, 90/5/5 train/valid/test), or the path of an enwik8-format file (rmt.data.ByteCorpus).
+    ``split(n_val, n_test)`` takes the first n_val windows of the valid split and the first n_test
+    windows of the test split, consecutive and non-overlapping (rmt.data's eval_batches), so they
+    never overlap with training data. Report ``rmt.data.bits_per_byte(loss)``."""
+
+    name = "lm"
+
+    def __init__(self, segment_len: int = 64, corpus: Optional[str] = None, num_segments: int = 1,
+                 seed: int = 0):
+        for arg, v in (("segment_len", segment_len), ("num_segments", num_segments)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{arg} must be an int >= 1, got {v!r}")
+        if corpus is not None and not isinstance(corpus, str):
+            raise TypeError(f"corpus must be None or a path (str), got {type(corpus).__name__}")
+        self.corpus = _byte_corpus(corpus)
+        self.segment_len, self.num_segments, self.seed = segment_len, num_segments, int(seed)
+        self.seq_len = segment_len * num_segments
+        self.vocab_size = self.corpus.vocab_size
+
+    def _windows(self, split: str, n: int) -> Dict[str, np.ndarray]:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"the number of {split} windows must be an int >= 1, got {n!r}")
+        (batch,) = self.corpus.eval_batches(split, n, self.segment_len, self.num_segments,
+                                            max_windows=n)
+        return batch
+
+    def split(self, n_val: int = 200, n_test: int = 400) -> Dict[str, Dict[str, np.ndarray]]:
+        """{"val": the first n_val windows of the valid split, "test": the first n_test of test}
+        (fewer if a split is shorter)."""
+        return {"val": self._windows("valid", n_val), "test": self._windows("test", n_test)}
+
+    def train_batches(self, batch_size: int):
+        """A callable step -> batch of random train windows, a function of (seed, step)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        return self.corpus.lm_batches("train", batch_size, self.segment_len, self.num_segments,
+                                      seed=self.seed)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(num_segments={self.num_segments}, segment_len="
+                f"{self.segment_len}, vocab_size={self.vocab_size}, train="
+                f"{len(self.corpus.train):,} bytes)")
+
+
+TASKS = {"copy": CopyTask, "reverse": ReverseTask, "retrieval": AssociativeRetrievalTask,
+         "lm": LanguageModelTask}
