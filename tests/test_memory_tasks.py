@@ -366,3 +366,33 @@ def test_rmt_encoder_trains_and_streams_a_lazy_sample(tasks):
     logits = list(model.stream(task.segments_of([6, 7], S, T, min_segments=2)))
     assert len(logits) == S and logits[-1].shape == (2, task.num_classes)
     np.testing.assert_allclose(logits[-1], model(whole["tokens"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("questions", mt.QUESTION_SETS)
+def test_reasoning_question_sets_narrow_the_questions_only(questions):
+    task = mt.ReasoningTask(text=TEXT, seed=3, questions=questions)
+    full = mt.ReasoningTask(text=TEXT, seed=3)
+    for split in mt.SPLITS:
+        combos = task.combinations(split)
+        assert combos and set(combos) <= set(full.combinations(split))
+    b = task.sample(200, 2, 24, split="train", min_segments=1)
+    forms = Counter()
+    for row, label in zip(b["tokens"], b["labels"]):
+        text = decoded(task, row)
+        answer, _, _ = solve(text)          # still determined by the facts
+        assert mt.PLACES[label] == answer
+        direct = Q_DIR_RE.search(text)
+        forms["direct" if direct else "inverse"] += 1
+        if questions == "east":
+            assert direct and direct.group(1) == "east", text[-40:]
+    if questions == "all":
+        assert forms["direct"] and forms["inverse"]
+    else:
+        assert forms == Counter(direct=200)
+    # the held-out pairs are the task's whatever the questions
+    held = task.held_out()
+    for combo in task.combinations("train"):
+        b_, a, _, c, _, _, _ = combo
+        assert (b_, a) not in held and (b_, c) not in held
+    with pytest.raises(ValueError, match="questions"):
+        mt.ReasoningTask(text=TEXT, questions="west")

@@ -204,3 +204,24 @@ def test_flops_count_by_hand_and_scale_as_claimed():
     # quadratic: 10x the tokens costs ~100x once attention dominates
     ratio = p2.full_attention_flops(cfg, 10 ** 6) / p2.full_attention_flops(cfg, 10 ** 5)
     assert 95 < ratio < 100
+
+
+def test_question_warmup_runs_before_stage_1_and_resumes(tmp_path):
+    out = tmp_path / "reasoning"
+    rec = p2.train_curriculum("reasoning", out, quick=True, threads=1, question_warmup=True,
+                              log=None)
+    assert rec["config"]["question_warmup"] is True and rec["config"]["segment_len"] == 24
+    assert [w["questions"] for w in rec["warmup"]] == ["east", "direct"]
+    for w in rec["warmup"]:
+        assert w["finished"] and w["num_segments"] == 1 and w["steps"] == 3
+        assert (out / "checkpoints" / f"warmup-{w['questions']}" / "stage00" / "best.safetensors").exists()
+    assert [s["num_segments"] for s in rec["stages"]] == [1, 2]
+    lines = []
+    again = p2.train_curriculum("reasoning", out, quick=True, threads=1, question_warmup=True,
+                                log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert sum("warm-up" in line and "skipped" in line for line in lines) == 2
+    assert [w["date"] for w in again["warmup"]] == [w["date"] for w in rec["warmup"]]
+    with pytest.raises(ValueError, match="another config"):
+        p2.train_curriculum("reasoning", out, quick=True, threads=1, log=None)
+    with pytest.raises(ValueError, match="reasoning task"):
+        p2.train_curriculum("memorize", tmp_path / "m", quick=True, question_warmup=True, log=None)

@@ -499,13 +499,35 @@ class DetectMemorizeTask(MemorizeTask):
         return [int(rng.integers(n))]
 
 
+#: The question sets of ReasoningTask, easiest first: the warm-up of the relation curriculum
+#: (rmt.p2, ``question_warmup``), then the task itself.
+QUESTION_SETS = ("east", "direct", "all")
+
+
 class ReasoningTask(MemoryTask):
     """Two facts "the <room> is <relation> of the <anchor>." in two different random segments
     (the same one if the sample has one segment); a question about the anchor that exactly one of
     them answers, directly ("what is <relation> of the <anchor>?") or through the inverse
-    relation ("what is the <anchor> <relation> of?")."""
+    relation ("what is the <anchor> <relation> of?").
+
+    ``questions`` narrows the questions asked, for a warm-up: "east" asks only "what is east of
+    the <anchor>?" (the answer is the room of the fact with "east"), "direct" only the direct
+    form, with any relation; "all" (the default) is the task. The facts, splits and held-out
+    pairs are the same in all three. Why a warm-up: from scratch, a small encoder finds the two
+    candidate rooms quickly but then sits at 50% for thousands of steps, since neither the
+    question's relation nor a fact's relation alone says anything about the answer, only the
+    two together. With one relation asked, the fact's relation alone decides, and the model
+    learns to bind rooms to relations; measured with a 2-layer, C = 64 encoder on 1 segment of
+    32 tokens: "all" from scratch stayed at 0.5 for 7000 steps; "east", then "direct", then "all"
+    got past 0.8 within 7500 steps in all (see rmt.p2)."""
 
     name = "reasoning"
+
+    def __init__(self, *args, questions: str = "all", **kwargs):
+        if questions not in QUESTION_SETS:
+            raise ValueError(f"questions must be one of {QUESTION_SETS}, got {questions!r}")
+        self.questions = questions
+        super().__init__(*args, **kwargs)
 
     def held_out(self) -> set:
         return {(ROOMS[b], ROOMS[(b + 1) % len(ROOMS)]) for b in range(len(ROOMS))}
@@ -521,6 +543,10 @@ class ReasoningTask(MemoryTask):
                             keep = (b, answer) in held
                         else:
                             keep = (b, a) not in held and (b, c) not in held
+                        if self.questions != "all" and inverse:
+                            keep = False
+                        if self.questions == "east" and (r1, r2)[asked] != "east":
+                            keep = False
                         if keep:
                             out.append((b, a, r1, c, r2, asked, inverse))
         return out
@@ -551,5 +577,5 @@ def memory_task(name: str, **kwargs) -> MemoryTask:
     return TASKS[name](**kwargs)
 
 
-__all__ = ["DetectMemorizeTask", "MemorizeTask", "MemoryTask", "ReasoningTask", "TASKS",
+__all__ = ["DetectMemorizeTask", "MemorizeTask", "MemoryTask", "QUESTION_SETS", "ReasoningTask", "TASKS",
            "WordTokenizer", "memory_task"]

@@ -46,12 +46,13 @@ DEFAULTS: Dict[str, Any] = dict(
     num_mem_tokens=10, dropout=0.0, max_vocab=2000, batch_size=32, lr=1e-3, weight_decay=1e-3,
     warmup_fraction=0.1, steps_per_stage=1000, eval_every=25, eval_samples=192, patience=12,
     target_accuracy=0.95, clip_norm=1.0, eval_split="validation", generalization_samples=100,
-    generalization_max_segments=64, mixed_lengths=False)
+    generalization_max_segments=64, mixed_lengths=False, question_warmup=False,
+    warmup_max_steps=4000)
 
 QUICK: Dict[str, Any] = dict(
     segment_len=16, max_segments=2, d_model=16, n_layers=1, n_heads=2, d_ff=32, num_mem_tokens=2,
     max_vocab=200, batch_size=4, steps_per_stage=3, eval_every=2, eval_samples=8, patience=None,
-    generalization_samples=4, generalization_max_segments=4)
+    generalization_samples=4, generalization_max_segments=4, warmup_max_steps=3)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
@@ -81,6 +82,8 @@ def _config(task: str, quick: bool, seed: int, overrides: Dict[str, Any]) -> Dic
     cfg = dict(DEFAULTS)
     if quick:
         cfg.update(QUICK)
+        if task == "reasoning":   # its two facts and question need 23 tokens in one segment
+            cfg["segment_len"] = 24
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.update(task=task, seed=int(seed), quick=bool(quick))
     return cfg
@@ -97,11 +100,19 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      patience: Optional[int] = None, target_accuracy: float = 0.95,
                      generalization_samples: Optional[int] = None,
                      generalization_max_segments: Optional[int] = None,
-                     mixed_lengths: bool = False, seed: int = 0, threads: Optional[int] = None, quick: bool = False,
+                     mixed_lengths: bool = False, question_warmup: bool = False,
+                     warmup_max_steps: Optional[int] = None,
+                     seed: int = 0, threads: Optional[int] = None, quick: bool = False,
                      log=print) -> Dict[str, Any]:
     """Trains an RMT encoder on ``task`` through stages of 1 ... max_segments segments and
     returns the curriculum record (also written to out_dir/curriculum.json). ``None`` arguments
-    take DEFAULTS (or QUICK values with ``quick``: a tiny model, a few steps per stage)."""
+    take DEFAULTS (or QUICK values with ``quick``: a tiny model, a few steps per stage).
+
+    ``question_warmup`` (reasoning only): before stage 1, a relation curriculum on 1 segment:
+    the questions "east" only, then every direct question (``ReasoningTask(questions=...)``),
+    each until ``target_accuracy`` on its own validation samples or ``warmup_max_steps`` steps,
+    without patience (the plateau before such a stage converges is expected and long). Recorded
+    under "warmup" in curriculum.json."""
     import rmt
 
     if threads is not None:
@@ -114,7 +125,10 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      target_accuracy=target_accuracy,
                      generalization_samples=generalization_samples,
                      generalization_max_segments=generalization_max_segments,
-                     mixed_lengths=bool(mixed_lengths))
+                     mixed_lengths=bool(mixed_lengths), question_warmup=bool(question_warmup),
+                     warmup_max_steps=warmup_max_steps)
+    if question_warmup and task != "reasoning":
+        raise ValueError(f"question_warmup is for the reasoning task, not {task!r}")
     c = _config(task, quick, seed, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +151,9 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
         if isinstance(record.get("config"), dict):
             record["config"].setdefault("clip_norm", 0.0)   # records from before clipping
             for key, old in (("eval_split", "test"), ("generalization_samples", 0),
-                             ("generalization_max_segments", 0), ("mixed_lengths", False)):
+                             ("generalization_max_segments", 0), ("mixed_lengths", False),
+                             ("question_warmup", False),
+                             ("warmup_max_steps", DEFAULTS["warmup_max_steps"])):
                 record["config"].setdefault(key, old)       # ... and before validation
         if record.get("config") != c:
             raise ValueError(f"{record_path} was written with another config; use another out_dir"
@@ -150,6 +166,70 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
     done = {s["num_segments"]: s for s in record["stages"] if s.get("finished")}
 
     eval_bs = 64
+
+    def run_stage(stage_task, S, stage_dir, max_steps, patience, min_segments, name):
+        """One stage with a fresh optimizer and schedule, resumed from its last checkpoint;
+        leaves the model at its best checkpoint. Returns the record entry (without
+        generalisation)."""
+        trainer = rmt.Trainer(model, rmt.AdamW(lr=c["lr"], weight_decay=c["weight_decay"]),
+                              bptt_depth=None, clip_norm=c["clip_norm"] or None,
+                              schedule="linear",
+                              warmup_steps=max(1, int(round(c["warmup_fraction"] * max_steps))),
+                              seed=c["seed"] + S)
+        stage = rmt.Stage(
+            train_data=stage_task.train_batches(c["batch_size"], S, T, min_segments=min_segments),
+            eval_data=stage_task.eval_batches(c["eval_samples"], eval_bs, S, T,
+                                              split=c["eval_split"]),
+            max_steps=max_steps, target_accuracy=c["target_accuracy"], patience=patience,
+            name=name)
+        ran = [0]   # steps taken by this run (a resumed stage started from its last checkpoint)
+
+        def callback(rec):
+            if "loss" in rec:
+                ran[0] += 1
+            if "eval_accuracy" in rec:
+                log(f"[p2] {name} step {rec['step']}: eval loss {rec['eval_loss']:.4f} "
+                    f"acc {rec['eval_accuracy']:.3f}", flush=True)
+
+        t0 = time.perf_counter()
+        summary = trainer.fit_curriculum([stage], stage_dir, eval_every=c["eval_every"],
+                                         checkpoint_every=c["eval_every"], resume=True,
+                                         callback=callback)[0]
+        wall = time.perf_counter() - t0
+        train_losses = [r["loss"] for r in trainer.history if "loss" in r]
+        return {"num_segments": S, "tokens_per_sample": S * T, "steps": trainer.step_count,
+                "steps_this_run": ran[0], "eval_loss": summary["eval_loss"],
+                "eval_accuracy": summary["eval_accuracy"], "eval_samples": c["eval_samples"],
+                "eval_split": c["eval_split"],
+                "converged": summary["eval_accuracy"] >= c["target_accuracy"],
+                "wall_time": wall,  # of this run only (a resumed stage: since the resume)
+                "last_train_loss": train_losses[-1] if train_losses else None,
+                "evals": [{k: r[k] for k in ("step", "eval_loss", "eval_accuracy")}
+                          for r in trainer.history if "eval_accuracy" in r],
+                "finished": True, "date": _now()}
+
+    if c["question_warmup"]:
+        from .memory_tasks import QUESTION_SETS
+
+        record.setdefault("warmup", [])
+        warm_done = {w["questions"]: w for w in record["warmup"] if w.get("finished")}
+        for q in QUESTION_SETS[:-1]:
+            stage_dir = ckpt_root / f"warmup-{q}"
+            if q in warm_done:
+                best = stage_dir / "stage00" / "best.safetensors"
+                if best.exists():
+                    model.load_weights(best)
+                log(f"[p2] warm-up {q!r}: finished earlier, skipped")
+                continue
+            wt = rmt.memory_task(task, seed=c["seed"], max_vocab=c["max_vocab"],
+                                 tokenizer=t.tokenizer, questions=q)
+            entry = {"questions": q, **run_stage(wt, 1, stage_dir, c["warmup_max_steps"], None,
+                                                 None, f"warm-up {q!r}")}
+            record["warmup"] = [w for w in record["warmup"] if w["questions"] != q] + [entry]
+            _write_json_atomic(record_path, record)
+            log(f"[p2] warm-up {q!r} done: {entry['steps']} steps, accuracy "
+                f"{entry['eval_accuracy']:.3f}, {entry['wall_time']:.0f} s", flush=True)
+
     for S in range(1, c["max_segments"] + 1):
         stage_dir = ckpt_root / f"seg{S:02d}"
         best = stage_dir / "stage00" / "best.safetensors"
@@ -159,44 +239,9 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
             log(f"[p2] stage {S} segments: finished earlier "
                 f"(accuracy {done[S]['eval_accuracy']:.3f}), skipped")
             continue
-        steps = c["steps_per_stage"]
-        trainer = rmt.Trainer(model, rmt.AdamW(lr=c["lr"], weight_decay=c["weight_decay"]),
-                              bptt_depth=None, clip_norm=c["clip_norm"] or None,
-                              schedule="linear",
-                              warmup_steps=max(1, int(round(c["warmup_fraction"] * steps))),
-                              seed=c["seed"] + S)
-        stage = rmt.Stage(
-            train_data=t.train_batches(c["batch_size"], S, T,
-                                       min_segments=1 if c["mixed_lengths"] else None),
-            eval_data=t.eval_batches(c["eval_samples"], eval_bs, S, T, split=c["eval_split"]),
-            max_steps=steps, target_accuracy=c["target_accuracy"], patience=c["patience"],
-            name=f"{S} segments")
-
-        ran = [0]   # steps taken by this run (a resumed stage started from its last checkpoint)
-
-        def callback(rec, S=S, ran=ran):
-            if "loss" in rec:
-                ran[0] += 1
-            if "eval_accuracy" in rec:
-                log(f"[p2] {S} seg step {rec['step']}: eval loss {rec['eval_loss']:.4f} "
-                    f"acc {rec['eval_accuracy']:.3f}", flush=True)
-
-        t0 = time.perf_counter()
-        summary = trainer.fit_curriculum([stage], stage_dir, eval_every=c["eval_every"],
-                                         checkpoint_every=c["eval_every"], resume=True,
-                                         callback=callback)[0]
-        wall = time.perf_counter() - t0
-        train_losses = [r["loss"] for r in trainer.history if "loss" in r]
-        entry = {"num_segments": S, "tokens_per_sample": S * T, "steps": trainer.step_count,
-                 "steps_this_run": ran[0], "eval_loss": summary["eval_loss"],
-                 "eval_accuracy": summary["eval_accuracy"], "eval_samples": c["eval_samples"],
-                 "eval_split": c["eval_split"],
-                 "converged": summary["eval_accuracy"] >= c["target_accuracy"],
-                 "wall_time": wall,  # of this run only (a resumed stage: since the resume)
-                 "last_train_loss": train_losses[-1] if train_losses else None,
-                 "evals": [{k: r[k] for k in ("step", "eval_loss", "eval_accuracy")}
-                           for r in trainer.history if "eval_accuracy" in r],
-                 "finished": True, "date": _now()}
+        entry = run_stage(t, S, stage_dir, c["steps_per_stage"], c["patience"],
+                          1 if c["mixed_lengths"] else None, f"{S} seg")
+        wall = entry["wall_time"]
         if c["generalization_samples"]:
             g0 = time.perf_counter()
             entry["generalization"] = [
@@ -361,6 +406,9 @@ def main(argv=None) -> int:
     tr.add_argument("--target-accuracy", type=float, default=0.95)
     tr.add_argument("--mixed-lengths", action="store_true",
                     help="stage S trains on samples of 1 ... S segments")
+    tr.add_argument("--question-warmup", action="store_true",
+                    help="reasoning: a relation curriculum on 1 segment before stage 1")
+    tr.add_argument("--warmup-max-steps", type=int, default=None)
     ev = sub.add_parser("eval", help="accuracy at growing lengths, streamed")
     ev.add_argument("--model", required=True)
     ev.add_argument("--task", default="memorize")
@@ -381,7 +429,8 @@ def main(argv=None) -> int:
                          target_accuracy=a.target_accuracy,
                          generalization_samples=a.generalization_samples,
                          generalization_max_segments=a.generalization_max_segments,
-                         mixed_lengths=a.mixed_lengths, seed=a.seed, threads=a.threads,
+                         mixed_lengths=a.mixed_lengths, question_warmup=a.question_warmup,
+                         warmup_max_steps=a.warmup_max_steps, seed=a.seed, threads=a.threads,
                          quick=a.quick)
     else:
         if len(a.samples) not in (1, len(a.lengths)):
