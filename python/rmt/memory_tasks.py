@@ -517,9 +517,10 @@ class ReasoningTask(MemoryTask):
     candidate rooms quickly but then sits at 50% for thousands of steps, since neither the
     question's relation nor a fact's relation alone says anything about the answer, only the
     two together. With one relation asked, the fact's relation alone decides, and the model
-    learns to bind rooms to relations; measured with a 2-layer, C = 64 encoder on 1 segment of
-    32 tokens: "all" from scratch stayed at 0.5 for 7000 steps; "east", then "direct", then "all"
-    got past 0.8 within 7500 steps in all (see rmt.p2)."""
+    learns to bind rooms to relations. Measured with a 2-layer, C = 64 encoder on 1 segment
+    (lr 1e-3, batch 32): from scratch on "all" it stayed at 0.5 for 7000 steps (segments of
+    32); with the warm-up (segments of 64, results/p2/reasoning_t64_mixed) "east" reached 0.97
+    validation accuracy in 575 steps, "direct" 0.995 in 475 more, and then "all" 0.95 in 1325."""
 
     name = "reasoning"
 
