@@ -318,8 +318,11 @@ def tiny_lm(kind="rmt", memory=None, bptt=None, cache=None, corpus=None, **kw):
 
 @pytest.fixture
 def small_corpus(tmp_path):
-    text = ("It is a truth universally acknowledged, that a single man in possession of a good "
-            "fortune, must be in want of a wife.\n") * 40
+    # random words: no window of 24 bytes occurs twice, so "this window is in train" can fail
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9)))
+             for _ in range(1200)]
+    text = "\n".join(" ".join(words[i:i + 10]) for i in range(0, len(words), 10)) + "\n"
     path = tmp_path / "austen.txt"
     path.write_text(text)
     return str(path)
@@ -346,6 +349,9 @@ def test_lm_task_windows_come_from_their_own_split(small_corpus):
     for row, tgt in zip(b["tokens"], b["targets"]):
         assert bytes(row.astype(np.uint8)) in train
         np.testing.assert_array_equal(row[1:], tgt[:-1])
+    for name in ("val", "test"):           # held-out windows never occur in the train split
+        for row in split[name]["tokens"]:
+            assert bytes(row.astype(np.uint8)) not in train
     other = LanguageModelTask(segment_len=8, corpus=small_corpus, num_segments=3, seed=6)
     assert not np.array_equal(other.train_batches(6)(11)["tokens"], b["tokens"])
     with pytest.raises(ValueError, match="segment_len"):
@@ -356,6 +362,8 @@ def test_lm_task_windows_come_from_their_own_split(small_corpus):
         LanguageModelTask(corpus=small_corpus + ".missing")
     with pytest.raises(ValueError, match="valid windows"):
         task.split(n_val=0)
+    with pytest.raises(ValueError, match="does not fit in the valid split"):
+        LanguageModelTask(segment_len=200, corpus=small_corpus, num_segments=3)
     with pytest.raises(ValueError, match="batch_size"):
         task.train_batches(0)
 
@@ -417,3 +425,41 @@ def test_the_lm_grid_has_the_shape_of_p1_tables_2_and_4():
         assert s["task"] == "lm" and s["num_segments"] == 4 and s["target_accuracy"] is None
         assert s["task_args"] == {"segment_len": 64} and s["model"] == ex.PAPER_MODELS["lm"]
     assert ex.main(["p1-lm", "--out", "unused", "--list", "--kinds", "txl_rmt"]) == 0
+
+
+def test_run_ids_of_a_corpus_path_name_the_file_and_hash_the_path(tmp_path, small_corpus):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "austen.txt").write_text(open(small_corpus).read())
+    a, b = tiny_lm("rmt", 4, corpus=small_corpus), tiny_lm("rmt", 4, corpus=str(other / "austen.txt"))
+    ra, rb = ex.run_id(a), ex.run_id(b)
+    assert ra.startswith("lm8_austen.txt.") and rb.startswith("lm8_austen.txt.") and ra != rb
+    assert "/" not in ra and ex.run_id(tiny_lm("rmt", 4)).startswith("lm8-s3-rmt-m4-")
+
+
+def test_a_results_file_written_before_a_spec_key_existed_is_still_the_same_run(tmp_path):
+    spec = tiny()
+    ex.run_grid([spec], tmp_path)
+    path = tmp_path / f"{ex.run_id(spec)}.json"
+    old = json.loads(path.read_text())
+    del old["spec"]["curriculum"]          # as in files written before the curriculum option
+    path.write_text(json.dumps(old))
+    lines = []
+    ex.run_grid([spec], tmp_path, log=lines.append)
+    assert lines == [f"[1/1] {ex.run_id(spec)}: done, skipped"]
+    old["spec"]["steps"] = 9               # a real difference is still refused, and named
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="differs in: steps"):
+        ex.run_grid([spec], tmp_path)
+
+
+def test_the_committed_p1_results_are_the_runs_their_names_say():
+    root = os.path.join(os.path.dirname(__file__), "..", "results")
+    files = [os.path.join(d, f) for d in (os.path.join(root, "p1"), os.path.join(root, "p1_lm"))
+             if os.path.isdir(d) for f in sorted(os.listdir(d)) if f.endswith(".json")]
+    assert files
+    for f in files:
+        with open(f) as fh:
+            r = json.load(fh)
+        spec = ex.normalize_spec(r["spec"])
+        assert ex.run_id(spec) == os.path.basename(f)[:-5] == r["run_id"]

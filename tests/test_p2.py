@@ -225,3 +225,21 @@ def test_question_warmup_runs_before_stage_1_and_resumes(tmp_path):
         p2.train_curriculum("reasoning", out, quick=True, threads=1, log=None)
     with pytest.raises(ValueError, match="reasoning task"):
         p2.train_curriculum("memorize", tmp_path / "m", quick=True, question_warmup=True, log=None)
+
+
+def test_a_record_from_before_the_warmup_option_resumes(quick_run, tmp_path):
+    import shutil
+
+    out, record = quick_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    rec = json.loads((old / "curriculum.json").read_text())
+    for key in ("question_warmup", "warmup_max_steps"):
+        del rec["config"][key]
+    (old / "curriculum.json").write_text(json.dumps(rec))
+    lines = []
+    p2.train_curriculum("memorize", old, quick=True, threads=1,
+                        log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert lines and all("skipped" in line for line in lines)
+    with pytest.raises(ValueError, match="without question_warmup"):
+        p2.train_curriculum("memorize", tmp_path / "x", quick=True, warmup_max_steps=5, log=None)

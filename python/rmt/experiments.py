@@ -26,7 +26,7 @@ Named grids (each over Baseline `transformer`, MemTr `memtr`, Transformer-XL `tx
 - "p1-reverse": reverse-24 in 1 / 2 / 4 / 6 segments (48 / 24 / 12 / 8);
 - "p1-retrieval": associative retrieval, 4 pairs, in 1 .. 5 segments (10 / 5 / 4 / 3 / 2).
 - "p1-lm": byte-level language modelling on the default corpus (`rmt.tasks.LanguageModelTask`),
-  the shape of P1 Tables 2 and 4: Baseline, MemTr, Tr-XL with several caches, RMT with memory
+  the shape of P1 Tables 2 and 4: Baseline, Tr-XL with two caches, RMT with memory
   5 / 10 / 20 and BPTT depth 0 .. 3, Tr-XL+RMT (kind "txl_rmt", with a `cache` as well as a
   `memory`); see `p1_lm`. Results carry bits per byte (`val_bpc`, `test_bpc`); `lm_table`
   summarises them.
@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -207,11 +208,12 @@ def _fmt(x) -> str:
     return ("%g" % x).replace(".", "p").replace("-", "m") if isinstance(x, float) else str(x)
 
 
-def _slug(x) -> str:
-    # A path (the lm task's corpus) names the run by its file name; the run id is a file name.
-    if isinstance(x, str):
-        return re.sub(r"[^A-Za-z0-9_.]+", "_", Path(x).name)
-    return _fmt(x)
+def _path_slug(x: str) -> str:
+    # A path (the lm task's corpus) names the run by its file name and a short hash of the whole
+    # path (two corpora of the same name in different folders are different runs); the run id is
+    # a file name.
+    digest = hashlib.sha1(x.encode("utf-8")).hexdigest()[:6]
+    return "_" + re.sub(r"[^A-Za-z0-9_.]+", "_", Path(x).name) + "." + digest
 
 
 def run_id(spec: Dict[str, Any]) -> str:
@@ -219,7 +221,8 @@ def run_id(spec: Dict[str, Any]) -> str:
     copy24-s3-rmt-m24-L4-d128-bpttfull-adam-lr0p001-b32-st3000-seed0."""
     s = normalize_spec(spec)
     ta = s["task_args"]
-    size = "".join(_slug(ta[k]) for k in sorted(ta)) if ta else ""
+    size = "".join(_fmt(ta[k]) for k in sorted(ta) if not isinstance(ta[k], str)) \
+        + "".join(_path_slug(ta[k]) for k in sorted(ta) if isinstance(ta[k], str))
     m, o = s["model"], s["optimizer"]
     memory = f"m{s['memory']}" + (f"c{s['cache']}" if s["kind"] == "txl_rmt" else "")
     parts = [f"{s['task']}{size}", f"s{s['num_segments']}", s["kind"], memory,
@@ -486,8 +489,10 @@ def p1_lm() -> List[Dict[str, Any]]:
     segments of 64 bytes, windows of 4 segments (the BPTT unroll), 3 layers, C = 128, F = 512,
     batch 16 (4096 bytes a step), 1000 steps; Adam lr 1e-3, cosine, clip 0.25. Baseline; Tr-XL
     with caches of 10 and 64; RMT with memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at
-    depth 0 / 1 / 3 (3 = the whole window); Tr-XL+RMT [cache 64 + memory 10]. Ten runs of
-    about 7 minutes on one core (0.4-0.45 s a step measured, the other core busy)."""
+    depth 0 / 1 / 3 (3: the last segment's loss crosses every boundary of the window, but, by
+    the definition of SPEC section 3, not into the initial memory); Tr-XL+RMT [cache 64 +
+    memory 10]. Ten runs of about 9-10 minutes on one core (0.55 s a step measured, with the
+    other core busy)."""
     def lm(kind, memory=None, bptt=None, cache=None):
         return make_spec("lm", LM_SEGMENTS, kind, task_args={"segment_len": LM_SEGMENT_LEN},
                          memory=memory, bptt_depth=bptt, cache=cache, batch_size=16, n_val=200,
@@ -570,8 +575,12 @@ def _run_grid(grid, out_dir, quick, progress, log, callback, save_models=False):
         path = out_dir / f"{rid}.json"
         if path.exists():
             done = json.loads(path.read_text())
-            if done.get("spec") != json.loads(json.dumps(s)):
+            # Files written before a spec key existed lack it: compare normalized specs.
+            try:
+                old = normalize_spec(done["spec"])
+            except (KeyError, TypeError, ValueError):
                 old = done.get("spec") or {}
+            if json.loads(json.dumps(old)) != json.loads(json.dumps(s)):
                 diff = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
                 raise ValueError(f"{path} holds a run of a different spec with the same run_id "
                                  f"(differs in: {', '.join(diff)}); move it away to rerun")
@@ -658,23 +667,25 @@ def lm_label(spec: Dict[str, Any]) -> str:
 
 
 def lm_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per language-modelling run configuration (kind, memory, cache, BPTT depth): mean
-    test and validation bits per byte over seeds, number of runs; in grid order of kind."""
+    """One row per language-modelling run configuration (the whole spec but the seed): mean
+    test and validation bits per byte over its seeds, number of runs; ordered by kind, cache,
+    memory, BPTT depth."""
     cells: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in results:
         s = r["spec"]
         if s["task"] != "lm":
             continue
-        key = (ALL_KINDS.index(s["kind"]), s.get("cache") or 0, s["memory"],
-               -1 if s["bptt_depth"] is None else s["bptt_depth"], s["num_segments"],
-               s["task_args"].get("segment_len"))
-        cells.setdefault(key, []).append(r)
+        order = (ALL_KINDS.index(s["kind"]), s.get("cache") or 0, s["memory"],
+                 -1 if s["bptt_depth"] is None else s["bptt_depth"])
+        config = json.dumps({k: v for k, v in s.items() if k != "seed"}, sort_keys=True)
+        cells.setdefault((order, config), []).append(r)
     rows = []
     for key, runs in sorted(cells.items()):
         s = runs[0]["spec"]
         rows.append({"label": lm_label(s), "kind": s["kind"], "memory": s["memory"],
                      "cache": s.get("cache"), "bptt_depth": s["bptt_depth"],
-                     "num_segments": s["num_segments"], "segment_len": key[-1],
+                     "num_segments": s["num_segments"],
+                     "segment_len": s["task_args"].get("segment_len"),
                      "test_bpc": float(np.mean([r["metrics"]["test_bpc"] for r in runs])),
                      "val_bpc": float(np.mean([r["metrics"]["val_bpc"] for r in runs])),
                      "runs": len(runs)})

@@ -129,6 +129,8 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
                      warmup_max_steps=warmup_max_steps)
     if question_warmup and task != "reasoning":
         raise ValueError(f"question_warmup is for the reasoning task, not {task!r}")
+    if warmup_max_steps is not None and not question_warmup:
+        raise ValueError("warmup_max_steps without question_warmup has no effect")
     c = _config(task, quick, seed, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,7 @@ def train_curriculum(task: str = "memorize", out_dir="results/p2/memorize", *,
             for key, old in (("eval_split", "test"), ("generalization_samples", 0),
                              ("generalization_max_segments", 0), ("mixed_lengths", False),
                              ("question_warmup", False),
-                             ("warmup_max_steps", DEFAULTS["warmup_max_steps"])):
+                             ("warmup_max_steps", c["warmup_max_steps"])):
                 record["config"].setdefault(key, old)       # ... and before validation
         if record.get("config") != c:
             raise ValueError(f"{record_path} was written with another config; use another out_dir"

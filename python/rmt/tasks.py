@@ -14,6 +14,7 @@ redrawn), so train/validation/test do not overlap.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
@@ -213,10 +214,16 @@ class LanguageModelTask:
                 raise ValueError(f"{arg} must be an int >= 1, got {v!r}")
         if corpus is not None and not isinstance(corpus, str):
             raise TypeError(f"corpus must be None or a path (str), got {type(corpus).__name__}")
-        self.corpus = _byte_corpus(corpus)
+        # cached by absolute path, so a relative path means the same file after a chdir
+        self.corpus = _byte_corpus(None if corpus is None else os.path.abspath(corpus))
         self.segment_len, self.num_segments, self.seed = segment_len, num_segments, int(seed)
         self.seq_len = segment_len * num_segments
         self.vocab_size = self.corpus.vocab_size
+        for split in ("train", "valid", "test"):
+            if len(self.corpus.split(split)) < self.seq_len + 1:
+                raise ValueError(f"a window of {num_segments} x {segment_len} = {self.seq_len} "
+                                 f"bytes (+1 target) does not fit in the {split} split "
+                                 f"({len(self.corpus.split(split))} bytes)")
 
     def _windows(self, split: str, n: int) -> Dict[str, np.ndarray]:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
