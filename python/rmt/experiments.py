@@ -491,8 +491,8 @@ def p1_lm() -> List[Dict[str, Any]]:
     with caches of 10 and 64; RMT with memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at
     depth 0 / 1 / 3 (3: the last segment's loss crosses every boundary of the window, but, by
     the definition of SPEC section 3, not into the initial memory); Tr-XL+RMT [cache 64 +
-    memory 10]. Ten runs of about 9-10 minutes on one core (0.55 s a step measured, with the
-    other core busy)."""
+    memory 10]. Ten runs of 9-19 minutes each on one core (0.5-1.2 s a step measured, RMT the
+    slowest, with the other core busy)."""
     def lm(kind, memory=None, bptt=None, cache=None):
         return make_spec("lm", LM_SEGMENTS, kind, task_args={"segment_len": LM_SEGMENT_LEN},
                          memory=memory, bptt_depth=bptt, cache=cache, batch_size=16, n_val=200,
