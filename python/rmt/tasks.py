@@ -186,6 +186,12 @@ class AssociativeRetrievalTask(Task):
         return inputs, answers
 
 
+def _check_count(what: str, v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{what} must be an int >= 1, got {v!r}")
+    return v
+
+
 @functools.lru_cache(maxsize=4)
 def _byte_corpus(source: Optional[str]):
     from .corpus import ByteCorpus, default_corpus
@@ -209,9 +215,8 @@ class LanguageModelTask:
 
     def __init__(self, segment_len: int = 64, corpus: Optional[str] = None, num_segments: int = 1,
                  seed: int = 0):
-        for arg, v in (("segment_len", segment_len), ("num_segments", num_segments)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{arg} must be an int >= 1, got {v!r}")
+        _check_count("segment_len", segment_len)
+        _check_count("num_segments", num_segments)
         if corpus is not None and not isinstance(corpus, str):
             raise TypeError(f"corpus must be None or a path (str), got {type(corpus).__name__}")
         # cached by absolute path, so a relative path means the same file after a chdir
@@ -226,8 +231,7 @@ class LanguageModelTask:
                                  f"({len(self.corpus.split(split))} bytes)")
 
     def _windows(self, split: str, n: int) -> Dict[str, np.ndarray]:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"the number of {split} windows must be an int >= 1, got {n!r}")
+        _check_count(f"the number of {split} windows", n)
         (batch,) = self.corpus.eval_batches(split, n, self.segment_len, self.num_segments,
                                             max_windows=n)
         return batch
@@ -239,8 +243,7 @@ class LanguageModelTask:
 
     def train_batches(self, batch_size: int):
         """A callable step -> batch of random train windows, a function of (seed, step)."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        _check_count("batch_size", batch_size)
         return self.corpus.lm_batches("train", batch_size, self.segment_len, self.num_segments,
                                       seed=self.seed)
 
