@@ -7,7 +7,7 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <memory>
+#include <new>
 #include <vector>
 
 #include "kernels/isa.hpp"
@@ -20,14 +20,42 @@ constexpr int64_t KC = 256;
 constexpr int64_t MC = 144;   // multiple of every MR used (4, 6, 8, 12, 16, 24)
 constexpr int64_t NC = 3072;
 
-struct FreeDeleter {
-    void operator()(void* p) const { std::free(p); }
+// A grow-only, 64-byte aligned scratch buffer. Each thread keeps its own (thread_local below), so
+// a call allocates nothing once the largest shape has been seen: a fresh aligned_alloc of the
+// packing buffers on every call came back as fresh mmap'd pages whenever the allocator had
+// trimmed its heap (after PyTorch ran in the same process, say), and their page faults cost a
+// third of a 2 ms product.
+template <typename T>
+class PackBuffer {
+public:
+    T* get(int64_t count) {
+        if (count > capacity_) {
+            std::free(data_);
+            const size_t bytes = ((size_t(count) * sizeof(T) + 63) / 64) * 64;
+            data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+            if (!data_) throw std::bad_alloc();
+            capacity_ = count;
+        }
+        return data_;
+    }
+    ~PackBuffer() { std::free(data_); }
+
+private:
+    T* data_ = nullptr;
+    int64_t capacity_ = 0;
 };
 
+// The packed B slice of the calling thread (shared with its team) and each thread's packed A
+// block: two buffers, since the calling thread also packs A blocks as a team member.
 template <typename T>
-std::unique_ptr<T, FreeDeleter> aligned_buffer(int64_t count) {
-    const size_t bytes = ((size_t(count) * sizeof(T) + 63) / 64) * 64;
-    return std::unique_ptr<T, FreeDeleter>(static_cast<T*>(std::aligned_alloc(64, bytes)));
+T* b_pack_buffer(int64_t count) {
+    thread_local PackBuffer<T> buffer;
+    return buffer.get(count);
+}
+template <typename T>
+T* a_pack_buffer(int64_t count) {
+    thread_local PackBuffer<T> buffer;
+    return buffer.get(count);
 }
 
 // Element (i, k) of op(A).
@@ -100,7 +128,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     const int MR = micro.mr, NR = micro.nr;
     const int64_t nc_max = std::min<int64_t>(NC, ((N + NR - 1) / NR) * NR);
     const int64_t kc_max = std::min<int64_t>(KC, K);
-    auto b_packed = aligned_buffer<T>(nc_max * kc_max);
+    T* const b_packed = b_pack_buffer<T>(nc_max * kc_max);
     // Threads only pay off above some work: waking a team costs microseconds, and a busy machine
     // makes every barrier dearer. Below ~0.5 M multiply-adds the calling thread does it alone.
     const bool parallel = !in_parallel_region() && get_num_threads() > 1 &&
@@ -115,7 +143,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 #else
         const int nthreads = 1, tid = 0;
 #endif
-        auto a_packed = aligned_buffer<T>(MC * kc_max);
+        T* const a_packed = a_pack_buffer<T>(MC * kc_max);
         const int64_t m_blocks = (M + MC - 1) / MC;
         for (int64_t j0 = 0; j0 < N; j0 += NC) {
             const int64_t nc = std::min<int64_t>(NC, N - j0);
@@ -134,7 +162,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                     for (int64_t panel = p_begin; panel < p_end; ++panel) {
                         const int64_t jp = panel * NR;
                         pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                               b_packed.get() + jp * kc_max);
+                               b_packed + jp * kc_max);
                     }
                 } else {
 #pragma omp barrier
@@ -142,20 +170,20 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                     for (int64_t panel = 0; panel < n_panels; ++panel) {
                         const int64_t jp = panel * NR;
                         pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                               b_packed.get() + jp * kc_max);
+                               b_packed + jp * kc_max);
                     }
                 }
                 const int64_t b_begin = split_panels ? 0 : m_blocks * tid / nthreads;
                 const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
                 for (int64_t block = b_begin; block < b_end; ++block) {
                     const int64_t i0 = block * MC, mc = std::min<int64_t>(MC, M - i0);
-                    pack_a(A, lda, trans_a, i0, mc, k0, kc, MR, a_packed.get());
+                    pack_a(A, lda, trans_a, i0, mc, k0, kc, MR, a_packed);
                     for (int64_t panel = p_begin; panel < p_end; ++panel) {
                         const int64_t jp = panel * NR;
                         const int n = int(std::min<int64_t>(NR, nc - jp));
                         for (int64_t ip = 0; ip < mc; ip += MR) {
                             const int m = int(std::min<int64_t>(MR, mc - ip));
-                            micro.run(kc, a_packed.get() + ip * kc, b_packed.get() + jp * kc_max,
+                            micro.run(kc, a_packed + ip * kc, b_packed + jp * kc_max,
                                       C + (i0 + ip) * ldc + j0 + jp, ldc, alpha, beta_slice, m, n);
                         }
                     }
