@@ -62,6 +62,17 @@ bool small_product(int64_t M, int64_t N, int64_t K) {
     return M * N * K <= (int64_t(1) << 20);
 }
 
+// Whole-call buffers of the relative attention's backward (q + v and dBD of every (batch, head)
+// pair, a few MB), also per thread and grow-only: a fresh allocation of that size would be fresh
+// pages, and their page faults, on every call.
+template <typename T>
+T* scratch_big(int slot, size_t n) {
+    thread_local std::vector<T> buffers[2];
+    std::vector<T>& b = buffers[slot];
+    if (b.size() < n) b.resize(n);
+    return b.data();
+}
+
 int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
 // Per-thread scratch that only grows: after the first step no product allocates.
@@ -252,20 +263,21 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                             const T* q, const T* k, const T* v, const T* rk, const T* u_bias,
                             const T* v_bias, const T* probs, int64_t B, int64_t Q, int64_t K,
                             int64_t NH, int64_t hs) {
-    const int64_t C = NH * hs;
+    const int64_t C = NH * hs, rows = B * Q;
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Q, K, hs);
-    // drk, du and dv_bias are shared by the batch rows: with B > 1 each row accumulates into its
-    // own slice, summed at the end, so the (batch, head) pairs stay independent.
-    std::vector<T> parts;
-    if (B > 1) parts.assign(size_t(B * (K * C + 2 * C)), T(0));
-    auto part = [&](int64_t b) { return parts.data() + b * (K * C + 2 * C); };
+    // du is shared by the batch rows: with B > 1 each row accumulates into its own slice, summed
+    // at the end, so the (batch, head) pairs stay independent. The position term's gradients
+    // (to dq, dv_bias and drk) are whole-batch products per head after the loop, from dBD of
+    // every (batch, head) pair, (NH, B * Q, K).
+    std::vector<T> du_parts;
+    if (B > 1) du_parts.assign(size_t(B * C), T(0));
+    T* dbd_all = scratch_big<T>(1, size_t(NH * rows * K));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
     {
-        std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), dqx(size_t(Q * hs));
-        std::vector<T> ds(size_t(Q * K)), dbd(size_t(Q * K));
+        std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * K));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -274,22 +286,16 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             const T* qh = q + b * Q * C + h * hs;
             const T* kh = k + b * K * C + h * hs;
             const T* vh = v + b * K * C + h * hs;
-            const T* rkh = rk + h * hs;
             const T* uh = u_bias + h * hs;
-            const T* vbh = v_bias + h * hs;
             const T* doh = dout + b * Q * C + h * hs;
             const T* p = probs + bh * Q * K;
             T* dqh = dq + b * Q * C + h * hs;
             T* dkh = dk + b * K * C + h * hs;
             T* dvh = dv + b * K * C + h * hs;
-            T* drkh = (B > 1 ? part(b) : drk) + h * hs;
-            T* duh = (B > 1 ? part(b) + K * C : du_bias) + h * hs;
-            T* dvbh = (B > 1 ? part(b) + K * C + C : dv_bias) + h * hs;
+            T* duh = (B > 1 ? du_parts.data() + b * C : du_bias) + h * hs;
+            T* dbd = dbd_all + (h * B + b) * Q * K;
             for (int64_t i = 0; i < Q; ++i)
-                for (int64_t d = 0; d < hs; ++d) {
-                    qu[i * hs + d] = qh[i * C + d] + uh[d];
-                    qv[i * hs + d] = qh[i * C + d] + vbh[d];
-                }
+                for (int64_t d = 0; d < hs; ++d) qu[i * hs + d] = qh[i * C + d] + uh[d];
             // out = P v:  dP = dout v^T,  dv += P^T dout
             head_gemm<T>(false, true, Q, K, hs, T(1), doh, C, vh, C, T(0), ds.data(), K);
             head_gemm<T>(true, false, K, hs, Q, T(1), p, K, doh, C, T(1), dvh, C);
@@ -307,30 +313,30 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             for (int64_t i = 0; i < Q; ++i) {
                 const int64_t shift = std::min(Q - 1 - i, K);
                 const int64_t jend = K - shift;
-                T* brow = dbd.data() + i * K;
+                T* brow = dbd + i * K;
                 std::fill(brow, brow + shift, T(0));
                 std::copy(ds.data() + i * K, ds.data() + i * K + jend, brow + shift);
             }
-            // position term (q + v) rk^T:  d(q + v) = dBD rk (to dq and dv_bias),
-            // drk += dBD^T (q + v)
-            head_gemm<T>(false, false, Q, hs, K, T(1), dbd.data(), K, rkh, C, T(0), dqx.data(), hs);
-            for (int64_t i = 0; i < Q; ++i)
-                for (int64_t d = 0; d < hs; ++d) {
-                    dqh[i * C + d] += dqx[i * hs + d];
-                    dvbh[d] += dqx[i * hs + d];
-                }
-            head_gemm<T>(true, false, K, hs, Q, T(1), dbd.data(), K, qv.data(), hs, T(1), drkh, C);
         }
     }
-    if (B > 1) {
-        for (int64_t b = 0; b < B; ++b) {
-            const T* src = part(b);
-            for (int64_t x = 0; x < K * C; ++x) drk[x] += src[x];
-            for (int64_t c = 0; c < C; ++c) {
-                du_bias[c] += src[K * C + c];
-                dv_bias[c] += src[K * C + C + c];
-            }
-        }
+    if (B > 1)
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t c = 0; c < C; ++c) du_bias[c] += du_parts[b * C + c];
+    // position term (q + v) rk^T, per head over all rows:  dq += dBD rk,  drk += dBD^T (q + v),
+    // dv_bias += the column sums of dBD rk = (the column sums of dBD) rk
+    T* qv = scratch_big<T>(0, size_t(rows * C));
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < C; ++c) qv[r * C + c] = q[r * C + c] + v_bias[c];
+    std::vector<T> dbd_sum(static_cast<size_t>(K));
+    for (int64_t h = 0; h < NH; ++h) {
+        const T* dbd = dbd_all + h * rows * K;
+        gemm<T>(false, false, rows, hs, K, T(1), dbd, K, rk + h * hs, C, T(1), dq + h * hs, C);
+        gemm<T>(true, false, K, hs, rows, T(1), dbd, K, qv + h * hs, C, T(1), drk + h * hs, C);
+        std::fill(dbd_sum.begin(), dbd_sum.end(), T(0));
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t m = 0; m < K; ++m) dbd_sum[m] += dbd[r * K + m];
+        for (int64_t m = 0; m < K; ++m)
+            for (int64_t d = 0; d < hs; ++d) dv_bias[h * hs + d] += dbd_sum[m] * rk[m * C + h * hs + d];
     }
 }
 
