@@ -9,7 +9,7 @@ import pytest
 
 import rmt
 
-SIZES = [1, 7, 33, 127, 300]   # 300 > MC (144) and > KC (256): several blocks and K slices
+SIZES = [1, 7, 33, 127, 300]   # 300 > MC and > KC of the AVX-512 and scalar blocking (144, 256)
 SMALL = [1, 7, 33, 127]
 ORIENTATIONS = list(itertools.product([False, True], repeat=2))   # (trans_a, trans_b)
 DTYPES = [np.float32, np.float64]
@@ -164,3 +164,29 @@ def test_gemm_rejects_bad_input(fn):
     c.flags.writeable = False
     with pytest.raises(ValueError, match="c must be writeable"):
         fn(a, b, c)
+
+
+def test_gemm_blocking_describes_the_active_kernel(isa):
+    b = rmt.gemm_blocking()
+    assert (b["mr"], b["nr"]) == rmt.gemm_tile()
+    assert b["kc"] > 0 and b["nc"] > 0
+    assert b["mc"] > 0 and b["mc"] % b["mr"] == 0   # blocks are whole register tiles
+    f64 = rmt.gemm_blocking(np.float64)
+    assert f64["mc"] % f64["mr"] == 0
+    with pytest.raises(TypeError, match="float32 or float64"):
+        rmt.gemm_blocking(np.int32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", ORIENTATIONS)
+def test_gemm_crosses_every_block_of_the_active_blocking(isa, threads, rng, trans_a, trans_b, dtype):
+    # Sizes from the active ISA's own blocking (its KC is 512 on AVX2, 256 elsewhere), so that
+    # every ISA runs three K slices (the later ones accumulate), two MC blocks with a ragged
+    # last one, and a partial register tile in both directions; beta != 0 on top.
+    b = rmt.gemm_blocking(dtype)
+    M, N, K = b["mc"] + b["mr"] + 1, 2 * b["nr"] + 3, 2 * b["kc"] + 5
+    a, bm = operands(rng, M, N, K, trans_a, trans_b, dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)
+    c = c0.copy()
+    rmt.gemm(a, bm, c, trans_a=trans_a, trans_b=trans_b, alpha=0.75, beta=-0.5)
+    np.testing.assert_allclose(c, exact(a, bm, trans_a, trans_b, 0.75, -0.5, c0), **tol(dtype, K))

@@ -60,6 +60,29 @@ void register_runtime(py::module_& core) {
         auto& f = kernels::gemm_micro<float>();
         return py::make_tuple(f.mr, f.nr);
     }, "The (MR, NR) register tile of the active float32 GEMM micro-kernel.");
+    core.def("gemm_blocking", [](py::object dtype) {
+        bool f64 = false;
+        if (!dtype.is_none()) {
+            const py::dtype dt = py::dtype::from_args(dtype);
+            if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
+                throw py::type_error("gemm_blocking: dtype must be float32 or float64, got " +
+                                     py::str(dtype).cast<std::string>());
+            f64 = dt.itemsize() == 8;
+        }
+        auto blocking = [](const auto& micro) {
+            py::dict d;
+            d["mr"] = micro.mr;
+            d["nr"] = micro.nr;
+            d["kc"] = micro.kc;
+            d["mc"] = micro.mc;
+            d["nc"] = kernels::gemm_nc();
+            return d;
+        };
+        return f64 ? blocking(kernels::gemm_micro<double>()) : blocking(kernels::gemm_micro<float>());
+    }, py::arg("dtype") = py::none(),
+       "The active GEMM's register tile and cache blocking for float32 (or dtype): a dict of mr, "
+       "nr (the tile), kc (K slice), mc (rows of op(A) per packed block), nc (columns of op(B) "
+       "per packed slice).");
     core.def("fma_peak_gflops", [](py::object threads, double seconds) {
         const int n = threads.is_none() ? kernels::get_num_threads() : threads.cast<int>();
         if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));

@@ -16,8 +16,8 @@
 namespace rmt::kernels {
 namespace {
 
-constexpr int64_t KC = 256;
-constexpr int64_t MC = 144;   // multiple of every MR used (4, 6, 8, 12, 16, 24)
+// KC (the K slice) and MC (rows of op(A) per packed block) come with the micro-kernel of each ISA
+// (GemmMicroKernel::kc, ::mc); NC, the columns of op(B) per packed slice, is the same for all.
 constexpr int64_t NC = 3072;
 
 // A grow-only, 64-byte aligned scratch buffer. Each thread keeps its own (thread_local below), so
@@ -126,6 +126,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     }
     const GemmMicroKernel<T>& micro = gemm_micro<T>();
     const int MR = micro.mr, NR = micro.nr;
+    const int64_t KC = micro.kc, MC = micro.mc;
     const int64_t nc_max = std::min<int64_t>(NC, ((N + NR - 1) / NR) * NR);
     const int64_t kc_max = std::min<int64_t>(KC, K);
     T* const b_packed = b_pack_buffer<T>(nc_max * kc_max);
@@ -197,6 +198,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
         }
     }
 }
+
+int64_t gemm_nc() { return NC; }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                           const float*, int64_t, float, float*, int64_t);

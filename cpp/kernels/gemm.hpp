@@ -15,6 +15,9 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Columns of op(B) per packed slice (the NC of the blocking; KC and MC come with the micro-kernel).
+int64_t gemm_nc();
+
 // The plain triple loop every fast path is tested against (accumulates in double).
 template <typename T>
 void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,

@@ -68,8 +68,10 @@ void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ld
 }
 
 template <class Arch, typename T, int MR, int NV>
-GemmMicroKernel<T> make_gemm_micro() {
-    return GemmMicroKernel<T>{MR, NV * int(xsimd::batch<T, Arch>::size), &gemm_micro<Arch, T, MR, NV>};
+GemmMicroKernel<T> make_gemm_micro(int64_t kc = 256, int64_t mc = 144) {
+    static_assert(MR > 0 && NV > 0, "empty register tile");
+    return GemmMicroKernel<T>{MR, NV * int(xsimd::batch<T, Arch>::size), &gemm_micro<Arch, T, MR, NV>,
+                              kc, mc};
 }
 }  // namespace simd
 

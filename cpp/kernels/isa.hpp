@@ -47,12 +47,18 @@ constexpr int64_t pad_elements() { return int64_t(64 / sizeof(T)); }
 // Apanel is packed MR-interleaved (kc columns of MR values), Bpanel NR-interleaved (kc rows of NR
 // values). m <= MR and n <= NR describe a partial edge tile. beta == 0 overwrites C (never reads it,
 // so NaN garbage in C does not leak).
+//
+// kc and mc are the cache blocking that goes with the tile (kernels/gemm.cpp): the K slice and the
+// rows of op(A) packed per block. The NR x kc micro-panel of B should stay in L1 and the mc x kc
+// block of A in L2; mc is a multiple of mr.
 template <typename T>
 struct GemmMicroKernel {
     int mr = 0;
     int nr = 0;
     void (*run)(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
                 int m, int n) = nullptr;
+    int64_t kc = 256;
+    int64_t mc = 144;
 };
 
 struct KernelTable {

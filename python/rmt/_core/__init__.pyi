@@ -7,7 +7,7 @@ import numpy.typing
 import typing
 from . import kernels
 from . import ops
-__all__: list[str] = ['Model', 'Segment', 'SegmentIterator', 'StreamState', 'TrainerCore', 'available_isas', 'fma_peak_gflops', 'gemm', 'gemm_reference', 'gemm_tile', 'get_isa', 'get_num_threads', 'has_openmp', 'kernels', 'ops', 'profile_enable', 'profile_enabled', 'profile_report', 'profile_reset', 'set_isa', 'set_num_threads', 'validate_config']
+__all__: list[str] = ['Model', 'Segment', 'SegmentIterator', 'StreamState', 'TrainerCore', 'available_isas', 'fma_peak_gflops', 'gemm', 'gemm_blocking', 'gemm_reference', 'gemm_tile', 'get_isa', 'get_num_threads', 'has_openmp', 'kernels', 'ops', 'profile_enable', 'profile_enabled', 'profile_report', 'profile_reset', 'set_isa', 'set_num_threads', 'validate_config']
 class Segment:
     """
     One segment of a batch: tokens (B, T) (a read-only view, no copy), targets (B, T) or None (-100 on padding), mask (B, T) bool valid positions, empty (B,) bool rows with no valid token, index.
@@ -205,6 +205,10 @@ def fma_peak_gflops(threads: typing.Any = None, seconds: typing.SupportsFloat | 
 def gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> numpy.ndarray:
     """
     C = alpha * op(a) @ op(b) + beta * c, with op(x) = x.T when trans_x. Returns c (a new array when c is None). a, b, c: C-contiguous 2-D arrays of one float dtype.
+    """
+def gemm_blocking(dtype: typing.Any = None) -> dict:
+    """
+    The active GEMM's register tile and cache blocking for float32 (or dtype): a dict of mr, nr (the tile), kc (K slice), mc (rows of op(A) per packed block), nc (columns of op(B) per packed slice).
     """
 def gemm_reference(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> numpy.ndarray:
     """
