@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 from alternating import alternate, median_ratio
-from train_step import MODELS
+from train_step import MODELS, our_side
 
 
 def their_model(spec):
@@ -54,17 +54,9 @@ def their_model(spec):
 def bench(name, threads, rounds, min_time):
     import torch
 
-    import rmt
-
     spec = MODELS[name]
-    cfg = dict(spec["cfg"], dropout=0.0)
+    cfg, model, trainer = our_side(dict(spec, bptt_depth=None), threads)   # theirs: full BPTT
     B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
-    rmt.set_num_threads(threads)
-    torch.set_num_threads(threads)
-
-    model = rmt.from_config(rmt.ModelConfig(**cfg))
-    trainer = rmt.Trainer(model, rmt.AdamW(lr=1e-4, weight_decay=0.01), clip_norm=0.25,
-                          bptt_depth=None)
     g = np.random.default_rng(0)
     tokens = g.integers(0, cfg["vocab_size"], (B, S * T + 1))
     batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:]}

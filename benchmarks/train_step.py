@@ -40,21 +40,30 @@ MODELS = {
 }
 
 
-def bench(name, threads, rounds, min_time):
+def our_side(spec, threads):
+    """Our model and trainer for a MODELS entry (dropout 0, AdamW, clipping 0.25), with `threads`
+    threads for both engines: (cfg, model, trainer)."""
     import torch
 
     import rmt
-    import torch_reference as ref
 
-    spec = MODELS[name]
     cfg = dict(spec["cfg"], dropout=0.0)
-    B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
     rmt.set_num_threads(threads)
     torch.set_num_threads(threads)
-
     model = rmt.from_config(rmt.ModelConfig(**cfg))
     trainer = rmt.Trainer(model, rmt.AdamW(lr=1e-4, weight_decay=0.01), clip_norm=0.25,
                           bptt_depth=spec["bptt_depth"])
+    return cfg, model, trainer
+
+
+def bench(name, threads, rounds, min_time):
+    import torch
+
+    import torch_reference as ref
+
+    spec = MODELS[name]
+    cfg, model, trainer = our_side(spec, threads)
+    B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
     params = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.parameters().items()}
     opt = torch.optim.AdamW(params.values(), lr=1e-4, weight_decay=0.01)
     g = np.random.default_rng(0)

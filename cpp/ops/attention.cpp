@@ -62,23 +62,16 @@ bool small_product(int64_t M, int64_t N, int64_t K) {
     return M * N * K <= (int64_t(1) << 20);
 }
 
-// Whole-call buffers of the relative attention's backward (q + v and dBD of every (batch, head)
-// pair, a few MB), also per thread and grow-only: a fresh allocation of that size would be fresh
-// pages, and their page faults, on every call.
-template <typename T>
-T* scratch_big(int slot, size_t n) {
-    thread_local std::vector<T> buffers[2];
-    std::vector<T>& b = buffers[slot];
-    if (b.size() < n) b.resize(n);
-    return b.data();
-}
-
 int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
-// Per-thread scratch that only grows: after the first step no product allocates.
+// Per-thread scratch that only grows: after the first step no product allocates. Slots 0-2 are
+// head_gemm's operands; SLOT_QV and SLOT_DBD hold the relative attention backward's whole-call
+// buffers (q + v and dBD of every (batch, head) pair, a few MB: a fresh allocation of that size
+// would be fresh pages, and their page faults, on every call).
+constexpr int SLOT_QV = 3, SLOT_DBD = 4;
 template <typename T>
 T* scratch(int slot, size_t n) {
-    thread_local std::vector<T> buffers[3];
+    thread_local std::vector<T> buffers[5];
     std::vector<T>& b = buffers[slot];
     if (b.size() < n) b.resize(n);
     return b.data();
@@ -272,7 +265,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
     // every (batch, head) pair, (NH, B * Q, K).
     std::vector<T> du_parts;
     if (B > 1) du_parts.assign(size_t(B * C), T(0));
-    T* dbd_all = scratch_big<T>(1, size_t(NH * rows * K));
+    T* dbd_all = scratch<T>(SLOT_DBD, size_t(NH * rows * K));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
@@ -324,7 +317,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             for (int64_t c = 0; c < C; ++c) du_bias[c] += du_parts[b * C + c];
     // position term (q + v) rk^T, per head over all rows:  dq += dBD rk,  drk += dBD^T (q + v),
     // dv_bias += the column sums of dBD rk = (the column sums of dBD) rk
-    T* qv = scratch_big<T>(0, size_t(rows * C));
+    T* qv = scratch<T>(SLOT_QV, size_t(rows * C));
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < C; ++c) qv[r * C + c] = q[r * C + c] + v_bias[c];
     std::vector<T> dbd_sum(static_cast<size_t>(K));
