@@ -32,8 +32,7 @@ import sys
 
 import numpy as np
 
-from alternating import alternate, median_ratio
-from train_step import MODELS, our_side
+from train_step import MODELS, measure, our_side, torch_step
 
 
 def their_model(spec):
@@ -68,17 +67,10 @@ def bench(name, threads, rounds, min_time):
     def ours():
         trainer.step(batch)
 
-    def theirs():
-        opt.zero_grad(set_to_none=True)
-        loss, _ = theirs_model(x, return_loss=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(theirs_model.parameters(), 0.25)
-        opt.step()
-
-    ours(), theirs()                       # warm-up
-    t_ours, t_theirs = alternate(ours, theirs, rounds, min_time)
+    theirs = torch_step(opt, list(theirs_model.parameters()),
+                        lambda: theirs_model(x, return_loss=True)[0])
+    t_ours, t_theirs, (med, lo, hi) = measure(ours, theirs, rounds, min_time)
     tokens_per_step = B * S * T
-    med, lo, hi = median_ratio(t_ours, t_theirs)
     n_theirs = sum(p.numel() for p in theirs_model.parameters())
     print(f"{name:6s} thr {threads}  ours {statistics.median(t_ours) * 1e3:8.1f} ms/step "
           f"({tokens_per_step / statistics.median(t_ours):8.0f} tok/s, {model.num_parameters} "

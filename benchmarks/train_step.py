@@ -56,6 +56,27 @@ def our_side(spec, threads):
     return cfg, model, trainer
 
 
+def torch_step(opt, params, loss_fn):
+    """A PyTorch training step like ours: loss, backward, clip_grad_norm_ 0.25, the optimizer."""
+    import torch
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.25)
+        opt.step()
+
+    return step
+
+
+def measure(ours, theirs, rounds, min_time):
+    """A warm-up step of each, then alternating rounds: (our times, their times, (median, min,
+    max) of the per-round speed ratio their time / ours)."""
+    ours(), theirs()
+    t_ours, t_theirs = alternate(ours, theirs, rounds, min_time)
+    return t_ours, t_theirs, median_ratio(t_ours, t_theirs)
+
+
 def bench(name, threads, rounds, min_time):
     import torch
 
@@ -75,17 +96,10 @@ def bench(name, threads, rounds, min_time):
     def ours():
         trainer.step(batch)
 
-    def theirs():
-        opt.zero_grad(set_to_none=True)
-        loss, _ = ref.forward_loss(cfg, params, tt, tg, None, spec["bptt_depth"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), 0.25)
-        opt.step()
-
-    ours(), theirs()                       # warm-up
-    t_ours, t_torch = alternate(ours, theirs, rounds, min_time)
+    theirs = torch_step(opt, list(params.values()),
+                        lambda: ref.forward_loss(cfg, params, tt, tg, None, spec["bptt_depth"])[0])
+    t_ours, t_torch, (med, lo, hi) = measure(ours, theirs, rounds, min_time)
     tokens_per_step = B * S * T
-    med, lo, hi = median_ratio(t_ours, t_torch)
     print(f"{name:6s} thr {threads}  ours {statistics.median(t_ours) * 1e3:8.1f} ms/step "
           f"({tokens_per_step / statistics.median(t_ours):9.0f} tok/s)   torch "
           f"{statistics.median(t_torch) * 1e3:8.1f} ms/step ({tokens_per_step / statistics.median(t_torch):9.0f} tok/s)"
