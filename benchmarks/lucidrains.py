@@ -16,13 +16,12 @@ not compute the same function; the closest configuration is:
 - its feed-forward is GEGLU with inner width F (`ff_mult = F / C`): its first projection is
   C -> 2F, so its feed-forward does 1.5x the multiply-adds of ours;
 - its positions are learned absolute embeddings, ours Transformer-XL's relative attention, whose
-  extra position term costs us a third more attention products;
+  extra position term gives us 3 attention products per head in the forward where it has 2;
 - its norm is RMSNorm, ours LayerNorm; its step is `torch.optim.AdamW` with `clip_grad_norm_`,
   ours `rmt.Trainer` with AdamW and clipping.
 
-Both sides see random tokens; the figure is tokens per second of a whole step. Multiply-adds of
-the two models differ by a few percent either way (printed), so compare tokens per second, not
-FLOP rates.
+Both sides see random tokens; the figure is tokens per second of a whole step (the two
+parameter counts are printed beside it), not a FLOP rate.
 """
 from __future__ import annotations
 
