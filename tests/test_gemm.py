@@ -179,12 +179,16 @@ def test_gemm_blocking_describes_the_active_kernel(isa):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a,trans_b", ORIENTATIONS)
-def test_gemm_crosses_every_block_of_the_active_blocking(isa, threads, rng, trans_a, trans_b, dtype):
+@pytest.mark.parametrize("b_panels", [3, 34])
+def test_gemm_crosses_every_block_of_the_active_blocking(isa, threads, rng, trans_a, trans_b, dtype,
+                                                         b_panels):
     # Sizes from the active ISA's own blocking (its KC is 512 on AVX2, 256 elsewhere), so that
     # every ISA runs three K slices (the later ones accumulate), two MC blocks with a ragged
-    # last one, and a partial register tile in both directions; beta != 0 on top.
+    # last one, and a partial register tile in both directions; beta != 0 on top. Against 3 B
+    # panels an untransposed A is read in place (its ragged last panel packed), against 34 (more
+    # than 16 per thread) it is packed.
     b = rmt.gemm_blocking(dtype)
-    M, N, K = b["mc"] + b["mr"] + 1, 2 * b["nr"] + 3, 2 * b["kc"] + 5
+    M, N, K = b["mc"] + b["mr"] + 1, (b_panels - 1) * b["nr"] + 3, 2 * b["kc"] + 5
     a, bm = operands(rng, M, N, K, trans_a, trans_b, dtype)
     c0 = rng.standard_normal((M, N)).astype(dtype)
     c = c0.copy()

@@ -114,9 +114,9 @@ def test_layernorm_row_and_its_backward(isa, rng, n, dtype):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10)
 
 
-# (M, N, K): row blocks of 8 / 4 / 1, column blocks of two vectors / one / scalar tails
+# (M, N, K): row blocks of 8 / 6 / 4 / 1, column blocks of two vectors / one / scalar tails
 SMALL_GEMM_SHAPES = [(1, 1, 1), (3, 5, 2), (8, 16, 16), (9, 16, 76), (76, 80, 16), (76, 16, 76),
-                     (13, 33, 7), (5, 48, 0)]
+                     (13, 33, 7), (5, 48, 0), (11, 72, 9), (72, 64, 72)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -128,12 +128,14 @@ def test_small_gemm(isa, rng, shape, dtype):
     c = rng.standard_normal((M, N)).astype(dtype)
     exact = 0.7 * (a.astype(np.float64) @ b.astype(np.float64))
     t = tol(dtype, K)
+    a_t = np.ascontiguousarray(a.T)   # stored K x M: read in place with trans_a
     for args in [(), (c,)]:
-        ours = k.small_gemm(a, b, *args, alpha=0.7)
-        ref = k.small_gemm(a, b, *args, alpha=0.7, reference=True)
         want = exact + (c if args else 0)
-        np.testing.assert_allclose(ours, ref, **t)
-        np.testing.assert_allclose(ours, want, **t)
+        for lhs, trans_a in [(a, False), (a_t, True)]:
+            ours = k.small_gemm(lhs, b, *args, alpha=0.7, trans_a=trans_a)
+            ref = k.small_gemm(lhs, b, *args, alpha=0.7, trans_a=trans_a, reference=True)
+            np.testing.assert_allclose(ours, ref, **t)
+            np.testing.assert_allclose(ours, want, **t)
     c_before = c.copy()
     k.small_gemm(a, b, c)
     np.testing.assert_array_equal(c, c_before)   # c is copied, not written

@@ -208,12 +208,14 @@ void register_kernels(py::module_& m) {
     }, py::arg("dinp"), py::arg("dout"), py::arg("x"), py::arg("tanh_approximation") = false, ref,
        "Returns dinp + dout * gelu'(x) (dinp is not modified).");
 
-    m.def("small_gemm", [](py::handle a, py::handle b, py::handle c, double alpha,
+    m.def("small_gemm", [](py::handle a, py::handle b, py::handle c, double alpha, bool trans_a,
                            bool reference) {
         return dispatch_float(a, "a", [&](auto tag) -> py::object {
             using T = decltype(tag);
             auto A = checked<T>(a, "a", 2, {-1, -1}, /*allow_empty=*/true);
-            const int64_t M = dim(A, 0), K = dim(A, 1);
+            // a is M x K, or K x M with trans_a (read in place through its strides)
+            const int64_t M = dim(A, trans_a ? 1 : 0), K = dim(A, trans_a ? 0 : 1);
+            const int64_t a_rs = trans_a ? 1 : K, a_cs = trans_a ? M : 1;
             auto B = checked<T>(b, "b", 2, {K, -1}, /*allow_empty=*/true);
             const int64_t N = dim(B, 1);
             const bool accumulate = !c.is_none();
@@ -225,14 +227,15 @@ void register_kernels(py::module_& m) {
             T* o = out.mutable_data();
             {
                 py::gil_scoped_release release;
-                table<T>(reference).small_gemm(M, N, K, T(alpha), A.data(), K, B.data(), N, o, N,
-                                               accumulate);
+                table<T>(reference).small_gemm(M, N, K, T(alpha), A.data(), a_rs, a_cs, B.data(),
+                                               N, o, N, accumulate);
             }
             return std::move(out);
         });
-    }, py::arg("a"), py::arg("b"), py::arg("c") = py::none(), py::arg("alpha") = 1.0, ref,
-       "Returns alpha * a @ b (+ c when c is given; c is not modified): the unpacked GEMM of "
-       "the attention heads.");
+    }, py::arg("a"), py::arg("b"), py::arg("c") = py::none(), py::arg("alpha") = 1.0,
+       py::arg("trans_a") = false, ref,
+       "Returns alpha * op(a) @ b (+ c when c is given; c is not modified), op(a) = a.T with "
+       "trans_a: the unpacked GEMM of the attention heads.");
 
     m.def("vec_adamw", [](py::handle param, py::handle grad, py::handle m_, py::handle v_, double lr,
                           double beta1, double beta2, double eps, double weight_decay_factor,

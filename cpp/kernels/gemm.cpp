@@ -1,8 +1,9 @@
 // BLIS-style GEMM: the K dimension is cut into KC slices, the rows of op(A) into MC blocks, the
-// columns of op(B) into NC blocks; each slice of op(B) is packed once into NR-wide panels and each
-// block of op(A) into MR-tall panels, so the micro-kernel streams both from cache with unit
-// stride whatever the orientation of A and B. Threads split the (MC block x NR panel) tiles of
-// one KC slice. The first KC slice applies beta; later slices accumulate (beta = 1).
+// columns of op(B) into NC blocks; each slice of op(B) is packed once into NR-wide panels, so the
+// micro-kernel streams B from cache with unit stride whatever its orientation. The micro-kernel
+// only broadcasts A's elements: an untransposed A is read in place (MR rows at a time), a
+// transposed one is packed per block into MR-tall panels. Threads split the (MC block x NR panel)
+// tiles of one KC slice. The first KC slice applies beta; later slices accumulate (beta = 1).
 #include "kernels/gemm.hpp"
 
 #include <algorithm>
@@ -19,6 +20,10 @@ namespace {
 // KC (the K slice) and MC (rows of op(A) per packed block) come with the micro-kernel of each ISA
 // (GemmMicroKernel::kc, ::mc); NC, the columns of op(B) per packed slice, is the same for all.
 constexpr int64_t NC = 3072;
+
+// The most B panels (per thread) against which an untransposed A block is read in place rather
+// than packed (measured on AVX2: in place wins at N <= 256, packing at N >= 768).
+constexpr int64_t kMaxPanelsForUnpackedA = 16;
 
 // A grow-only, 64-byte aligned scratch buffer. Each thread keeps its own (thread_local below), so
 // a call allocates nothing once the largest shape has been seen: a fresh aligned_alloc of the
@@ -178,14 +183,31 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
                 for (int64_t block = b_begin; block < b_end; ++block) {
                     const int64_t i0 = block * MC, mc = std::min<int64_t>(MC, M - i0);
-                    pack_a(A, lda, trans_a, i0, mc, k0, kc, MR, a_packed);
+                    // Against few B panels an untransposed A is read in place: packing it is a
+                    // pass over the block that those few panels do not amortise (up to a sixth of
+                    // the time at N = 128). Against many, the packed block wins back more than
+                    // that: each panel re-reads it from L2 as one stream rather than MR. Only a
+                    // partial last panel is packed then (zero rows past M). A transposed A is
+                    // always packed: its MR values of one k are a row of A apart.
+                    const bool a_in_place =
+                        !trans_a && p_end - p_begin <= kMaxPanelsForUnpackedA;
+                    const int64_t full_rows = a_in_place ? mc / MR * MR : 0;
+                    if (full_rows < mc)
+                        pack_a(A, lda, trans_a, i0 + full_rows, mc - full_rows, k0, kc, MR,
+                               a_packed + full_rows * kc);
                     for (int64_t panel = p_begin; panel < p_end; ++panel) {
                         const int64_t jp = panel * NR;
                         const int n = int(std::min<int64_t>(NR, nc - jp));
                         for (int64_t ip = 0; ip < mc; ip += MR) {
                             const int m = int(std::min<int64_t>(MR, mc - ip));
-                            micro.run(kc, a_packed + ip * kc, b_packed + jp * kc_max,
-                                      C + (i0 + ip) * ldc + j0 + jp, ldc, alpha, beta_slice, m, n);
+                            T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
+                            if (ip < full_rows)
+                                micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1,
+                                          b_packed + jp * kc_max, c_tile, ldc, alpha, beta_slice,
+                                          m, n);
+                            else
+                                micro.run(kc, a_packed + ip * kc, 1, MR, b_packed + jp * kc_max,
+                                          c_tile, ldc, alpha, beta_slice, m, n);
                         }
                     }
                 }

@@ -10,14 +10,15 @@ namespace rmt::kernels {
 
 namespace reference {
 namespace {  // internal linkage, see vector_reference.hpp
-// One MR x NR tile from packed panels (see GemmMicroKernel in isa.hpp for the layout).
+// One MR x NR tile: A(r, p) = a[r * a_rs + p * a_cs], B from a packed panel (see
+// GemmMicroKernel in isa.hpp).
 template <typename T, int MR, int NR>
-void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
-                int m, int n) {
+void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
+                int64_t ldc, T alpha, T beta, int m, int n) {
     T acc[MR][NR] = {};
     for (int64_t p = 0; p < kc; ++p)
         for (int r = 0; r < MR; ++r)
-            for (int q = 0; q < NR; ++q) acc[r][q] += a_panel[p * MR + r] * b_panel[p * NR + q];
+            for (int q = 0; q < NR; ++q) acc[r][q] += a[r * a_rs + p * a_cs] * b_panel[p * NR + q];
     for (int r = 0; r < m; ++r)
         for (int q = 0; q < n; ++q) {
             T& out = c[r * ldc + q];
@@ -28,10 +29,11 @@ void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ld
 }  // namespace reference
 
 namespace simd {
-// MR rows x NV vectors of the B panel held in registers.
+// MR rows x NV vectors of the B panel held in registers. A's elements are only broadcast, so A
+// may be a packed panel or MR rows of a row-major matrix read in place.
 template <class Arch, typename T, int MR, int NV>
-void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
-                int m, int n) {
+void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
+                int64_t ldc, T alpha, T beta, int m, int n) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int W = int(batch::size);
     constexpr int NR = NV * W;
@@ -41,9 +43,10 @@ void gemm_micro(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ld
     for (int64_t p = 0; p < kc; ++p) {
         batch b[NV];
         for (int v = 0; v < NV; ++v) b[v] = batch::load_aligned(b_panel + p * NR + v * W);
+        const T* a_p = a + p * a_cs;
         for (int r = 0; r < MR; ++r) {
-            const batch a(a_panel[p * MR + r]);
-            for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+            const batch a_rp(a_p[r * a_rs]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a_rp, b[v], acc[r][v]);
         }
     }
     const batch valpha(alpha), vbeta(beta);

@@ -26,10 +26,11 @@ struct VectorKernels {
     void (*gelu)(T* out, const T* inp, int64_t n, bool tanh_approximation);
     // dinp += dout * gelu'(inp)
     void (*gelu_backward)(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation);
-    // C (M x N) = alpha * A (M x K) B (K x N) (+ C with accumulate), row-major with leading
-    // dimensions, unpacked: for tiny products. Fastest when N is a multiple of pad_elements<T>().
-    void (*small_gemm)(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                       const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate);
+    // C (M x N) = alpha * A B (K x N) (+ C with accumulate), row-major, unpacked: for tiny
+    // products. A(i, k) = A[i * a_rs + k * a_cs], so A may be a transposed view. Fastest when N
+    // is a multiple of pad_elements<T>().
+    void (*small_gemm)(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs,
+                       int64_t a_cs, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate);
     void (*softmax)(T* x, int64_t n);                         // in place, n >= 1
     // One LayerNorm row (n >= 1) and the input gradient of one row (accumulated into dx).
     void (*layernorm_row)(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps,
@@ -43,10 +44,11 @@ struct VectorKernels {
 template <typename T>
 constexpr int64_t pad_elements() { return int64_t(64 / sizeof(T)); }
 
-// The GEMM micro-kernel: C[0:m, 0:n] = alpha * Apanel * Bpanel + beta * C for one MR x NR tile.
-// Apanel is packed MR-interleaved (kc columns of MR values), Bpanel NR-interleaved (kc rows of NR
-// values). m <= MR and n <= NR describe a partial edge tile. beta == 0 overwrites C (never reads it,
-// so NaN garbage in C does not leak).
+// The GEMM micro-kernel: C[0:m, 0:n] = alpha * A * Bpanel + beta * C for one MR x NR tile.
+// A(r, p) = a[r * a_rs + p * a_cs] for all MR rows: a packed panel, MR-interleaved (a_rs = 1,
+// a_cs = MR, zero rows past m), or MR whole rows of a row-major matrix read in place (a_rs = lda,
+// a_cs = 1). Bpanel is packed NR-interleaved (kc rows of NR values). m <= MR and n <= NR describe
+// a partial edge tile. beta == 0 overwrites C (never reads it, so NaN garbage in C does not leak).
 //
 // kc and mc are the cache blocking that goes with the tile (kernels/gemm.cpp): the K slice and the
 // rows of op(A) packed per block. The NR x kc micro-panel of B should stay in L1 and the mc x kc
@@ -55,8 +57,8 @@ template <typename T>
 struct GemmMicroKernel {
     int mr = 0;
     int nr = 0;
-    void (*run)(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc, T alpha, T beta,
-                int m, int n) = nullptr;
+    void (*run)(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
+                int64_t ldc, T alpha, T beta, int m, int n) = nullptr;
     int64_t kc = 256;
     int64_t mc = 144;
 };

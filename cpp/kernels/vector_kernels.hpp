@@ -217,11 +217,12 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_ap
 
 // R rows of C = alpha * A B (+ C): columns in blocks of two vectors, then one; each block keeps
 // R x (1 or 2) accumulators in registers across all of K (B rows are loaded once per block and
-// shared by the R rows). Columns past the last whole vector go to the scalar loop: callers that
-// care pad N to a multiple of 64 bytes.
+// shared by the R rows). A(r, k) is A[r * a_rs + k * a_cs], so a transposed A (stored K x M) is
+// read in place: its elements are only ever broadcast, never loaded as vectors. Columns past the
+// last whole vector go to the scalar loop: callers that care pad N to a multiple of 64 bytes.
 template <class Arch, typename T, int R>
-void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-                     int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
+                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
     const batch va(alpha);
@@ -232,8 +233,9 @@ void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t lda, con
         for (int64_t k = 0; k < K; ++k) {
             const batch b0 = batch::load_unaligned(B + k * ldb + j);
             const batch b1 = batch::load_unaligned(B + k * ldb + j + W);
+            const T* a_k = A + k * a_cs;
             for (int r = 0; r < R; ++r) {
-                const batch a(A[r * lda + k]);
+                const batch a(a_k[r * a_rs]);
                 acc0[r] = xsimd::fma(a, b0, acc0[r]);
                 acc1[r] = xsimd::fma(a, b1, acc1[r]);
             }
@@ -254,7 +256,8 @@ void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t lda, con
         for (int r = 0; r < R; ++r) acc[r] = batch(T(0));
         for (int64_t k = 0; k < K; ++k) {
             const batch b0 = batch::load_unaligned(B + k * ldb + j);
-            for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(batch(A[r * lda + k]), b0, acc[r]);
+            const T* a_k = A + k * a_cs;
+            for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(batch(a_k[r * a_rs]), b0, acc[r]);
         }
         for (int r = 0; r < R; ++r) {
             T* c = C + r * ldc + j;
@@ -262,25 +265,32 @@ void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t lda, con
             else (va * acc[r]).store_unaligned(c);
         }
     }
-    if (j < N) reference::small_gemm(R, N - j, K, alpha, A, lda, B + j, ldb, C + j, ldc, accumulate);
+    if (j < N)
+        reference::small_gemm(R, N - j, K, alpha, A, a_rs, a_cs, B + j, ldb, C + j, ldc,
+                              accumulate);
 }
 
 template <class Arch, typename T>
-void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-    // Eight rows share each B load when the output is one vector wide (an attention head of 16
-    // floats), so eight FMA chains hide the latency; four rows otherwise.
+void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
+                const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+    // Enough independent FMA chains to cover the FMA latency on both ports: eight rows share each
+    // B load when the output is one vector wide (an attention head of 16 floats); six rows of two
+    // vectors otherwise (12 accumulators, 2 B vectors and a broadcast fit in AVX2's 16 registers),
+    // then four, then one.
     int64_t i = 0;
-    if (N <= xsimd::batch<T, Arch>::size)
+    if (N <= int64_t(xsimd::batch<T, Arch>::size))
         for (; i + 8 <= M; i += 8)
-            small_gemm_rows<Arch, T, 8>(N, K, alpha, A + i * lda, lda, B, ldb, C + i * ldc, ldc,
-                                        accumulate);
+            small_gemm_rows<Arch, T, 8>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb,
+                                        C + i * ldc, ldc, accumulate);
+    for (; i + 6 <= M; i += 6)
+        small_gemm_rows<Arch, T, 6>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc,
+                                    ldc, accumulate);
     for (; i + 4 <= M; i += 4)
-        small_gemm_rows<Arch, T, 4>(N, K, alpha, A + i * lda, lda, B, ldb, C + i * ldc, ldc,
-                                    accumulate);
+        small_gemm_rows<Arch, T, 4>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc,
+                                    ldc, accumulate);
     for (; i < M; ++i)
-        small_gemm_rows<Arch, T, 1>(N, K, alpha, A + i * lda, lda, B, ldb, C + i * ldc, ldc,
-                                    accumulate);
+        small_gemm_rows<Arch, T, 1>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc,
+                                    ldc, accumulate);
 }
 
 // LayerNorm rows in T lanes: each lane sums its own elements (W partial sums, two accumulators),

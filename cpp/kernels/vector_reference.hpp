@@ -114,16 +114,17 @@ void softmax(T* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// C (M x N, ldc) = alpha * A (M x K, lda) B (K x N, ldb), or C += that with accumulate; all
-// row-major. The unpacked GEMM for the many tiny products of attention heads, where packing and
-// the blocked GEMM's set-up cost more than the arithmetic.
+// C (M x N, ldc) = alpha * A B (K x N, ldb), or C += that with accumulate; all row-major, with
+// A(i, k) = A[i * a_rs + k * a_cs]: strides (lda, 1) for A stored M x K, (1, lda) for A^T stored
+// K x M. The unpacked GEMM for the many tiny products of attention heads, where packing and the
+// blocked GEMM's set-up cost more than the arithmetic.
 template <typename T>
-void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
+                const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
     for (int64_t i = 0; i < M; ++i)
         for (int64_t j = 0; j < N; ++j) {
             T s = 0;
-            for (int64_t k = 0; k < K; ++k) s += A[i * lda + k] * B[k * ldb + j];
+            for (int64_t k = 0; k < K; ++k) s += A[i * a_rs + k * a_cs] * B[k * ldb + j];
             C[i * ldc + j] = accumulate ? C[i * ldc + j] + alpha * s : alpha * s;
         }
 }

@@ -55,20 +55,22 @@ private:
 };
 
 // The per-head products go through head_gemm: heads this small (a 76 x 76 x 16 head of the P2
-// encoder, 72 x 48 x 32 of the copy model) take kernels' unpacked small_gemm, on operands
-// transposed or padded to whole vectors in per-thread scratch; there the blocked GEMM's packing
-// and set-up cost several times the arithmetic. Bigger heads take the blocked GEMM.
+// encoder, 72 x 72 x 64 of the copy model) take kernels' unpacked small_gemm; there the blocked
+// GEMM's packing and set-up cost several times the arithmetic. small_gemm reads a transposed A in
+// place; a transposed B (the keys of q k^T) is transposed, and a ragged last vector of columns
+// padded, in per-thread scratch. Bigger heads take the blocked GEMM.
 bool small_product(int64_t M, int64_t N, int64_t K) {
     return M * N * K <= (int64_t(1) << 20);
 }
 
 int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
-// Per-thread scratch that only grows: after the first step no product allocates. Slots 0-2 are
-// head_gemm's operands; SLOT_QV and SLOT_DBD hold the relative attention backward's whole-call
-// buffers (q + v and dBD of every (batch, head) pair, a few MB: a fresh allocation of that size
-// would be fresh pages, and their page faults, on every call).
-constexpr int SLOT_QV = 3, SLOT_DBD = 4;
+// Per-thread scratch that only grows: after the first step no product allocates. SLOT_B and
+// SLOT_C_TAIL hold head_gemm's transposed or padded operands; SLOT_QV and SLOT_DBD the relative
+// attention backward's whole-call buffers (q + v and dBD of every (batch, head) pair, a few MB: a
+// fresh allocation of that size would be fresh pages, and their page faults, on every call);
+// SLOT_RK_T the forward's transposed position keys.
+constexpr int SLOT_B = 0, SLOT_C_TAIL = 1, SLOT_QV = 2, SLOT_DBD = 3, SLOT_RK_T = 4;
 template <typename T>
 T* scratch(int slot, size_t n) {
     thread_local std::vector<T> buffers[5];
@@ -89,19 +91,14 @@ void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
     if (M == 0 || N == 0) return;
     const bool accumulate = beta != T(0);
     const auto& vec = kernels::vec<T>();
-    if (trans_a) {   // A is stored K x M: make it M x K
-        T* a = scratch<T>(0, size_t(M * K));
-        for (int64_t k = 0; k < K; ++k)
-            for (int64_t i = 0; i < M; ++i) a[i * K + k] = A[k * lda + i];
-        A = a;
-        lda = K;
-    }
+    // small_gemm only broadcasts A's elements, so a transposed A (stored K x M) is read in place
+    const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
     // B^T stored N x K: make it K x Np rows, Np a whole number of vectors (zero padding)
     const int64_t pad = kernels::pad_elements<T>();
     const int64_t whole = N / pad * pad;
     if (trans_b) {
         const int64_t Np = round_up(N, pad);
-        T* b = scratch<T>(1, size_t(K * Np));
+        T* b = scratch<T>(SLOT_B, size_t(K * Np));
         for (int64_t k = 0; k < K; ++k) {
             T* row = b + k * Np;
             for (int64_t j = 0; j < N; ++j) row[j] = B[j * ldb + k];
@@ -112,12 +109,12 @@ void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
     }
     // The whole vectors straight into C; the last, partial one through scratch, its B columns
     // zero-padded to a whole vector.
-    if (whole > 0) vec.small_gemm(M, whole, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
+    if (whole > 0) vec.small_gemm(M, whole, K, alpha, A, a_rs, a_cs, B, ldb, C, ldc, accumulate);
     if (whole == N) return;
     const T* b_tail = B + whole;
     int64_t ld_tail = ldb;
     if (!trans_b) {
-        T* t = scratch<T>(1, size_t(K * pad));
+        T* t = scratch<T>(SLOT_B, size_t(K * pad));
         for (int64_t k = 0; k < K; ++k) {
             std::copy(B + k * ldb + whole, B + k * ldb + N, t + k * pad);
             std::fill(t + k * pad + (N - whole), t + (k + 1) * pad, T(0));
@@ -125,8 +122,8 @@ void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
         b_tail = t;
         ld_tail = pad;
     }
-    T* c = scratch<T>(2, size_t(M * pad));
-    vec.small_gemm(M, pad, K, alpha, A, lda, b_tail, ld_tail, c, pad, false);
+    T* c = scratch<T>(SLOT_C_TAIL, size_t(M * pad));
+    vec.small_gemm(M, pad, K, alpha, A, a_rs, a_cs, b_tail, ld_tail, c, pad, false);
     for (int64_t i = 0; i < M; ++i) {
         T* dst = C + i * ldc + whole;
         const T* src = c + i * pad;
@@ -209,11 +206,21 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Q, K, hs);
+    // rk^T of every head, hs x Kp (Kp: K rounded up to whole vectors, zero columns after K), made
+    // once here rather than by each of the B (batch, head) products of that head.
+    const int64_t Kp = round_up(K, kernels::pad_elements<T>());
+    T* rk_t = scratch<T>(SLOT_RK_T, size_t(NH * hs * Kp));
+    for (int64_t h = 0; h < NH; ++h)
+        for (int64_t d = 0; d < hs; ++d) {
+            T* row = rk_t + (h * hs + d) * Kp;
+            for (int64_t m = 0; m < K; ++m) row[m] = rk[m * C + h * hs + d];
+            std::fill(row + K, row + Kp, T(0));
+        }
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
     {
-        std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * K));
+        std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * Kp));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -222,7 +229,6 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             const T* qh = q + b * Q * C + h * hs;
             const T* kh = k + b * K * C + h * hs;
             const T* vh = v + b * K * C + h * hs;
-            const T* rkh = rk + h * hs;
             const T* uh = u_bias + h * hs;
             const T* vbh = v_bias + h * hs;
             T* oh = out + b * Q * C + h * hs;
@@ -236,12 +242,13 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             head_gemm<T>(false, true, Q, K, hs, scale, qu.data(), hs, kh, C, T(0), p, K);
             // position term against every distance: BD[i, m] = (q_i + v) . rk_m / sqrt(hs),
             // then the rel shift S[i, j] += BD[i, j + Q-1-i] where that index exists
-            head_gemm<T>(false, true, Q, K, hs, scale, qv.data(), hs, rkh, C, T(0), bd.data(), K);
+            head_gemm<T>(false, false, Q, Kp, hs, scale, qv.data(), hs, rk_t + h * hs * Kp, Kp,
+                         T(0), bd.data(), Kp);
             for (int64_t i = 0; i < Q; ++i) {
                 const int64_t shift = Q - 1 - i;
                 const int64_t jend = K - shift;   // j + shift < K
                 T* srow = p + i * K;
-                const T* brow = bd.data() + i * K + shift;
+                const T* brow = bd.data() + i * Kp + shift;
                 for (int64_t j = 0; j < jend; ++j) srow[j] += brow[j];
             }
             masked_softmax_rows<T>(p, p, allowed ? allowed + b * mask_batch_stride : nullptr, Q, K,

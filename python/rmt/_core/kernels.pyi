@@ -4,9 +4,9 @@ The vector kernels of the active ISA (or their scalar references), for tests
 from __future__ import annotations
 import typing
 __all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_relu_backward', 'vec_scale', 'vec_softmax']
-def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, reference: bool = False) -> typing.Any:
+def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, trans_a: bool = False, reference: bool = False) -> typing.Any:
     """
-    Returns alpha * a @ b (+ c when c is given; c is not modified): the unpacked GEMM of the attention heads.
+    Returns alpha * op(a) @ b (+ c when c is given; c is not modified), op(a) = a.T with trans_a: the unpacked GEMM of the attention heads.
     """
 def vec_adamw(param: typing.Any, grad: typing.Any, m: typing.Any, v: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay_factor: typing.SupportsFloat | typing.SupportsIndex, bias_correction1: typing.SupportsFloat | typing.SupportsIndex, bias_correction2_sqrt: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
     """
