@@ -70,9 +70,12 @@ inline T a_at(const T* A, int64_t lda, bool trans_a, int64_t i, int64_t k) {
 }
 
 // Pack rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall panels, zero-padding the edge.
-template <typename T>
-void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
-            int MR, T* out) {
+// MR_FIXED > 0 is MR known at compile time (the register tiles of the ISAs), so the per-k copies
+// of MR values become fixed-length moves; 0 takes MR at run time.
+template <typename T, int MR_FIXED>
+void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0,
+                  int64_t kc, int mr, T* out) {
+    const int MR = MR_FIXED > 0 ? MR_FIXED : mr;
     for (int64_t ip = 0; ip < mc; ip += MR) {
         const int rows = int(std::min<int64_t>(MR, mc - ip));
         T* panel = out + ip * kc;
@@ -80,6 +83,11 @@ void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64
             for (int r = 0; r < rows; ++r) {
                 const T* src = A + (i0 + ip + r) * lda + k0;
                 for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = src[p];
+            }
+        } else if (rows == MR) {
+            for (int64_t p = 0; p < kc; ++p) {
+                const T* src = A + (k0 + p) * lda + i0 + ip;
+                for (int r = 0; r < MR; ++r) panel[p * MR + r] = src[r];
             }
         } else {
             for (int64_t p = 0; p < kc; ++p) {
@@ -92,14 +100,32 @@ void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64
     }
 }
 
-// Pack rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-wide panels, zero-padding the edge.
 template <typename T>
-void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
-            int NR, T* out) {
+void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            int MR, T* out) {
+    switch (MR) {
+        case 6: return pack_a_tiles<T, 6>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
+        case 8: return pack_a_tiles<T, 8>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
+        default: return pack_a_tiles<T, 0>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
+    }
+}
+
+// Pack rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-wide panels, zero-padding the edge.
+// NR_FIXED as MR_FIXED above: a whole row of a panel becomes a fixed-length (vector) move.
+template <typename T, int NR_FIXED>
+void pack_b_panels(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0,
+                   int64_t nc, int nr, T* out) {
+    const int NR = NR_FIXED > 0 ? NR_FIXED : nr;
     for (int64_t jp = 0; jp < nc; jp += NR) {
         const int cols = int(std::min<int64_t>(NR, nc - jp));
         T* panel = out + jp * kc;
-        if (!trans_b) {
+        if (!trans_b && cols == NR) {
+            for (int64_t p = 0; p < kc; ++p) {
+                const T* src = B + (k0 + p) * ldb + j0 + jp;
+                T* dst = panel + p * NR;
+                for (int q = 0; q < NR; ++q) dst[q] = src[q];
+            }
+        } else if (!trans_b) {
             for (int64_t p = 0; p < kc; ++p) {
                 const T* src = B + (k0 + p) * ldb + j0 + jp;
                 T* dst = panel + p * NR;
@@ -114,6 +140,17 @@ void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64
             for (int q = cols; q < NR; ++q)
                 for (int64_t p = 0; p < kc; ++p) panel[p * NR + q] = T(0);
         }
+    }
+}
+
+template <typename T>
+void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+            int NR, T* out) {
+    switch (NR) {
+        case 8: return pack_b_panels<T, 8>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
+        case 16: return pack_b_panels<T, 16>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
+        case 32: return pack_b_panels<T, 32>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
+        default: return pack_b_panels<T, 0>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
     }
 }
 
