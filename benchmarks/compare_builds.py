@@ -1,0 +1,95 @@
+"""Two builds of our engine against each other on one training step, measured in alternating
+rounds in one run: the way to tell whether a change to the engine helped on a machine whose speed
+drifts by tens of percent from one process to the next (BENCHMARKS.md).
+
+Each build runs in its own worker process (the two cannot share one interpreter) on the same
+model, weights and batch; the workers take turns, one round each, so slow drift of the machine
+hits both alike. A round is the fastest of `--steps` steps.
+
+    git worktree add /tmp/before HEAD~1 && (cd /tmp/before && python setup.py build_ext --inplace)
+    python benchmarks/compare_builds.py /tmp/before/python python --model copy --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def worker(python_dir: str, model: str, threads: int) -> None:
+    """Serve rounds on stdin: each line "n" runs n steps and answers with the fastest, seconds."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(python_dir).resolve()))
+    sys.path.insert(0, str(HERE))
+    import rmt
+    from train_step import MODELS
+
+    spec = MODELS[model]
+    cfg = dict(spec["cfg"], dropout=0.0)
+    rmt.set_num_threads(threads)
+    trainer = rmt.Trainer(rmt.from_config(rmt.ModelConfig(**cfg)),
+                          rmt.AdamW(lr=1e-4, weight_decay=0.01), clip_norm=0.25,
+                          bptt_depth=spec["bptt_depth"])
+    B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
+    g = np.random.default_rng(0)
+    batch = {"tokens": g.integers(0, cfg["vocab_size"], (B, S * T)),
+             "targets": g.integers(0, cfg["vocab_size"], (B, S * T))}
+    trainer.step(batch)   # warm-up: buffers grown, pages touched
+    print(f"ready {rmt.__file__}", flush=True)
+    for line in sys.stdin:
+        best = float("inf")
+        for _ in range(int(line)):
+            t0 = time.perf_counter()
+            trainer.step(batch)
+            best = min(best, time.perf_counter() - t0)
+        print(f"{best:.6f}", flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("before", help="the python/ folder of the first build (holds rmt/)")
+    p.add_argument("after", help="the python/ folder of the second build")
+    p.add_argument("--model", default="copy", choices=["copy", "lm", "enwik8"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=2, help="steps per round (the fastest counts)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args.before, args.model, args.threads)
+    procs = {}
+    for name in ("before", "after"):
+        procs[name] = subprocess.Popen(
+            [sys.executable, __file__, getattr(args, name), getattr(args, name), "--worker",
+             "--model", args.model, "--threads", str(args.threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    for name, proc in procs.items():
+        ready = proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            raise SystemExit(f"the {name} worker did not start (see its error above)")
+        print(f"{name}: {ready[1]}")
+    times = {name: [] for name in procs}
+    for _ in range(args.rounds):
+        for name, proc in procs.items():
+            proc.stdin.write(f"{args.steps}\n")
+            proc.stdin.flush()
+            times[name].append(float(proc.stdout.readline()))
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+    before, after = times["before"], times["after"]
+    speedups = [b / a for b, a in zip(before, after)]
+    print(f"{args.model} model, {args.threads} thread(s), {args.rounds} rounds of {args.steps} "
+          f"steps: before {statistics.median(before) * 1e3:.1f} ms/step, after "
+          f"{statistics.median(after) * 1e3:.1f} ms/step (medians); after/before speed per round "
+          f"{statistics.median(speedups):.3f} (median), {min(speedups):.3f}-{max(speedups):.3f}")
+
+
+if __name__ == "__main__":
+    main()
