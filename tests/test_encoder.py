@@ -268,3 +268,26 @@ def test_classify_on_a_decoder_is_rejected():
         decoder.classify(tokens)
     with pytest.raises(ValueError, match="rmt_encoder"):
         decoder.classify_loss_and_grad(tokens, labels)
+
+
+def test_a_training_call_leaves_nothing_behind_for_the_next():
+    # As the decoders (tests/test_models.py): reused activation buffers change nothing.
+    cfg = dict(CFG, dropout=0.2)
+    tokens, labels = right_aligned_batch()
+
+    def run(model):
+        model.training = True
+        model.set_dropout_seed(3)
+        model.zero_grad()
+        loss, _ = model.classify_loss_and_grad(tokens, labels, bptt_depth=None)
+        return loss, model.flat_grads.copy()
+
+    want_loss, want_grads = run(_core.Model(cfg, 0))
+    used = _core.Model(cfg, 0)
+    used.training = True
+    for segments, seed in [(6, 2), (3, 3), (5, 4)]:
+        t, y = right_aligned_batch(segments=segments, seed=seed)
+        used.classify_loss_and_grad(t[:3], y[:3])
+    loss, grads = run(used)
+    assert loss == want_loss
+    np.testing.assert_array_equal(grads, want_grads)

@@ -224,3 +224,39 @@ def test_attention_maps_of_a_stream_match_the_reference(extra):
         model.attention(state, L)
     with pytest.raises(ValueError, match="no segment"):
         model.attention(model.init_stream(2), 0)
+
+
+@pytest.mark.parametrize("extra", [dict(kind="rmt", num_mem_tokens=2),
+                                   dict(kind="txl", mem_len=3),
+                                   dict(kind="memtr", num_mem_tokens=2),
+                                   dict(kind="transformer")],
+                         ids=["rmt", "txl", "memtr", "transformer"])
+def test_a_training_call_leaves_nothing_behind_for_the_next(extra):
+    # Training calls reuse the last call's activation buffers. A model that has run calls of
+    # other shapes, with and without dropout, and an evaluation (which frees them) must give
+    # exactly what a fresh model gives for the same call, with dropout on and off.
+    cfg = dict(BASE, dropout=0.2, **extra)
+    tokens, targets = random_batch(cfg, 3, batch=3, seed=5)
+
+    def run(model, training):
+        model.training = training
+        model.set_dropout_seed(11)
+        model.zero_grad()
+        loss, _, _ = model.loss_and_grad(tokens, targets, bptt_depth=1)
+        return loss, model.flat_grads.copy()
+
+    used = _core.Model(cfg, 0)
+    for training in (True, False):
+        want_loss, want_grads = run(_core.Model(cfg, 0), training)
+        for segments, batch, mode in [(4, 2, True), (2, 5, False), (3, 3, not training),
+                                      (1, 2, True)]:
+            used.training = mode
+            t, y = random_batch(cfg, segments, batch=batch, seed=segments)
+            used.loss_and_grad(t, y)
+        used.training = False
+        used.forward(tokens)            # evaluation frees the kept buffers ...
+        used.training = True
+        used.loss_and_grad(*random_batch(cfg, 5, batch=4, seed=9))   # ... a larger call regrows
+        loss, grads = run(used, training)
+        assert loss == want_loss
+        np.testing.assert_array_equal(grads, want_grads)

@@ -254,7 +254,8 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     drop.counter = (dropout_calls_++) << 40;
 
     // ---- forward ----
-    std::vector<SegmentActivations> segs(S);
+    UnrollBuffers buffers(*workspace_, S, compute_grad && labels != nullptr);
+    std::vector<SegmentActivations>& segs = buffers.segs();
     std::vector<float> memory(B * M * C);
     {
     RMT_PROFILE_SCOPE("glue.memory");

@@ -16,6 +16,20 @@
 
 namespace rmt::model {
 
+Model::UnrollBuffers::UnrollBuffers(UnrollWorkspace& shared, int64_t S, bool reuse)
+    : shared_(shared), lock_(shared.busy, std::defer_lock) {
+    if (reuse) lock_.try_lock();
+    segs().resize(size_t(S));
+}
+
+void Model::set_training(bool training) {
+    training_ = training;
+    if (!training) {
+        std::lock_guard<std::mutex> lock(workspace_->busy);
+        std::vector<SegmentActivations>().swap(workspace_->segs);
+    }
+}
+
 Model::Model(const ModelConfig& config, uint64_t seed) : config_(config) {
     config_.validate();
     const int64_t V = config_.vocab_size, C = config_.d_model, D = config_.attn_dim(),
@@ -357,7 +371,8 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     drop.counter = (dropout_calls_++) << 40;   // each call its own stretch of the stream
 
     // ---- forward over the unroll ----
-    std::vector<SegmentActivations> segs(S);
+    UnrollBuffers buffers(*workspace_, S, compute_grad);
+    std::vector<SegmentActivations>& segs = buffers.segs();
     std::vector<std::vector<float>> memories(S);   // memory entering each segment (rmt)
     std::vector<std::vector<float>> caches(L);
     std::vector<std::vector<int32_t>> seg_tokens(S), seg_targets(S);

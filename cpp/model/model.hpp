@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -66,7 +67,8 @@ public:
     float* grads() { return grads_.data(); }
     int64_t num_parameters() const;   // without alignment padding
 
-    void set_training(bool training) { training_ = training; }
+    // Evaluation mode also frees the activation buffers that training keeps between steps.
+    void set_training(bool training);
     bool training() const { return training_; }
     // Seeding restarts the stream: the dropout masks of the calls that follow depend only on
     // (seed, their order since this call), so a resumed run can replay them.
@@ -147,6 +149,29 @@ private:
     bool training_ = false;
     uint64_t dropout_seed_ = 0;
     uint64_t dropout_calls_ = 0;
+
+    // The activations of the last training unroll, whose buffers the next one reuses: allocated
+    // afresh, every step faulted their pages in and zero-filled them again (a third of the time
+    // of the copy model's forward projections). A call that finds the workspace busy (another
+    // thread's call on the same model) uses buffers of its own.
+    struct UnrollWorkspace {
+        std::mutex busy;
+        std::vector<SegmentActivations> segs;
+    };
+    std::shared_ptr<UnrollWorkspace> workspace_ = std::make_shared<UnrollWorkspace>();
+
+    // The workspace of one training call: the shared one when free (its segs resized to S), else
+    // a private one. Holds the workspace until destroyed.
+    class UnrollBuffers {
+    public:
+        UnrollBuffers(UnrollWorkspace& shared, int64_t S, bool reuse);
+        std::vector<SegmentActivations>& segs() { return lock_.owns_lock() ? shared_.segs : own_; }
+
+    private:
+        UnrollWorkspace& shared_;
+        std::unique_lock<std::mutex> lock_;
+        std::vector<SegmentActivations> own_;
+    };
 };
 
 }  // namespace rmt::model
