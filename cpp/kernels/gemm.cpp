@@ -225,7 +225,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                     // the time at N = 128). Against many, the packed block wins back more than
                     // that: each panel re-reads it from L2 as one stream rather than MR. Only a
                     // partial last panel is packed then (zero rows past M). A transposed A is
-                    // always packed: its MR values of one k are a row of A apart.
+                    // always packed: its MR values of one k are a row of A apart (read in place,
+                    // the models' dW products ran at 0.75-0.9x).
                     const bool a_in_place =
                         !trans_a && p_end - p_begin <= kMaxPanelsForUnpackedA;
                     const int64_t full_rows = a_in_place ? mc / MR * MR : 0;
