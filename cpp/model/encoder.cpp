@@ -43,6 +43,7 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
             }
     const int64_t Bs = int64_t(seg.rows.size());
     seg.P = 0;
+    seg.dropout_p = drop.active() ? drop.p : 0.0f;
     if (Bs == 0) return;
     // Row ids [CLS, mem x M, SEP, x_1..x_T, SEP] (-1 on the memory rows) and the key mask: every
     // query sees every key except content rows holding pad_id.
@@ -159,7 +160,7 @@ void Model::encoder_segment_backward(std::vector<float>& dmem, const SegmentActi
                   V = config_.vocab_size, L = config_.n_layers, T = config_.segment_len;
     const int64_t Bs = int64_t(seg.rows.size());
     const LayerDims dims = encoder_dims(Bs);
-    const float p = training_ ? float(config_.dropout) : 0.0f;
+    const float p = seg.dropout_p;
     std::vector<float> d, dh;
     {
     RMT_PROFILE_SCOPE("glue.copy");
@@ -254,7 +255,7 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     drop.counter = (dropout_calls_++) << 40;
 
     // ---- forward ----
-    UnrollBuffers buffers(*workspace_, S, compute_grad && labels != nullptr);
+    UnrollBuffers buffers(*workspace_, S, compute_grad && labels != nullptr && training_);
     std::vector<SegmentActivations>& segs = buffers.segs();
     std::vector<float> memory(B * M * C);
     {

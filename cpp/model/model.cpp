@@ -178,6 +178,7 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
     const int64_t off = config_.token_row_offset();
     const float* emb = param("word_emb.weight");
     seg.P = P;
+    seg.dropout_p = drop.active() ? drop.p : 0.0f;
     // h0 = [m; e; m] (rmt), [mem_tokens; e] (memtr) or e, then dropout on all of it (LM-RMT
     // concatenates the memory before its embedding dropout).
     {
@@ -246,7 +247,7 @@ void Model::segment_backward(std::vector<float>& dh0, const SegmentActivations& 
                   V = config_.vocab_size, L = config_.n_layers;
     const LayerDims dims{B, Q, seg.P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
                          config_.d_ff, float(config_.layer_norm_eps)};
-    const float p = training_ ? float(config_.dropout) : 0.0f;
+    const float p = seg.dropout_p;
     std::vector<float> d, dh;
     {
     RMT_PROFILE_SCOPE("glue.copy");
@@ -371,7 +372,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     drop.counter = (dropout_calls_++) << 40;   // each call its own stretch of the stream
 
     // ---- forward over the unroll ----
-    UnrollBuffers buffers(*workspace_, S, compute_grad);
+    UnrollBuffers buffers(*workspace_, S, compute_grad && training_);
     std::vector<SegmentActivations>& segs = buffers.segs();
     std::vector<std::vector<float>> memories(S);   // memory entering each segment (rmt)
     std::vector<std::vector<float>> caches(L);

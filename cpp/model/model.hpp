@@ -17,6 +17,7 @@ namespace rmt::model {
 // Everything one segment's backward needs from its forward.
 struct SegmentActivations {
     int64_t P = 0;                        // cache rows each layer saw
+    float dropout_p = 0;                  // the dropout this forward applied (the backward's)
     std::vector<uint8_t> allowed;         // (Q, P + Q) mask
     std::vector<float> R;                 // (P + Q, C) relative encoding after its dropout
     std::vector<float> h0;                // (B, Q, C) layer-0 input after dropout
@@ -67,7 +68,8 @@ public:
     float* grads() { return grads_.data(); }
     int64_t num_parameters() const;   // without alignment padding
 
-    // Evaluation mode also frees the activation buffers that training keeps between steps.
+    // Evaluation mode also frees the activation buffers that training keeps between steps (see
+    // workspace_). Do not change the mode while another thread's call on this model runs.
     void set_training(bool training);
     bool training() const { return training_; }
     // Seeding restarts the stream: the dropout masks of the calls that follow depend only on
@@ -158,7 +160,20 @@ private:
         std::mutex busy;
         std::vector<SegmentActivations> segs;
     };
-    std::shared_ptr<UnrollWorkspace> workspace_ = std::make_shared<UnrollWorkspace>();
+    // Each Model owns its workspace: a copy or a moved-to model starts with an empty one of its
+    // own (nothing to share, and a moved-from model keeps a usable one).
+    class WorkspaceHandle {
+    public:
+        WorkspaceHandle() : ws_(std::make_unique<UnrollWorkspace>()) {}
+        WorkspaceHandle(const WorkspaceHandle&) : WorkspaceHandle() {}
+        WorkspaceHandle& operator=(const WorkspaceHandle&) { return *this; }
+        UnrollWorkspace& operator*() const { return *ws_; }
+        UnrollWorkspace* operator->() const { return ws_.get(); }
+
+    private:
+        std::unique_ptr<UnrollWorkspace> ws_;
+    };
+    WorkspaceHandle workspace_;
 
     // The workspace of one training call: the shared one when free (its segs resized to S), else
     // a private one. Holds the workspace until destroyed.
