@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/isa.hpp"
@@ -100,14 +101,21 @@ void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc,
     }
 }
 
+// Calls f(std::integral_constant<int, W>) with W = width if width is one of Fixed..., else W = 0
+// (the width known only at run time): the packing loops below for the ISAs' register tiles.
+template <int... Fixed, typename F>
+void with_fixed_width(int width, F&& f) {
+    const bool fixed = ((width == Fixed ? (f(std::integral_constant<int, Fixed>{}), true) : false) ||
+                        ...);
+    if (!fixed) f(std::integral_constant<int, 0>{});
+}
+
 template <typename T>
 void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
             int MR, T* out) {
-    switch (MR) {
-        case 6: return pack_a_tiles<T, 6>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
-        case 8: return pack_a_tiles<T, 8>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
-        default: return pack_a_tiles<T, 0>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
-    }
+    with_fixed_width<6, 8>(MR, [&](auto w) {
+        pack_a_tiles<T, decltype(w)::value>(A, lda, trans_a, i0, mc, k0, kc, MR, out);
+    });
 }
 
 // Pack rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-wide panels, zero-padding the edge.
@@ -146,12 +154,9 @@ void pack_b_panels(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc
 template <typename T>
 void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
             int NR, T* out) {
-    switch (NR) {
-        case 8: return pack_b_panels<T, 8>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
-        case 16: return pack_b_panels<T, 16>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
-        case 32: return pack_b_panels<T, 32>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
-        default: return pack_b_panels<T, 0>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
-    }
+    with_fixed_width<8, 16, 32>(NR, [&](auto w) {
+        pack_b_panels<T, decltype(w)::value>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
+    });
 }
 
 }  // namespace
