@@ -28,14 +28,10 @@ def worker(python_dir: str, model: str, threads: int) -> None:
     sys.path.insert(0, str(Path(python_dir).resolve()))
     sys.path.insert(0, str(HERE))
     import rmt
-    from train_step import MODELS
+    from train_step import MODELS, our_trainer
 
     spec = MODELS[model]
-    cfg = dict(spec["cfg"], dropout=0.0)
-    rmt.set_num_threads(threads)
-    trainer = rmt.Trainer(rmt.from_config(rmt.ModelConfig(**cfg)),
-                          rmt.AdamW(lr=1e-4, weight_decay=0.01), clip_norm=0.25,
-                          bptt_depth=spec["bptt_depth"])
+    cfg, _, trainer = our_trainer(spec, threads)
     B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
     g = np.random.default_rng(0)
     batch = {"tokens": g.integers(0, cfg["vocab_size"], (B, S * T)),

@@ -40,20 +40,25 @@ MODELS = {
 }
 
 
-def our_side(spec, threads):
-    """Our model and trainer for a MODELS entry (dropout 0, AdamW, clipping 0.25), with `threads`
-    threads for both engines: (cfg, model, trainer)."""
-    import torch
-
+def our_trainer(spec, threads):
+    """Our model and trainer for a MODELS entry (dropout 0, AdamW, clipping 0.25) on `threads`
+    threads, without importing torch: (cfg, model, trainer)."""
     import rmt
 
     cfg = dict(spec["cfg"], dropout=0.0)
     rmt.set_num_threads(threads)
-    torch.set_num_threads(threads)
     model = rmt.from_config(rmt.ModelConfig(**cfg))
     trainer = rmt.Trainer(model, rmt.AdamW(lr=1e-4, weight_decay=0.01), clip_norm=0.25,
                           bptt_depth=spec["bptt_depth"])
     return cfg, model, trainer
+
+
+def our_side(spec, threads):
+    """our_trainer, with PyTorch set to the same number of threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return our_trainer(spec, threads)
 
 
 def torch_step(opt, params, loss_fn):
