@@ -25,6 +25,8 @@ Named grids (each over Baseline `transformer`, MemTr `memtr`, Transformer-XL `tx
 - "p1-copy": copy-24 in 1 / 3 / 6 / 9 segments (segments of 72 / 24 / 12 / 8 tokens);
 - "p1-reverse": reverse-24 in 1 / 2 / 4 / 6 segments (48 / 24 / 12 / 8);
 - "p1-retrieval": associative retrieval, 4 pairs, in 1 .. 5 segments (10 / 5 / 4 / 3 / 2).
+- "p1-copy120": copy-120 in 3 / 6 / 9 segments with the paper's fixed memory (P1 Figure 4),
+  Baseline, Tr-XL and RMT, at a smaller budget (see `p1_copy120`).
 - "p1-lm": byte-level language modelling on the default corpus (`rmt.tasks.LanguageModelTask`),
   the shape of P1 Tables 2 and 4: Baseline, Tr-XL with two caches, RMT with memory
   5 / 10 / 20 and BPTT depth 0 .. 3, Tr-XL+RMT (kind "txl_rmt", with a `cache` as well as a
@@ -110,8 +112,11 @@ QUICK_OVERRIDES = {
 
 # A length curriculum (off unless a spec asks for it): before the run proper, the model trains on
 # the shorter copies / reversals that fill 1, 2, ... of its segments, each stage until its own
-# validation accuracy reaches target_accuracy or max_steps pass.
+# validation accuracy reaches target_accuracy or max_steps pass. A curriculum dict may also hold
+# "stages": "padded" (see curriculum_stages); without it the stages are "exact" (files written
+# before the option have no such key, and mean "exact").
 CURRICULUM_DEFAULTS = {"max_steps": 500, "target_accuracy": 0.99, "n_val": 200, "eval_every": 50}
+CURRICULUM_STAGE_RULES = ("exact", "padded")
 
 # ---- specs ----
 
@@ -176,6 +181,13 @@ def normalize_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     s.setdefault("target_accuracy", None)
     s.setdefault("quick", False)
     s.setdefault("curriculum", None)
+    if s["curriculum"] is not None:
+        rule = s["curriculum"].get("stages", "exact")
+        if rule not in CURRICULUM_STAGE_RULES:
+            raise ValueError(f"curriculum stages must be one of {CURRICULUM_STAGE_RULES}, "
+                             f"got {rule!r}")
+        if rule == "exact":   # the default is not written out, so old and new specs compare equal
+            s["curriculum"] = {k: v for k, v in s["curriculum"].items() if k != "stages"}
     task = make_task(s)
     if s["kind"] == "transformer":
         if s.get("memory"):
@@ -236,7 +248,13 @@ def run_id(spec: Dict[str, Any]) -> str:
              f"{o['name']}", f"lr{_fmt(float(o['lr']))}", f"b{s['batch_size']}", f"st{s['steps']}",
              f"seed{s['seed']}"]
     if s["curriculum"] is not None:
-        parts.insert(-1, "cur")
+        c = s["curriculum"]
+        tag = "curpad" if c.get("stages") == "padded" else "cur"
+        # a stage budget other than the default is a different run
+        default_steps = 10 if s["quick"] else CURRICULUM_DEFAULTS["max_steps"]
+        if int(c["max_steps"]) != default_steps:
+            tag += str(int(c["max_steps"]))
+        parts.insert(-1, tag)
     if s["quick"]:
         parts.insert(0, "quick")
     return "-".join(parts)
@@ -279,21 +297,34 @@ def _chunks(batch: Dict[str, np.ndarray], size: int) -> List[Dict[str, np.ndarra
 
 
 def curriculum_stages(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The stages before the run proper of a spec with a curriculum: for copy-L / reverse-L in S
-    segments of T tokens, the task lengths L' < L whose model input fills exactly k < S segments
-    of the same T (copy: 3 L' = k T; reverse: 2 L' = k T), shortest first, as
-    [{"task_args", "num_segments"}]. The vocabulary stays the run's. Other tasks: none."""
+    """The stages before the run proper of a spec with a curriculum, shortest first, as
+    [{"task_args", "num_segments"}], for copy-L / reverse-L in S segments of T tokens (other
+    tasks: none). The vocabulary stays the run's, and every stage has segments of the same T.
+
+    - "exact" stages (the default): the lengths L' < L whose model input fills exactly k < S
+      segments (copy: 3 L' = k T; reverse: 2 L' = k T). When T is not a multiple of 3 (copy) or
+      2 (reverse) only some k qualify: copy-24 in 9 segments of 8 gets copy-8 in 3 and copy-16
+      in 6, and nothing shorter.
+    - "padded" stages: for every k < S, the longest L' whose input fits in k segments
+      (3 L' <= k T), left-padded to k T like any sample (SPEC section 1); copy-24 in 9 segments
+      gets copy-2 in 1, copy-5 in 2, copy-8 in 3, ... copy-21 in 8. Where T is a multiple of 3
+      (2 for reverse) the two rules give the same stages."""
     s = normalize_spec(spec)
     if s["curriculum"] is None or s["task"] not in ("copy", "reverse"):
         return []
+    padded = s["curriculum"].get("stages", "exact") == "padded"
     task = make_task(s)
     per_symbol = 3 if s["task"] == "copy" else 2   # model input tokens per input symbol
     T, L = task.segment_len, task.length
     stages = []
     for k in range(1, s["num_segments"]):
-        if (k * T) % per_symbol == 0 and 0 < k * T // per_symbol < L:
-            args = {**s["task_args"], "length": k * T // per_symbol,
-                    "vocab_size": task.vocab_size}
+        length = k * T // per_symbol
+        # "exact" wants no padding; either way a stage must still need all k segments
+        if (padded or (k * T) % per_symbol == 0) and (k - 1) * T < per_symbol * length \
+                and 0 < length < L:
+            args = {**s["task_args"], "length": length, "vocab_size": task.vocab_size}
+            if padded:
+                args["segment_len"] = T
             stages.append({"task_args": args, "num_segments": k})
     return stages
 
@@ -486,6 +517,24 @@ def p1_retrieval() -> List[Dict[str, Any]]:
     return _grid("retrieval", {"pairs": 4}, (1, 2, 3, 4, 5))
 
 
+#: copy-120 (P1 Figure 4): segments and the paper's memory for each (LM-RMT's
+#: long_copy_reverse results: mem_size 60 / 30 / 40 for 3 / 6 / 9 segments of 120 / 60 / 40).
+COPY120_MEMORY = {3: 60, 6: 30, 9: 40}
+COPY120_STEPS, COPY120_BATCH = 1000, 16
+
+
+def p1_copy120() -> List[Dict[str, Any]]:
+    """copy-120 (V = 10, model input 360 tokens) in 3 / 6 / 9 segments with the paper's fixed
+    memory (60 / 30 / 40: the RMT memory tokens and the Tr-XL cache): Baseline, Tr-XL, RMT (the
+    kinds of P1 Figure 4). Scaled to this machine: 1000 steps at batch 16 (the paper: 100k-600k
+    steps at batch 128-256); an RMT step in 6 segments at batch 32 measured 4.6 s on one core,
+    Tr-XL 2.1 s, the baseline 1.7 s."""
+    return [make_spec("copy", n, kind, task_args={"length": 120, "vocab_size": 10},
+                      memory=None if kind == "transformer" else COPY120_MEMORY[n],
+                      steps=COPY120_STEPS, batch_size=COPY120_BATCH)
+            for n in sorted(COPY120_MEMORY) for kind in ("transformer", "txl", "rmt")]
+
+
 LM_SEGMENT_LEN, LM_SEGMENTS = 64, 4
 
 
@@ -511,6 +560,7 @@ def p1_lm() -> List[Dict[str, Any]]:
 
 GRIDS: Dict[str, Callable[[], List[Dict[str, Any]]]] = {
     "p1-copy": p1_copy, "p1-reverse": p1_reverse, "p1-retrieval": p1_retrieval, "p1-lm": p1_lm,
+    "p1-copy120": p1_copy120,
 }
 GRIDS["p1"] = lambda: p1_copy() + p1_reverse() + p1_retrieval()
 
@@ -646,20 +696,27 @@ def load_results(out_dir) -> List[Dict[str, Any]]:
 
 
 def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (task, num_segments, kind, with a curriculum or not): mean test accuracy
-    over seeds, number of runs. Runs with a length curriculum are labelled "<kind> +cur"."""
+    """One row per (task, task length, num_segments, kind, curriculum rule): mean test accuracy
+    over seeds, number of runs. Rows carry "length" (copy / reverse: the task length, else None),
+    "curriculum" (whether the runs had a length curriculum) and "stages" (its rule, "exact" or
+    "padded", or None). Runs with a curriculum are labelled "<kind> +cur", or "<kind> +curpad"
+    with padded stages."""
     cells: Dict[tuple, List[float]] = {}
     for r in results:
         s = r["spec"]
         if s["task"] == "lm":   # see lm_table
             continue
-        cur = s.get("curriculum") is not None
-        cells.setdefault((s["task"], s["num_segments"], s["kind"], cur), []).append(
-            r["metrics"]["test_accuracy"])
-    return [{"task": t, "num_segments": n, "kind": k, "curriculum": cur,
-             "label": KIND_LABELS.get(k, k) + (" +cur" if cur else ""),
+        c = s.get("curriculum")
+        rule = None if c is None else c.get("stages", "exact")
+        length = s.get("task_args", {}).get("length") if s["task"] in ("copy", "reverse") else None
+        cells.setdefault((s["task"], length or 0, s["num_segments"], s["kind"], rule or ""),
+                         []).append(r["metrics"]["test_accuracy"])
+    suffix = {"": "", "exact": " +cur", "padded": " +curpad"}
+    return [{"task": t, "length": length or None, "num_segments": n, "kind": k,
+             "curriculum": bool(rule), "stages": rule or None,
+             "label": KIND_LABELS.get(k, k) + suffix[rule],
              "test_accuracy": float(np.mean(v)), "runs": len(v)}
-            for (t, n, k, cur), v in sorted(cells.items())]
+            for (t, length, n, k, rule), v in sorted(cells.items())]
 
 
 def lm_label(spec: Dict[str, Any]) -> str:
@@ -716,9 +773,25 @@ def main(argv=None) -> int:
     parser.add_argument("--curriculum", action="store_true",
                         help="copy / reverse runs of more than one segment first train on the "
                              "shorter tasks (see curriculum_stages)")
+    parser.add_argument("--padded-stages", action="store_true",
+                        help="with --curriculum: a stage for every shorter number of segments, "
+                             "left-padded (curriculum_stages' \"padded\" rule)")
+    parser.add_argument("--stage-steps", type=int, default=None,
+                        help=f"with --curriculum: at most this many steps per stage (default "
+                             f"{CURRICULUM_DEFAULTS['max_steps']})")
     args = parser.parse_args(argv)
-    specs = select(get_grid(args.grid), args.kinds, args.segments,
-                   {} if args.curriculum else None)
+    if (args.padded_stages or args.stage_steps is not None) and not args.curriculum:
+        parser.error("--padded-stages and --stage-steps need --curriculum")
+    if args.stage_steps is not None and args.stage_steps < 1:
+        parser.error("--stage-steps must be >= 1")
+    curriculum = None
+    if args.curriculum:
+        curriculum = {}
+        if args.padded_stages:
+            curriculum["stages"] = "padded"
+        if args.stage_steps is not None:
+            curriculum["max_steps"] = args.stage_steps
+    specs = select(get_grid(args.grid), args.kinds, args.segments, curriculum)
     if not specs:
         parser.error("no run of the grid matches --kinds / --segments")
     if args.list:

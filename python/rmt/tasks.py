@@ -3,7 +3,8 @@ associative retrieval, as batches for rmt.Trainer.
 
 Every task builds a token stream `s = input ++ answer`, feeds `s[:-1]` and predicts `s[1:]`; the loss
 and the accuracy count only the answer positions (the last `answer_size` targets). The model input is
-left-padded with 0 to a multiple of the number of segments, so it cuts into equal segments.
+left-padded with 0 to a multiple of the number of segments, so it cuts into equal segments (or, given
+`segment_len`, to `num_segments * segment_len` tokens).
 
 Ids: 0 = pad, 1 = start-of-answer (copy/reverse) or query marker (retrieval), 2.. = symbols.
 
@@ -30,14 +31,24 @@ class Task:
     input_len = 0
     vocab_size = 0
 
-    def __init__(self, num_segments: int = 1, seed: int = 0):
+    def __init__(self, num_segments: int = 1, seed: int = 0, segment_len: Optional[int] = None):
         if not isinstance(num_segments, int) or num_segments < 1:
             raise ValueError(f"num_segments must be an int >= 1, got {num_segments!r}")
         self.num_segments = num_segments
         self.seed = int(seed)
         stream = self.input_len + 1 + self.answer_len_in_stream()
         model_len = stream - 1
-        self.segment_len = -(-model_len // num_segments)
+        if segment_len is None:
+            self.segment_len = -(-model_len // num_segments)
+        else:
+            # a fixed segment length (a curriculum stage keeps its run's): more left padding
+            if not isinstance(segment_len, int) or isinstance(segment_len, bool) \
+                    or segment_len < 1:
+                raise ValueError(f"segment_len must be an int >= 1, got {segment_len!r}")
+            if segment_len * num_segments < model_len:
+                raise ValueError(f"{num_segments} segments of {segment_len} tokens cannot hold "
+                                 f"the model input of {model_len} tokens")
+            self.segment_len = segment_len
         self.seq_len = self.segment_len * num_segments
         self.left_pad = self.seq_len - model_len
         self._held_out: Set[bytes] = set()
@@ -121,14 +132,14 @@ class CopyTask(Task):
     name = "copy"
 
     def __init__(self, length: int = 24, vocab_size: Optional[int] = None, num_segments: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, segment_len: Optional[int] = None):
         self.length = length
         self.vocab_size = vocab_size if vocab_size is not None else (12 if length <= 24 else 10)
         if self.vocab_size < 3:
             raise ValueError("vocab_size must be >= 3 (0 = pad, 1 = start, symbols from 2)")
         self.input_len = length
         self.answer_size = 2 * length
-        super().__init__(num_segments, seed)
+        super().__init__(num_segments, seed, segment_len)
 
     def _draw(self, rng, n):
         x = rng.integers(2, self.vocab_size, (n, self.length))
@@ -142,12 +153,12 @@ class ReverseTask(CopyTask):
     name = "reverse"
 
     def __init__(self, length: int = 24, vocab_size: Optional[int] = None, num_segments: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, segment_len: Optional[int] = None):
         self.length = length
         self.vocab_size = vocab_size if vocab_size is not None else (12 if length <= 24 else 10)
         self.input_len = length
         self.answer_size = length
-        Task.__init__(self, num_segments, seed)
+        Task.__init__(self, num_segments, seed, segment_len)
 
     def _draw(self, rng, n):
         x = rng.integers(2, self.vocab_size, (n, self.length))
@@ -162,14 +173,15 @@ class AssociativeRetrievalTask(Task):
 
     name = "retrieval"
 
-    def __init__(self, pairs: int = 4, num_segments: int = 1, seed: int = 0):
+    def __init__(self, pairs: int = 4, num_segments: int = 1, seed: int = 0,
+                 segment_len: Optional[int] = None):
         if not 1 <= pairs <= 10:
             raise ValueError("pairs must be in [1, 10] (values are distinct digits)")
         self.pairs = pairs
         self.vocab_size = 38
         self.input_len = 2 * pairs
         self.answer_size = 1
-        super().__init__(num_segments, seed)
+        super().__init__(num_segments, seed, segment_len)
 
     def answer_len_in_stream(self):
         return 2   # the query key, then its value
