@@ -402,6 +402,32 @@ def test_copy_and_reverse_layout():
     np.testing.assert_array_equal(rev["targets"][:, -24:], rev["tokens"][:, :24][:, ::-1])
 
 
+def test_a_fixed_segment_length_left_pads_the_sample():
+    # copy-5 in 2 segments of 8 (a padded curriculum stage of copy-24 in 9): 15 tokens, 1 pad
+    task = tasks.CopyTask(length=5, vocab_size=12, num_segments=2, segment_len=8, seed=0)
+    assert (task.segment_len, task.seq_len, task.left_pad) == (8, 16, 1)
+    b = task.train_batches(4)(0)
+    assert b["tokens"].shape == (4, 16)
+    assert (b["tokens"][:, 0] == tasks.PAD).all() and (b["targets"][:, 0] == -100).all()
+    x = b["tokens"][:, 1:6]
+    assert (b["tokens"][:, 6] == tasks.START).all()
+    np.testing.assert_array_equal(b["targets"][:, -10:], np.concatenate([x, x], axis=1))
+    # the default segment length is the shortest that holds the input
+    assert tasks.CopyTask(length=5, num_segments=2).segment_len == 8
+    assert tasks.ReverseTask(length=5, num_segments=1, segment_len=12).left_pad == 2
+    with pytest.raises(ValueError, match="cannot hold"):
+        tasks.CopyTask(length=5, num_segments=2, segment_len=7)
+    # a task with few distinct inputs refuses to hold out all of them (instead of drawing forever)
+    few = tasks.CopyTask(length=2, vocab_size=12)
+    assert few.num_inputs == 100
+    with pytest.raises(ValueError, match="only 100 distinct inputs"):
+        few.split(60, 40)
+    assert len(few.split(50, 49)["test"]["tokens"]) == 49
+    assert tasks.AssociativeRetrievalTask(pairs=2).num_inputs == 26 * 25 * 10 * 9
+    with pytest.raises(ValueError, match="segment_len"):
+        tasks.AssociativeRetrievalTask(pairs=4, segment_len=0)
+
+
 def test_retrieval_answer_is_the_value_of_the_query_key():
     task = tasks.AssociativeRetrievalTask(pairs=4, num_segments=5, seed=0)
     b = task.train_batches(50)(0)

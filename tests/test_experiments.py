@@ -152,6 +152,80 @@ def test_curriculum_stages_fill_whole_segments_of_the_same_length():
     assert "-cur-" not in ex.run_id(ex.make_spec("retrieval", 3, "rmt", task_args={"pairs": 4}))
 
 
+def test_padded_curriculum_stages_cover_every_shorter_number_of_segments():
+    def spec(task, S, rule, length=24, **cur):
+        return ex.make_spec(task, S, "rmt", task_args={"length": length},
+                            curriculum={"stages": rule, **cur})
+
+    def stages(task, S, rule):
+        return [(st["task_args"]["length"], st["num_segments"])
+                for st in ex.curriculum_stages(spec(task, S, rule))]
+
+    # copy-24 in 9 segments of 8: exact stages start at 3 segments, padded ones at 1
+    assert stages("copy", 9, "padded") == [(2, 1), (5, 2), (8, 3), (10, 4), (13, 5), (16, 6),
+                                           (18, 7), (21, 8)]
+    # where the segment length is a multiple of 3 (copy) or 2 (reverse) the rules agree
+    for task, S in [("copy", 3), ("copy", 6), ("reverse", 2), ("reverse", 4), ("reverse", 6)]:
+        assert stages(task, S, "padded") == stages(task, S, "exact")
+    final = ex.make_task(spec("copy", 9, "padded"))
+    for st in ex.curriculum_stages(spec("copy", 9, "padded")):
+        t = ex.make_task({**spec("copy", 9, "padded"), **st})
+        # same segments, less than one segment of padding: a stage needs all of its segments
+        assert t.segment_len == final.segment_len and 0 <= t.left_pad < t.segment_len
+        assert t.vocab_size == final.vocab_size
+    # "exact" is the default and is not written out: old specs and their run ids are unchanged
+    assert spec("copy", 9, "exact") == ex.make_spec("copy", 9, "rmt", task_args={"length": 24},
+                                                    curriculum={})
+    assert ex.run_id(spec("copy", 9, "exact")).endswith("-cur-seed0")
+    assert ex.run_id(spec("copy", 9, "padded")).endswith("-curpad-seed0")
+    assert ex.run_id(spec("copy", 9, "padded", max_steps=200)).endswith("-curpad200-seed0")
+    with pytest.raises(ValueError, match="curriculum stages"):
+        spec("copy", 9, "some")
+
+
+def test_a_padded_curriculum_run_trains_left_padded_stages(tmp_path):
+    s = tiny("rmt", num_segments=3, task_args={"length": 5},
+             curriculum={"stages": "padded", "max_steps": 2, "eval_every": 1, "n_val": 8})
+    assert ex.make_task(s).segment_len == 5            # 15 tokens in 3 segments of 5
+    r = ex.run_grid([s], tmp_path)[0]
+    # copy-1 in 1 segment (3 tokens, 2 pads), copy-3 in 2 (9 tokens, 1 pad)
+    assert [(st["task_args"]["length"], st["num_segments"], st["task_args"]["segment_len"])
+            for st in r["curriculum"]] == [(1, 1, 5), (3, 2, 5)]
+    rows = ex.summary_table([r, ex.run_grid([tiny("rmt", num_segments=3, task_args={"length": 5},
+                                                   curriculum={})], tmp_path)[0]])
+    assert [(row["label"], row["stages"]) for row in rows] == [("RMT +cur", "exact"),
+                                                               ("RMT +curpad", "padded")]
+
+
+def test_the_summary_keeps_task_lengths_apart(tmp_path):
+    short, longer = tiny("txl", task_args={"length": 3}), tiny("txl", task_args={"length": 4})
+    rows = ex.summary_table(ex.run_grid([short, longer], tmp_path))
+    assert [(row["task"], row["length"], row["runs"]) for row in rows] == [("copy", 3, 1),
+                                                                           ("copy", 4, 1)]
+
+
+def test_the_copy120_grid_has_the_papers_fixed_memory():
+    specs = ex.get_grid("p1-copy120")
+    assert sorted({(s["num_segments"], s["kind"], s["memory"]) for s in specs}) == [
+        (3, "rmt", 60), (3, "transformer", 0), (3, "txl", 60),
+        (6, "rmt", 30), (6, "transformer", 0), (6, "txl", 30),
+        (9, "rmt", 40), (9, "transformer", 0), (9, "txl", 40)]
+    for s in specs:
+        task = ex.make_task(s)
+        assert task.vocab_size == 10 and task.seq_len == 360 and task.left_pad == 0
+        assert task.segment_len == 360 // s["num_segments"]
+    assert len({ex.run_id(s) for s in specs}) == len(specs)
+
+
+def test_cli_curriculum_options_need_the_curriculum(capsys):
+    with pytest.raises(SystemExit):
+        ex.main(["p1-copy", "--out", "unused", "--padded-stages", "--list"])
+    assert "need --curriculum" in capsys.readouterr().err
+    assert ex.main(["p1-copy", "--out", "unused", "--segments", "9", "--kinds", "rmt",
+                    "--curriculum", "--padded-stages", "--stage-steps", "200", "--list"]) == 0
+    assert capsys.readouterr().out.strip().endswith("-curpad200-seed0")
+
+
 def test_a_curriculum_run_trains_the_stages_first_and_resumes(tmp_path):
     spec = tiny("rmt", curriculum={"max_steps": 4, "eval_every": 2, "n_val": 8,
                                    "target_accuracy": None})   # copy-2 in 1 segment of 6

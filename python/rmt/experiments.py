@@ -340,7 +340,10 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None) -
         if task.segment_len != segment_len:
             raise AssertionError(f"curriculum stage {st} has segments of {task.segment_len}, "
                                  f"not {segment_len}")
-        val = _chunks(task.split(c["n_val"], c["n_val"])["val"], EVAL_BATCH)
+        # a short stage can have few distinct inputs (copy-2 over 10 symbols: 100): hold out at
+        # most a quarter of them for validation (and as many for the unused test split)
+        n_val = min(int(c["n_val"]), task.num_inputs // 4)
+        val = _chunks(task.split(n_val, n_val)["val"], EVAL_BATCH)
         trainer = _build_trainer({**s, "seed": s["seed"] + 1000 * (i + 1)}, model)
         t0 = time.perf_counter()
         stage_callback = None if callback is None else \

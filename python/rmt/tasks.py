@@ -15,6 +15,7 @@ redrawn), so train/validation/test do not overlap.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Dict, Optional, Set, Tuple
 
@@ -86,9 +87,21 @@ class Task:
         return inputs, answers
 
     # ---- splits ----
+    @property
+    def num_inputs(self) -> int:
+        """How many distinct inputs the task has (samples are unique by input)."""
+        raise NotImplementedError
+
     def split(self, n_val: int = 1000, n_test: int = 1000) -> Dict[str, Dict[str, np.ndarray]]:
         """Validation and test batches, disjoint from each other and (from then on) from every
         training batch. Deterministic in the task's seed."""
+        for name, n in (("n_val", n_val), ("n_test", n_test)):
+            if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {n!r}")
+        if n_val + n_test >= self.num_inputs:
+            # drawing them would never end, and no input would be left to train on
+            raise ValueError(f"{self!r} has only {self.num_inputs} distinct inputs: cannot hold "
+                             f"out {n_val} + {n_test} and still train")
         rng_val = np.random.default_rng([self.seed, 1])
         rng_test = np.random.default_rng([self.seed, 2])
         val = self._unique(rng_val, n_val, set())
@@ -141,6 +154,10 @@ class CopyTask(Task):
         self.answer_size = 2 * length
         super().__init__(num_segments, seed, segment_len)
 
+    @property
+    def num_inputs(self) -> int:
+        return (self.vocab_size - 2) ** self.length
+
     def _draw(self, rng, n):
         x = rng.integers(2, self.vocab_size, (n, self.length))
         return x, np.concatenate([x, x], axis=1)
@@ -185,6 +202,10 @@ class AssociativeRetrievalTask(Task):
 
     def answer_len_in_stream(self):
         return 2   # the query key, then its value
+
+    @property
+    def num_inputs(self) -> int:
+        return math.perm(26, self.pairs) * math.perm(10, self.pairs)
 
     def _draw(self, rng, n):
         keys = np.argsort(rng.random((n, 26)), axis=1)[:, :self.pairs] + 2
