@@ -365,6 +365,7 @@ REL_SHAPES = [  # (B, Q, K, C, NH)
     (2, 5, 5, 20, 4),
     (2, 7, 12, 8, 1),
     (3, 17, 40, 24, 3),
+    (2, 30, 45, 16, 2),    # three row blocks of the kernel's 12, each with its own key end
 ]
 
 
@@ -387,7 +388,7 @@ def test_rel_attention_matches_torch(isa, rng, B, Q, K, C, NH, kind, dtype):
         compare_rel(ours, kimi, dtype)
 
 
-@pytest.mark.parametrize("M,T,cache", [(2, 3, 0), (2, 5, 4), (1, 1, 2)])
+@pytest.mark.parametrize("M,T,cache", [(2, 3, 0), (2, 5, 4), (1, 1, 2), (10, 24, 0), (4, 30, 8)])
 def test_rel_attention_rmt_decoder_mask_matches_torch(isa, rng, M, T, cache):
     allowed = ops.rmt_decoder_mask(M, T, cache)
     Q, K = allowed.shape

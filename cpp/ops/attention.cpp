@@ -198,6 +198,54 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
     }
 }
 
+namespace {
+
+// Row blocks of the relative attention: a block of kRowBlock query rows computes scores, and
+// reduces over keys, only up to the block's last allowed key. Under a causal or memory mask
+// ([read | tokens | write] rows: the read rows see the read block, token rows the tokens before
+// them) a third to a half of the (query, key) pairs are masked, and their products are skipped
+// instead of computed and thrown away. A multiple of the 6-row small_gemm block.
+constexpr int64_t kRowBlock = 12;
+
+int64_t row_blocks(int64_t Q) { return (Q + kRowBlock - 1) / kRowBlock; }
+
+// hi[blk] = 1 + the last key that any row of block blk may attend (0: none), from the mask
+// (R x K rows of 0/1) or, in the backward, from the saved probabilities (a key whose probability
+// is exactly 0 contributes nothing to any gradient either).
+template <typename Row>
+void block_key_ends(int64_t* hi, int64_t Q, int64_t K, Row nonzero) {
+    for (int64_t blk = 0; blk * kRowBlock < Q; ++blk) {
+        int64_t end = 0;
+        for (int64_t i = blk * kRowBlock; i < std::min(Q, (blk + 1) * kRowBlock); ++i) {
+            int64_t j = K;
+            while (j > end && !nonzero(i, j - 1)) --j;
+            end = std::max(end, j);
+        }
+        hi[blk] = end;
+    }
+}
+
+// The number of score columns a block computes: its key end rounded up to whole vectors when
+// that stays inside the K columns (the extra columns are masked and never read), so head_gemm
+// takes no ragged-tail path.
+template <typename T>
+int64_t score_columns(int64_t hi, int64_t K) {
+    const int64_t whole = round_up(hi, kernels::pad_elements<T>());
+    return whole <= K ? whole : hi;
+}
+
+// B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
+template <typename T>
+void transpose_head(T* out, const T* x, int64_t K, int64_t Kp, int64_t hs, int64_t C) {
+    for (int64_t d = 0; d < hs; ++d) {
+        T* row = out + d * Kp;
+        for (int64_t m = 0; m < K; ++m) row[m] = x[m * C + d];
+        std::fill(row + K, row + Kp, T(0));
+    }
+}
+
+}  // namespace
+
 template <typename T>
 void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, const T* rk,
                            const T* u_bias, const T* v_bias, const uint8_t* allowed,
@@ -210,17 +258,23 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
     // once here rather than by each of the B (batch, head) products of that head.
     const int64_t Kp = round_up(K, kernels::pad_elements<T>());
     T* rk_t = scratch<T>(SLOT_RK_T, size_t(NH * hs * Kp));
-    for (int64_t h = 0; h < NH; ++h)
-        for (int64_t d = 0; d < hs; ++d) {
-            T* row = rk_t + (h * hs + d) * Kp;
-            for (int64_t m = 0; m < K; ++m) row[m] = rk[m * C + h * hs + d];
-            std::fill(row + K, row + Kp, T(0));
+    for (int64_t h = 0; h < NH; ++h) transpose_head(rk_t + h * hs * Kp, rk + h * hs, K, Kp, hs, C);
+    // each row block's key end, per batch row of the mask (one shared mask: one set)
+    const int64_t nblk = row_blocks(Q);
+    const int64_t mask_sets = allowed && mask_batch_stride != 0 ? B : 1;
+    std::vector<int64_t> key_end(size_t(mask_sets * nblk), K);
+    if (allowed)
+        for (int64_t b = 0; b < mask_sets; ++b) {
+            const uint8_t* a = allowed + b * mask_batch_stride;
+            block_key_ends(key_end.data() + b * nblk, Q, K,
+                           [a, K](int64_t i, int64_t j) { return a[i * K + j] != 0; });
         }
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
     {
-        std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * Kp));
+        std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * Kp)),
+            k_t(size_t(hs * Kp));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -231,6 +285,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             const T* vh = v + b * K * C + h * hs;
             const T* uh = u_bias + h * hs;
             const T* vbh = v_bias + h * hs;
+            const int64_t* ends = key_end.data() + (mask_sets > 1 ? b * nblk : 0);
             T* oh = out + b * Q * C + h * hs;
             T* p = probs + bh * Q * K;
             for (int64_t i = 0; i < Q; ++i)
@@ -238,22 +293,41 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                     qu[i * hs + d] = qh[i * C + d] + uh[d];
                     qv[i * hs + d] = qh[i * C + d] + vbh[d];
                 }
-            // content term: S = (q + u) k^T / sqrt(hs)
-            head_gemm<T>(false, true, Q, K, hs, scale, qu.data(), hs, kh, C, T(0), p, K);
-            // position term against every distance: BD[i, m] = (q_i + v) . rk_m / sqrt(hs),
-            // then the rel shift S[i, j] += BD[i, j + Q-1-i] where that index exists
-            head_gemm<T>(false, false, Q, Kp, hs, scale, qv.data(), hs, rk_t + h * hs * Kp, Kp,
-                         T(0), bd.data(), Kp);
-            for (int64_t i = 0; i < Q; ++i) {
-                const int64_t shift = Q - 1 - i;
-                const int64_t jend = K - shift;   // j + shift < K
-                T* srow = p + i * K;
-                const T* brow = bd.data() + i * Kp + shift;
-                for (int64_t j = 0; j < jend; ++j) srow[j] += brow[j];
+            transpose_head(k_t.data(), kh, K, Kp, hs, C);
+            const T* rk_th = rk_t + h * hs * Kp;
+            for (int64_t blk = 0; blk < nblk; ++blk) {
+                const int64_t i0 = blk * kRowBlock, block_rows = std::min(kRowBlock, Q - i0);
+                const int64_t end = ends[blk];
+                T* pb = p + i0 * K;
+                if (end == 0) {   // no row of the block attends anything: P = 0, out = 0
+                    std::fill(pb, pb + block_rows * K, T(0));
+                    for (int64_t i = i0; i < i0 + block_rows; ++i)
+                        std::fill(oh + i * C, oh + i * C + hs, T(0));
+                    continue;
+                }
+                // content term: S = (q + u) k^T / sqrt(hs), keys [0, end) only
+                head_gemm<T>(false, false, block_rows, score_columns<T>(end, K), hs, scale,
+                             qu.data() + i0 * hs, hs, k_t.data(), Kp, T(0), pb, K);
+                // position term against the distances these rows reach: BD[i, m] =
+                // (q_i + v) . rk_m / sqrt(hs), then the rel shift S[i, j] += BD[i, j + Q-1-i]
+                // where that index exists
+                const int64_t bd_cols = std::min(Kp, round_up(end + Q - 1 - i0,
+                                                              kernels::pad_elements<T>()));
+                head_gemm<T>(false, false, block_rows, bd_cols, hs, scale, qv.data() + i0 * hs, hs,
+                             rk_th, Kp, T(0), bd.data() + i0 * Kp, Kp);
+                for (int64_t i = i0; i < i0 + block_rows; ++i) {
+                    const int64_t shift = Q - 1 - i;
+                    const int64_t jend = std::min(K - shift, end);   // j + shift < K, j < end
+                    T* srow = p + i * K;
+                    const T* brow = bd.data() + i * Kp + shift;
+                    for (int64_t j = 0; j < jend; ++j) srow[j] += brow[j];
+                }
+                // reads only the allowed keys, all before end; writes zeros after them
+                masked_softmax_rows<T>(pb, pb, allowed ? allowed + b * mask_batch_stride + i0 * K
+                                                       : nullptr,
+                                       block_rows, K, block_rows);
+                head_gemm<T>(false, false, block_rows, hs, end, T(1), pb, K, vh, C, T(0), oh + i0 * C, C);
             }
-            masked_softmax_rows<T>(p, p, allowed ? allowed + b * mask_batch_stride : nullptr, Q, K,
-                                   Q);
-            head_gemm<T>(false, false, Q, hs, K, T(1), p, K, vh, C, T(0), oh, C);
         }
     }
 }
@@ -273,11 +347,15 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
     std::vector<T> du_parts;
     if (B > 1) du_parts.assign(size_t(B * C), T(0));
     T* dbd_all = scratch<T>(SLOT_DBD, size_t(NH * rows * K));
+    const int64_t Kp = round_up(K, kernels::pad_elements<T>());
+    const int64_t nblk = row_blocks(Q);
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs))
 #endif
     {
-        std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * K));
+        std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * K)),
+            v_t(size_t(hs * Kp));
+        std::vector<int64_t> ends(static_cast<size_t>(nblk));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -296,27 +374,51 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             T* dbd = dbd_all + (h * B + b) * Q * K;
             for (int64_t i = 0; i < Q; ++i)
                 for (int64_t d = 0; d < hs; ++d) qu[i * hs + d] = qh[i * C + d] + uh[d];
-            // out = P v:  dP = dout v^T,  dv += P^T dout
-            head_gemm<T>(false, true, Q, K, hs, T(1), doh, C, vh, C, T(0), ds.data(), K);
-            head_gemm<T>(true, false, K, hs, Q, T(1), p, K, doh, C, T(1), dvh, C);
-            // P = softmax(S): dS = P (dP - <dP, P>) / sqrt(hs)  (the gradient of both terms)
-            softmax_rows_backward<T>(ds.data(), ds.data(), p, Q, K, scale, true);
-            // content term (q + u) k^T:  d(q + u) = dS k  (to dq and du),  dk += dS^T (q + u)
-            head_gemm<T>(false, false, Q, hs, K, T(1), ds.data(), K, kh, C, T(0), dqx.data(), hs);
+            transpose_head(v_t.data(), vh, K, Kp, hs, C);
+            // the keys each row block reaches: the forward's, read back off P
+            block_key_ends(ends.data(), Q, K,
+                           [p, K](int64_t i, int64_t j) { return p[i * K + j] != T(0); });
+            for (int64_t blk = 0; blk < nblk; ++blk) {
+                const int64_t i0 = blk * kRowBlock, block_rows = std::min(kRowBlock, Q - i0);
+                const int64_t end = ends[blk];
+                const T* pb = p + i0 * K;
+                T* dsb = ds.data() + i0 * K;
+                if (end > 0) {
+                    // out = P v:  dP = dout v^T,  dv += P^T dout  (keys [0, end) only)
+                    head_gemm<T>(false, false, block_rows, score_columns<T>(end, K), hs, T(1),
+                                 doh + i0 * C, C, v_t.data(), Kp, T(0), dsb, K);
+                    head_gemm<T>(true, false, end, hs, block_rows, T(1), pb, K, doh + i0 * C, C, T(1),
+                                 dvh, C);
+                    // P = softmax(S): dS = P (dP - <dP, P>) / sqrt(hs) (the gradient of both
+                    // terms); P = 0 from end on, so the rows stop there
+                    for (int64_t i = 0; i < block_rows; ++i)
+                        softmax_rows_backward<T>(dsb + i * K, dsb + i * K, pb + i * K, 1, end,
+                                                 scale, true);
+                    // content term (q + u) k^T:  d(q + u) = dS k  (to dq and du),
+                    // dk += dS^T (q + u)
+                    head_gemm<T>(false, false, block_rows, hs, end, T(1), dsb, K, kh, C, T(0),
+                                 dqx.data() + i0 * hs, hs);
+                    head_gemm<T>(true, false, end, hs, block_rows, T(1), dsb, K, qu.data() + i0 * hs,
+                                 hs, T(1), dkh, C);
+                } else {
+                    std::fill(dqx.data() + i0 * hs, dqx.data() + (i0 + block_rows) * hs, T(0));
+                }
+                // rel shift backward: scatter dS[i, j] (j < end; zero after) back to
+                // BD[i, j + Q-1-i]
+                for (int64_t i = i0; i < i0 + block_rows; ++i) {
+                    const int64_t shift = std::min(Q - 1 - i, K);
+                    const int64_t jend = std::min(K - shift, end);
+                    T* brow = dbd + i * K;
+                    std::fill(brow, brow + shift, T(0));
+                    std::copy(ds.data() + i * K, ds.data() + i * K + jend, brow + shift);
+                    std::fill(brow + shift + jend, brow + K, T(0));
+                }
+            }
             for (int64_t i = 0; i < Q; ++i)
                 for (int64_t d = 0; d < hs; ++d) {
                     dqh[i * C + d] += dqx[i * hs + d];
                     duh[d] += dqx[i * hs + d];
                 }
-            head_gemm<T>(true, false, K, hs, Q, T(1), ds.data(), K, qu.data(), hs, T(1), dkh, C);
-            // rel shift backward: scatter dS[i, j] back to BD[i, j + Q-1-i]
-            for (int64_t i = 0; i < Q; ++i) {
-                const int64_t shift = std::min(Q - 1 - i, K);
-                const int64_t jend = K - shift;
-                T* brow = dbd + i * K;
-                std::fill(brow, brow + shift, T(0));
-                std::copy(ds.data() + i * K, ds.data() + i * K + jend, brow + shift);
-            }
         }
     }
     if (B > 1)
