@@ -398,6 +398,33 @@ def test_rel_attention_rmt_decoder_mask_matches_torch(isa, rng, M, T, cache):
     compare_rel(ours, ref, np.float32)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rel_attention_row_blocks_at_their_edges(isa, rng, dtype):
+    # The kernel works in blocks of 12 query rows, each up to its last allowed key (forward: the
+    # mask; backward: the nonzero probabilities). Masks that make those ends uneven:
+    B, Q, K, C, NH = 3, 40, 52, 16, 2
+    q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
+    causal = ops.causal_mask(Q, K - Q).astype(np.uint8)
+    shared = causal.copy()
+    shared[12:24] = 0                     # a whole middle block sees nothing (one shared mask)
+    shared[26, 40:] = 0                   # a hole: an earlier row of a block sets its end
+    per_row = np.stack([ops.padding_mask(Q, K, L) for L in (50, 17, 3)]).astype(np.uint8)
+    per_row &= causal                     # ends that fall from one batch row to the next
+    for allowed in (shared, per_row):
+        ours = ours_rel(q, k, v, rk, u, vb, dout, NH, allowed)
+        ref = run_torch(torch_rel_attention_direct, [q, k, v, rk, u, vb], dout, NH, allowed)
+        compare_rel(ours, ref, dtype)
+        if allowed is shared:
+            assert (ours[0][:, 12:24] == 0).all()
+    # large scores: allowed keys whose probability underflows to exactly 0, so the backward's
+    # ends fall short of the forward's
+    big = [x * (6 if dtype == np.float32 else 30) for x in (q, k)]
+    ours = ours_rel(big[0], big[1], v, rk, u, vb, dout, NH, causal)
+    assert (ours[1][causal[None, None].repeat(B, 0).repeat(NH, 1) == 1] == 0).any()
+    ref = run_torch(torch_rel_attention_direct, [big[0], big[1], v, rk, u, vb], dout, NH, causal)
+    compare_rel(ours, ref, dtype)
+
+
 def test_rel_attention_kimiyoung_pipeline_with_encoding(rng):
     # The whole positional path as kimiyoung builds it: pos_seq = klen-1 .. 0, R, rk = R W_r^T.
     B, Q, cache, C, NH = 2, 6, 4, 16, 4

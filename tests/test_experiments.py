@@ -194,14 +194,45 @@ def test_a_padded_curriculum_run_trains_left_padded_stages(tmp_path):
     rows = ex.summary_table([r, ex.run_grid([tiny("rmt", num_segments=3, task_args={"length": 5},
                                                    curriculum={})], tmp_path)[0]])
     assert [(row["label"], row["stages"]) for row in rows] == [("RMT +cur", "exact"),
-                                                               ("RMT +curpad", "padded")]
+                                                               ("RMT +curpad2", "padded")]
 
 
-def test_the_summary_keeps_task_lengths_apart(tmp_path):
+def test_the_summary_keeps_task_lengths_and_stage_budgets_apart(tmp_path):
     short, longer = tiny("txl", task_args={"length": 3}), tiny("txl", task_args={"length": 4})
     rows = ex.summary_table(ex.run_grid([short, longer], tmp_path))
     assert [(row["task"], row["length"], row["runs"]) for row in rows] == [("copy", 3, 1),
                                                                            ("copy", 4, 1)]
+    # copy-24 by default and copy-24 by name are one cell
+    named = ex.make_spec("copy", 3, "txl", task_args={"length": 24})
+    unnamed = ex.make_spec("copy", 3, "txl")
+    fake = lambda spec, acc: {"spec": spec, "metrics": {"test_accuracy": acc}}
+    rows = ex.summary_table([fake(named, 1.0), fake(unnamed, 0.5)])
+    assert [(row["length"], row["runs"]) for row in rows] == [(24, 2)]
+    # a run with another stage budget is another variant, not another seed
+    default = ex.make_spec("copy", 3, "rmt", curriculum={})
+    budget = ex.make_spec("copy", 3, "rmt", curriculum={"max_steps": 200})
+    rows = ex.summary_table([fake(default, 1.0), fake(budget, 0.0)])
+    assert [(row["label"], row["curriculum_tag"], row["runs"]) for row in rows] == [
+        ("RMT +cur", "cur", 1), ("RMT +cur200", "cur200", 1)]
+
+
+def test_a_curriculum_stage_with_few_inputs_still_validates(tmp_path):
+    # copy-1 over 2 symbols (the first padded stage here) has only 2 distinct inputs
+    s = tiny("rmt", num_segments=4, task_args={"length": 4, "vocab_size": 4}, n_val=4, n_test=4,
+             curriculum={"stages": "padded", "max_steps": 2, "eval_every": 1, "n_val": 8})
+    r = ex.run_grid([s], tmp_path)[0]
+    assert r["curriculum"][0]["task_args"]["length"] == 1
+    assert 0.0 <= r["curriculum"][0]["val_accuracy"] <= 1.0
+
+
+def test_a_bad_curriculum_is_a_clear_error():
+    for bad in (True, "padded", 3):
+        with pytest.raises(ValueError, match="curriculum must be None or a dict"):
+            ex.make_spec("copy", 3, "rmt", curriculum=bad)
+    # a hand-built spec gets the curriculum defaults filled in
+    spec = {**ex.make_spec("copy", 9, "rmt"), "curriculum": {"stages": "padded"}}
+    assert ex.run_id(spec).endswith("-curpad-seed0")
+    assert ex.normalize_spec(spec)["curriculum"]["max_steps"] == ex.CURRICULUM_DEFAULTS["max_steps"]
 
 
 def test_the_copy120_grid_has_the_papers_fixed_memory():
@@ -243,7 +274,7 @@ def test_a_curriculum_run_trains_the_stages_first_and_resumes(tmp_path):
     assert plain["curriculum"] is None and losses(plain) != losses(straight)
     rows = ex.summary_table([straight, plain])
     assert sorted((row["label"], row["curriculum"], row["runs"]) for row in rows) == [
-        ("RMT", False, 1), ("RMT +cur", True, 1)]
+        ("RMT", False, 1), ("RMT +cur4", True, 1)]   # max_steps 4: not the default budget
 
     def kill_at_5(rec):
         if rec.get("step") == 5 and "loss" in rec and "curriculum_stage" not in rec:

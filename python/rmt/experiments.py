@@ -154,7 +154,7 @@ def make_spec(task: str, num_segments: int, kind: str, *, task_args: Optional[Di
         "steps": steps if steps is not None else FULL_STEPS.get(task, 3000),
         "batch_size": batch_size, "eval_every": eval_every, "n_val": n_val, "n_test": n_test,
         "seed": seed, "checkpoint_every": checkpoint_every, "target_accuracy": target_accuracy,
-        "curriculum": None if curriculum is None else {**CURRICULUM_DEFAULTS, **curriculum},
+        "curriculum": curriculum,   # normalize_spec checks it and fills in the defaults
         "quick": quick,
     }
     if kind == "txl_rmt":
@@ -182,6 +182,10 @@ def normalize_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     s.setdefault("quick", False)
     s.setdefault("curriculum", None)
     if s["curriculum"] is not None:
+        if not isinstance(s["curriculum"], dict):
+            raise ValueError(f"curriculum must be None or a dict of CURRICULUM_DEFAULTS "
+                             f"overrides ({{}} for the defaults), got {s['curriculum']!r}")
+        s["curriculum"] = {**CURRICULUM_DEFAULTS, **s["curriculum"]}
         rule = s["curriculum"].get("stages", "exact")
         if rule not in CURRICULUM_STAGE_RULES:
             raise ValueError(f"curriculum stages must be one of {CURRICULUM_STAGE_RULES}, "
@@ -247,14 +251,8 @@ def run_id(spec: Dict[str, Any]) -> str:
              f"bptt{'full' if s['bptt_depth'] is None else s['bptt_depth']}",
              f"{o['name']}", f"lr{_fmt(float(o['lr']))}", f"b{s['batch_size']}", f"st{s['steps']}",
              f"seed{s['seed']}"]
-    if s["curriculum"] is not None:
-        c = s["curriculum"]
-        tag = "curpad" if c.get("stages") == "padded" else "cur"
-        # a stage budget other than the default is a different run
-        default_steps = 10 if s["quick"] else CURRICULUM_DEFAULTS["max_steps"]
-        if int(c["max_steps"]) != default_steps:
-            tag += str(int(c["max_steps"]))
-        parts.insert(-1, tag)
+    if s["curriculum"] is not None:   # a stage budget other than the default is a different run
+        parts.insert(-1, _curriculum_tag(s))
     if s["quick"]:
         parts.insert(0, "quick")
     return "-".join(parts)
@@ -343,7 +341,9 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None) -
         # a short stage can have few distinct inputs (copy-2 over 10 symbols: 100): hold out at
         # most a quarter of them for validation (and as many for the unused test split)
         n_val = min(int(c["n_val"]), task.num_inputs // 4)
-        val = _chunks(task.split(n_val, n_val)["val"], EVAL_BATCH)
+        # (with fewer than 4 inputs, hold out one for validation and none for test)
+        held_out = task.split(n_val, n_val) if n_val >= 1 else task.split(1, 0)
+        val = _chunks(held_out["val"], EVAL_BATCH)
         trainer = _build_trainer({**s, "seed": s["seed"] + 1000 * (i + 1)}, model)
         t0 = time.perf_counter()
         stage_callback = None if callback is None else \
@@ -583,7 +583,7 @@ def select(specs: Sequence[Dict[str, Any]], kinds: Optional[Sequence[str]] = Non
         spec = copy.deepcopy(spec)
         if curriculum is not None and spec["task"] in ("copy", "reverse") \
                 and spec["num_segments"] > 1:
-            spec["curriculum"] = {**CURRICULUM_DEFAULTS, **curriculum}
+            spec["curriculum"] = curriculum
         out.append(normalize_spec(spec))
     return out
 
@@ -698,28 +698,37 @@ def load_results(out_dir) -> List[Dict[str, Any]]:
     return results
 
 
+def _curriculum_tag(s: Dict[str, Any]) -> str:
+    # "cur" / "curpad", with the stage budget when it is not the default ("cur200")
+    c = s["curriculum"]
+    tag = "curpad" if c.get("stages") == "padded" else "cur"
+    default_steps = 10 if s["quick"] else CURRICULUM_DEFAULTS["max_steps"]
+    if int(c["max_steps"]) != default_steps:
+        tag += str(int(c["max_steps"]))
+    return tag
+
+
 def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (task, task length, num_segments, kind, curriculum rule): mean test accuracy
-    over seeds, number of runs. Rows carry "length" (copy / reverse: the task length, else None),
-    "curriculum" (whether the runs had a length curriculum) and "stages" (its rule, "exact" or
-    "padded", or None). Runs with a curriculum are labelled "<kind> +cur", or "<kind> +curpad"
-    with padded stages."""
+    """One row per (task, task length, num_segments, kind, curriculum): mean test accuracy over
+    seeds, number of runs. Rows carry "length" (copy / reverse: the task length, else None),
+    "curriculum" (whether the runs had a length curriculum), "stages" (its rule, "exact" or
+    "padded", or None) and "curriculum_tag" (as in the run id: "cur", "curpad", "cur200", ...;
+    None without one). Runs with a curriculum are labelled "<kind> +<tag>"."""
     cells: Dict[tuple, List[float]] = {}
     for r in results:
-        s = r["spec"]
-        if s["task"] == "lm":   # see lm_table
+        if r["spec"]["task"] == "lm":   # see lm_table
             continue
-        c = s.get("curriculum")
-        rule = None if c is None else c.get("stages", "exact")
-        length = s.get("task_args", {}).get("length") if s["task"] in ("copy", "reverse") else None
-        cells.setdefault((s["task"], length or 0, s["num_segments"], s["kind"], rule or ""),
-                         []).append(r["metrics"]["test_accuracy"])
-    suffix = {"": "", "exact": " +cur", "padded": " +curpad"}
+        s = normalize_spec(r["spec"])
+        rule = None if s["curriculum"] is None else s["curriculum"].get("stages", "exact")
+        tag = None if s["curriculum"] is None else _curriculum_tag(s)
+        length = make_task(s).length if s["task"] in ("copy", "reverse") else None
+        cells.setdefault((s["task"], length or 0, s["num_segments"], s["kind"], rule or "",
+                          tag or ""), []).append(r["metrics"]["test_accuracy"])
     return [{"task": t, "length": length or None, "num_segments": n, "kind": k,
-             "curriculum": bool(rule), "stages": rule or None,
-             "label": KIND_LABELS.get(k, k) + suffix[rule],
+             "curriculum": bool(rule), "stages": rule or None, "curriculum_tag": tag or None,
+             "label": KIND_LABELS.get(k, k) + (f" +{tag}" if tag else ""),
              "test_accuracy": float(np.mean(v)), "runs": len(v)}
-            for (t, length, n, k, rule), v in sorted(cells.items())]
+            for (t, length, n, k, rule, tag), v in sorted(cells.items())]
 
 
 def lm_label(spec: Dict[str, Any]) -> str:
@@ -806,7 +815,8 @@ def main(argv=None) -> int:
                        progress=args.progress,
                        log=lambda msg: print(msg, flush=True))
     for row in summary_table(results):
-        print(f"{row['task']:>10} {row['num_segments']:>2} segments {row['label']:>8}: "
+        task = f"{row['task']}-{row['length']}" if row["length"] else row["task"]
+        print(f"{task:>10} {row['num_segments']:>2} segments {row['label']:>8}: "
               f"test accuracy {row['test_accuracy']:.3f} ({row['runs']} run(s))")
     for row in lm_table(results):
         print(f"{'lm':>10} {row['label']:>24}: test {row['test_bpc']:.3f} bpc "
