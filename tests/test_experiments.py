@@ -248,6 +248,20 @@ def test_the_copy120_grid_has_the_papers_fixed_memory():
     assert len({ex.run_id(s) for s in specs}) == len(specs)
 
 
+def test_with_steps_changes_the_budget_and_the_intervals_that_followed_it(capsys):
+    spec = ex.get_grid("p1-copy120")[4]
+    short = ex.with_steps(spec, 300)
+    assert (short["steps"], short["eval_every"], short["checkpoint_every"]) == (300, 30, 30)
+    assert {k: v for k, v in short.items() if k not in ("steps", "eval_every", "checkpoint_every")} \
+        == {k: v for k, v in spec.items() if k not in ("steps", "eval_every", "checkpoint_every")}
+    assert "-st300-" in ex.run_id(short) and ex.with_steps(spec, spec["steps"]) == spec
+    fixed = ex.make_spec("copy", 3, "rmt", steps=100, eval_every=7)
+    assert ex.with_steps(fixed, 50)["eval_every"] == 7
+    assert ex.main(["p1-copy120", "--out", "unused", "--segments", "6", "--kinds", "rmt",
+                    "--steps", "300", "--list"]) == 0
+    assert capsys.readouterr().out.strip().endswith("-b16-st300-seed0")
+
+
 def test_cli_curriculum_options_need_the_curriculum(capsys):
     with pytest.raises(SystemExit):
         ex.main(["p1-copy", "--out", "unused", "--padded-stages", "--list"])

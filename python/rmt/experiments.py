@@ -588,6 +588,20 @@ def select(specs: Sequence[Dict[str, Any]], kinds: Optional[Sequence[str]] = Non
     return out
 
 
+def with_steps(spec: Dict[str, Any], steps: int) -> Dict[str, Any]:
+    """The spec trained for `steps` steps instead (a different run: st<steps> in its run id);
+    an evaluation and checkpoint interval that was the default (steps / 10) follows the new
+    budget."""
+    s = normalize_spec(spec)
+    default_every = max(1, s["steps"] // 10)
+    if s["eval_every"] == default_every:
+        s["eval_every"] = None
+    if s["checkpoint_every"] == default_every:
+        s["checkpoint_every"] = None
+    s["steps"] = steps
+    return normalize_spec(s)
+
+
 def get_grid(name: str, quick: bool = False) -> List[Dict[str, Any]]:
     """The named grid's specs (quick: their tiny CI versions)."""
     if name not in GRIDS:
@@ -785,6 +799,9 @@ def main(argv=None) -> int:
     parser.add_argument("--curriculum", action="store_true",
                         help="copy / reverse runs of more than one segment first train on the "
                              "shorter tasks (see curriculum_stages)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train every selected run for this many steps instead of its "
+                             "grid's (a different run: st<N> in the run id)")
     parser.add_argument("--padded-stages", action="store_true",
                         help="with --curriculum: a stage for every shorter number of segments, "
                              "left-padded (curriculum_stages' \"padded\" rule)")
@@ -803,7 +820,12 @@ def main(argv=None) -> int:
             curriculum["stages"] = "padded"
         if args.stage_steps is not None:
             curriculum["max_steps"] = args.stage_steps
-    specs = select(get_grid(args.grid), args.kinds, args.segments, curriculum)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+    grid = get_grid(args.grid)
+    if args.steps is not None:
+        grid = [with_steps(s, args.steps) for s in grid]
+    specs = select(grid, args.kinds, args.segments, curriculum)
     if not specs:
         parser.error("no run of the grid matches --kinds / --segments")
     if args.list:
