@@ -1,5 +1,5 @@
-"""The algorithmic tasks of the RMT paper (P1 appendix A; SPEC section 4): copy, reverse and
-associative retrieval, as batches for rmt.Trainer.
+"""The algorithmic tasks of the RMT paper (P1 appendix A; SPEC section 4): copy, reverse,
+associative retrieval and quadratic equations, as batches for rmt.Trainer.
 
 Every task builds a token stream `s = input ++ answer`, feeds `s[:-1]` and predicts `s[1:]`; the loss
 and the accuracy count only the answer positions (the last `answer_size` targets). The model input is
@@ -219,6 +219,125 @@ class AssociativeRetrievalTask(Task):
         return inputs, answers
 
 
+#: The quadratic-equations vocabulary (LM-RMT's 24 tokens): 0 = pad (also the end of a
+#: solution), 1 = start-of-answer, digits 2..11, then the signs and letters below.
+QUADRATIC_SYMBOLS = "0123456789+-*/^=()xD;,"
+_QUADRATIC_IDS = {c: i + 2 for i, c in enumerate(QUADRATIC_SYMBOLS)}
+
+
+def _signed(v: int) -> str:
+    return f"+{v}" if v >= 0 else str(v)
+
+
+def _paren(v: int) -> str:
+    return str(v) if v >= 0 else f"({v})"
+
+
+class QuadraticEquationsTask(Task):
+    """Quadratic equations (P1 appendix A.3; SPEC section 4): solve a x^2 + b x + c = 0 step by
+    step through the discriminant. Roots x1 >= x2 are integers drawn uniformly from [-100, 100]
+    and a from 1..10, so b = -a (x1 + x2), c = a x1 x2. A fraction ``no_roots`` (default 20%)
+    has no real roots: c is raised to a (ceil((x1 + x2)^2 / 4) + m), m in 1..100, which makes
+    D < 0. For a = 2, roots 7 and -3:
+
+        equation  2*x^2-8*x-42=0
+        solution  D=(-8)^2-4*2*(-42)=64+336=400;x=(8+20)/(2*2)=7,x=(8-20)/(2*2)=-3
+
+    a double root ends in ``x=-b/(2*a)=x1`` and no real roots in ``D=...=<negative>;``.
+
+    Layout (LM-RMT's: 6 segments of 30, the last 150 targets are the answer): the equation,
+    right-padded to ``question_len`` (30) tokens, then the start token and the solution,
+    right-padded to ``answer_size`` (149) tokens; the model input is left-padded to the segments.
+    The loss counts the solution and the pad that ends it; the pads after that are ignored
+    (target -100). A sample is solved when every counted target is right: that is
+    ``rmt.evaluate``'s ``sequence_accuracy``, and under teacher forcing it is exactly the
+    condition for greedy decoding to write the whole solution (each token it predicts is then
+    the next one of the reference). The paper reports this "answer accuracy"; per-token
+    accuracy is reported too. Ids: see QUADRATIC_SYMBOLS (V = 24)."""
+
+    name = "quadratic"
+    question_len = 30
+    #: the longest solution of any equation drawn (a test enumerates them all)
+    max_solution_len = 95
+
+    def __init__(self, num_segments: int = 1, seed: int = 0, segment_len: Optional[int] = None,
+                 no_roots: float = 0.2, answer_size: int = 149):
+        if not isinstance(no_roots, (int, float)) or isinstance(no_roots, bool) \
+                or not 0.0 <= no_roots <= 1.0:
+            raise ValueError(f"no_roots must be a fraction in [0, 1], got {no_roots!r}")
+        if not isinstance(answer_size, int) or isinstance(answer_size, bool) \
+                or answer_size <= self.max_solution_len:
+            raise ValueError(f"answer_size must be an int > {self.max_solution_len} (the longest "
+                             f"solution and the pad that ends it), got {answer_size!r}")
+        self.no_roots = float(no_roots)
+        self.vocab_size = 2 + len(QUADRATIC_SYMBOLS)
+        self.input_len = self.question_len
+        self.answer_size = answer_size
+        super().__init__(num_segments, seed, segment_len)
+
+    # ---- the text of a sample ----
+    @staticmethod
+    def equation(a: int, b: int, c: int) -> str:
+        return f"{a}*x^2{_signed(b)}*x{_signed(c)}=0"
+
+    @staticmethod
+    def solution(a: int, b: int, c: int) -> str:
+        """The step-by-step solution of a x^2 + b x + c = 0 (a > 0, integer roots or none)."""
+        b2, four_ac = b * b, 4 * a * c
+        d = b2 - four_ac
+        text = f"D={_paren(b)}^2-4*{a}*{_paren(c)}={b2}{_signed(-four_ac)}={d};"
+        if d < 0:
+            return text
+        r = int(round(math.sqrt(d)))
+        if d == 0:
+            return text + f"x={-b}/(2*{a})={-b // (2 * a)}"
+        x1, x2 = (-b + r) // (2 * a), (-b - r) // (2 * a)
+        return text + f"x=({-b}+{r})/(2*{a})={x1},x=({-b}-{r})/(2*{a})={x2}"
+
+    @staticmethod
+    def encode(text: str) -> np.ndarray:
+        return np.array([_QUADRATIC_IDS[ch] for ch in text], np.int64)
+
+    @staticmethod
+    def decode(ids) -> str:
+        """The text of a row of ids (pads, the start token and -100 dropped)."""
+        return "".join(QUADRATIC_SYMBOLS[i - 2] for i in np.asarray(ids).tolist() if i >= 2)
+
+    @property
+    def num_inputs(self) -> int:
+        return 10 * (201 * 202 // 2)   # a lower bound: equations with real roots
+
+    def _coefficients(self, rng: np.random.Generator, n: int):
+        roots = rng.integers(-100, 101, (n, 2))
+        x1, x2 = roots.max(axis=1), roots.min(axis=1)
+        a = rng.integers(1, 11, n)
+        b = -a * (x1 + x2)
+        c = a * x1 * x2
+        without = rng.random(n) < self.no_roots
+        s = x1 + x2
+        c_none = a * ((s * s + 3) // 4 + rng.integers(1, 101, n))
+        return a, b, np.where(without, c_none, c)
+
+    def _draw(self, rng, n):
+        a, b, c = self._coefficients(rng, n)
+        inputs = np.zeros((n, self.question_len), np.int64)
+        answers = np.zeros((n, self.answer_size), np.int64)
+        for i in range(n):
+            q = self.encode(self.equation(int(a[i]), int(b[i]), int(c[i])))
+            sol = self.encode(self.solution(int(a[i]), int(b[i]), int(c[i])))
+            inputs[i, :len(q)] = q
+            answers[i, :len(sol)] = sol
+        return inputs, answers
+
+    def make_batch(self, inputs: np.ndarray, answers: np.ndarray) -> Dict[str, np.ndarray]:
+        batch = super().make_batch(inputs, answers)
+        # the solution's own length + 1: it ends with the first pad, later pads do not count
+        lengths = (answers != PAD).sum(axis=1)
+        answer_targets = batch["targets"][:, -self.answer_size:]
+        answer_targets[np.arange(self.answer_size)[None, :] > lengths[:, None]] = -100
+        return batch
+
+
 def _check_count(what: str, v) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{what} must be an int >= 1, got {v!r}")
@@ -287,4 +406,4 @@ class LanguageModelTask:
 
 
 TASKS = {"copy": CopyTask, "reverse": ReverseTask, "retrieval": AssociativeRetrievalTask,
-         "lm": LanguageModelTask}
+         "quadratic": QuadraticEquationsTask, "lm": LanguageModelTask}

@@ -60,11 +60,14 @@ def _mask_array(mask):
 def evaluate(model: Model, data) -> Dict[str, float]:
     """Token-weighted loss and per-token accuracy (argmax == target over the selected tokens) of
     `model` on `data` (a batch, a list of batches, or a callable returning an iterable), in eval
-    mode (the model's previous mode is restored)."""
+    mode (the model's previous mode is restored). Also ``sequence_accuracy``: the fraction of
+    samples (rows with a selected token) whose every selected token is right, i.e. exact-match
+    answers (for a classifier, the accuracy)."""
     batches = _eval_batches(data)
     was_training = model.training
     model.eval()
     loss_sum = weight_sum = correct = count = 0.0
+    rows_correct = rows = 0
     try:
         for raw in batches:
             b = as_batch(raw)
@@ -73,8 +76,11 @@ def evaluate(model: Model, data) -> Dict[str, float]:
                 n = len(b["labels"])
                 loss_sum += loss * n
                 weight_sum += n
-                correct += float((logits.argmax(-1) == np.asarray(b["labels"])).sum())
+                right = int((logits.argmax(-1) == np.asarray(b["labels"])).sum())
+                correct += right
                 count += n
+                rows_correct += right
+                rows += n
                 continue
             mask = _mask_array(b["loss_mask"])
             loss, logits = model.forward(b["tokens"], b["targets"], mask)
@@ -87,14 +93,18 @@ def evaluate(model: Model, data) -> Dict[str, float]:
                 continue
             loss_sum += float(loss) * n
             weight_sum += n
-            pred = logits.argmax(-1)
-            correct += float((pred == targets)[selected].sum())
+            right = logits.argmax(-1) == targets
+            correct += float(right[selected].sum())
             count += n
+            has_selected = selected.any(axis=-1)
+            rows_correct += int(((right | ~selected).all(axis=-1) & has_selected).sum())
+            rows += int(has_selected.sum())
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("evaluation data has no selected tokens (all targets are -100 or masked)")
-    return {"loss": loss_sum / weight_sum, "accuracy": correct / count, "tokens": int(count)}
+    return {"loss": loss_sum / weight_sum, "accuracy": correct / count, "tokens": int(count),
+            "sequence_accuracy": rows_correct / rows, "sequences": rows}
 
 
 def _eval_batches(data):
