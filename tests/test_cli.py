@@ -31,3 +31,16 @@ def test_demo_quick_prints_the_table_and_saves_a_plot(tmp_path):
 def test_errors_are_messages_not_tracebacks(tmp_path):
     out = run("eval", str(tmp_path / "missing.safetensors"), check=False)
     assert out.returncode == 2 and "no checkpoint" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_and_eval_the_quadratic_task(tmp_path):
+    ckpt = tmp_path / "q.safetensors"
+    out = run("train", "--task", "quadratic", "--segments", "6", "--kind", "rmt", "--layers", "1",
+              "--d-model", "16", "--heads", "2", "--d-ff", "32", "--steps", "3", "--eval-every",
+              "3", "--eval-samples", "8", "--no-progress", "--out", str(ckpt))
+    assert "QuadraticEquationsTask(num_segments=6, segment_len=30" in out.stdout
+    result = json.loads(out.stdout.strip().splitlines()[-2])
+    assert 0 <= result["test_sequence_accuracy"] <= result["test_accuracy"] <= 1
+    out = run("eval", str(ckpt), "--task", "quadratic", "--eval-samples", "8")
+    metrics = json.loads(out.stdout)
+    assert 0 <= metrics["test_sequence_accuracy"] <= metrics["test_accuracy"] <= 1

@@ -51,6 +51,8 @@ def _make_task(args):
     if args.task == "retrieval":
         return tasks.AssociativeRetrievalTask(pairs=args.pairs, num_segments=args.segments,
                                               seed=args.seed)
+    if args.task == "quadratic":
+        return tasks.QuadraticEquationsTask(num_segments=args.segments, seed=args.seed)
     cls = tasks.TASKS[args.task]
     return cls(length=args.length, num_segments=args.segments, seed=args.seed)
 
@@ -83,6 +85,7 @@ def _train(args) -> int:
                 target_accuracy=args.target_accuracy)
     test = rmt.evaluate(model, split["test"])
     print(json.dumps({"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+                      "test_sequence_accuracy": test["sequence_accuracy"],
                       "steps": trainer.step_count}))
     model.save(args.out)
     print(f"saved {args.out}")
@@ -106,12 +109,14 @@ def _eval(args) -> int:
         return 2
     split = task.split(n_val=args.eval_samples, n_test=args.eval_samples)
     metrics = rmt.evaluate(model, split["test"])
-    print(json.dumps({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"]}))
+    print(json.dumps({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
+                      "test_sequence_accuracy": metrics["sequence_accuracy"]}))
     return 0
 
 
 def _task_args(p, segments_default=1):
-    p.add_argument("--task", choices=["copy", "reverse", "retrieval"], default="copy")
+    p.add_argument("--task", choices=["copy", "reverse", "retrieval", "quadratic"], default="copy",
+                   help="quadratic: equations in 30 tokens, solutions in 150 (use --segments 6)")
     p.add_argument("--length", type=int, default=24, help="copy/reverse length")
     p.add_argument("--pairs", type=int, default=4, help="retrieval key-value pairs")
     p.add_argument("--segments", type=int, default=segments_default)
