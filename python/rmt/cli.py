@@ -103,6 +103,11 @@ def _eval(args) -> int:
             if _make_task(args).segment_len == model.config.segment_len:
                 break
     task = _make_task(args)
+    if task.vocab_size != model.config.vocab_size:
+        print(f"error: the task's vocabulary ({task.vocab_size} ids) differs from the model's "
+              f"({model.config.vocab_size}): the checkpoint was trained on another task",
+              file=sys.stderr)
+        return 2
     if task.segment_len != model.config.segment_len:
         print(f"error: the task's segment length {task.segment_len} differs from the model's "
               f"{model.config.segment_len}: pick --length/--segments to match", file=sys.stderr)

@@ -2,11 +2,13 @@
 associative retrieval and quadratic equations, as batches for rmt.Trainer.
 
 Every task builds a token stream `s = input ++ answer`, feeds `s[:-1]` and predicts `s[1:]`; the loss
-and the accuracy count only the answer positions (the last `answer_size` targets). The model input is
+and the accuracy count only the answer positions (the last `answer_size` targets; for quadratic
+equations, only up to the pad that ends the solution). The model input is
 left-padded with 0 to a multiple of the number of segments, so it cuts into equal segments (or, given
 `segment_len`, to `num_segments * segment_len` tokens).
 
-Ids: 0 = pad, 1 = start-of-answer (copy/reverse) or query marker (retrieval), 2.. = symbols.
+Ids: 0 = pad, 1 = start-of-answer (copy/reverse/quadratic) or query marker (retrieval), 2.. =
+symbols (quadratic: QUADRATIC_SYMBOLS).
 
 Splits: `task.split(n_val, n_test)` draws held-out validation and test sets with their own seeds;
 training batches (`task.train_batches(batch_size)`) never contain a held-out sample (they are
@@ -237,23 +239,25 @@ class QuadraticEquationsTask(Task):
     """Quadratic equations (P1 appendix A.3; SPEC section 4): solve a x^2 + b x + c = 0 step by
     step through the discriminant. Roots x1 >= x2 are integers drawn uniformly from [-100, 100]
     and a from 1..10, so b = -a (x1 + x2), c = a x1 x2. A fraction ``no_roots`` (default 20%)
-    has no real roots: c is raised to a (ceil((x1 + x2)^2 / 4) + m), m in 1..100, which makes
-    D < 0. For a = 2, roots 7 and -3:
+    has no real roots: c is set to a (ceil((x1 + x2)^2 / 4) + m) instead, m in 1..100, which
+    makes D < 0. For a = 2, roots 7 and -3:
 
         equation  2*x^2-8*x-42=0
         solution  D=(-8)^2-4*2*(-42)=64+336=400;x=(8+20)/(2*2)=7,x=(8-20)/(2*2)=-3
 
     a double root ends in ``x=-b/(2*a)=x1`` and no real roots in ``D=...=<negative>;``.
 
-    Layout (LM-RMT's: 6 segments of 30, the last 150 targets are the answer): the equation,
-    right-padded to ``question_len`` (30) tokens, then the start token and the solution,
-    right-padded to ``answer_size`` (149) tokens; the model input is left-padded to the segments.
+    Layout (LM-RMT's: 180 tokens, 6 segments of 30): the equation, right-padded to
+    ``question_len`` (30) tokens, then the start token and the solution, right-padded to
+    ``answer_size`` (149) tokens; the model input (179 tokens) is left-padded to the segments.
     The loss counts the solution and the pad that ends it; the pads after that are ignored
     (target -100). A sample is solved when every counted target is right: that is
     ``rmt.evaluate``'s ``sequence_accuracy``, and under teacher forcing it is exactly the
     condition for greedy decoding to write the whole solution (each token it predicts is then
-    the next one of the reference). The paper reports this "answer accuracy"; per-token
-    accuracy is reported too. Ids: see QUADRATIC_SYMBOLS (V = 24)."""
+    the next one of the reference), provided generation starts from the same prefix,
+    ``tokens[:, :left_pad + question_len + 1]`` (left pad included, so that the segments are
+    cut where they were), and up to exact ties of the argmax. The paper reports this "answer
+    accuracy"; per-token accuracy is reported too. Ids: see QUADRATIC_SYMBOLS (V = 24)."""
 
     name = "quadratic"
     question_len = 30
@@ -282,13 +286,19 @@ class QuadraticEquationsTask(Task):
 
     @staticmethod
     def solution(a: int, b: int, c: int) -> str:
-        """The step-by-step solution of a x^2 + b x + c = 0 (a > 0, integer roots or none)."""
+        """The step-by-step solution of a x^2 + b x + c = 0: a >= 1 and integer roots, or none
+        (the equations this task draws; others are a ValueError, not a wrong solution)."""
+        if a < 1:
+            raise ValueError(f"the task's equations have a >= 1, got a = {a}")
         b2, four_ac = b * b, 4 * a * c
         d = b2 - four_ac
         text = f"D={_paren(b)}^2-4*{a}*{_paren(c)}={b2}{_signed(-four_ac)}={d};"
         if d < 0:
             return text
-        r = int(round(math.sqrt(d)))
+        r = math.isqrt(d)
+        if r * r != d or (-b + r) % (2 * a) or (-b - r) % (2 * a):
+            raise ValueError(f"{a}*x^2{_signed(b)}*x{_signed(c)}=0 has no integer roots "
+                             f"(D = {d}): the task's solutions are integers")
         if d == 0:
             return text + f"x={-b}/(2*{a})={-b // (2 * a)}"
         x1, x2 = (-b + r) // (2 * a), (-b - r) // (2 * a)
@@ -296,12 +306,24 @@ class QuadraticEquationsTask(Task):
 
     @staticmethod
     def encode(text: str) -> np.ndarray:
+        unknown = sorted(set(text) - set(QUADRATIC_SYMBOLS))
+        if unknown:
+            raise ValueError(f"characters outside the task's vocabulary {QUADRATIC_SYMBOLS!r}: "
+                             f"{unknown}")
         return np.array([_QUADRATIC_IDS[ch] for ch in text], np.int64)
 
     @staticmethod
     def decode(ids) -> str:
-        """The text of a row of ids (pads, the start token and -100 dropped)."""
-        return "".join(QUADRATIC_SYMBOLS[i - 2] for i in np.asarray(ids).tolist() if i >= 2)
+        """The text of one row of ids (pads, the start token and -100 dropped)."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"decode takes one row of integer ids, got shape {ids.shape} "
+                             f"and dtype {ids.dtype}")
+        bad = ids[ids >= 2 + len(QUADRATIC_SYMBOLS)]
+        if bad.size:
+            raise ValueError(f"id {int(bad[0])} is outside the task's vocabulary "
+                             f"[0, {2 + len(QUADRATIC_SYMBOLS)})")
+        return "".join(QUADRATIC_SYMBOLS[i - 2] for i in ids.tolist() if i >= 2)
 
     @property
     def num_inputs(self) -> int:
