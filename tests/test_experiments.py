@@ -193,8 +193,9 @@ def test_a_padded_curriculum_run_trains_left_padded_stages(tmp_path):
             for st in r["curriculum"]] == [(1, 1, 5), (3, 2, 5)]
     rows = ex.summary_table([r, ex.run_grid([tiny("rmt", num_segments=3, task_args={"length": 5},
                                                    curriculum={})], tmp_path)[0]])
-    assert [(row["label"], row["stages"]) for row in rows] == [("RMT +cur", "exact"),
-                                                               ("RMT +curpad2", "padded")]
+    # (tiny runs train 8 steps, not the grid's 2000: the label says so)
+    assert [(row["label"], row["stages"]) for row in rows] == [("RMT +cur, 8 steps", "exact"),
+                                                               ("RMT +curpad2, 8 steps", "padded")]
 
 
 def test_the_summary_keeps_task_lengths_and_stage_budgets_apart(tmp_path):
@@ -214,6 +215,13 @@ def test_the_summary_keeps_task_lengths_and_stage_budgets_apart(tmp_path):
     rows = ex.summary_table([fake(default, 1.0), fake(budget, 0.0)])
     assert [(row["label"], row["curriculum_tag"], row["runs"]) for row in rows] == [
         ("RMT +cur", "cur", 1), ("RMT +cur200", "cur200", 1)]
+    # so is a run of another step budget (--steps), with or without a curriculum
+    longer = ex.with_steps(budget, 4000)
+    plain, plain_short = ex.make_spec("copy", 3, "txl"), ex.make_spec("copy", 3, "txl", steps=300)
+    rows = ex.summary_table([fake(s, 0.5) for s in (budget, longer, plain, plain_short)])
+    assert [(row["label"], row["variant"], row["steps"], row["runs"]) for row in rows] == [
+        ("RMT +cur200", " +cur200", 2000, 1), ("RMT +cur200, 4000 steps", " +cur200, 4000 steps", 4000, 1),
+        ("Tr-XL, 300 steps", ", 300 steps", 300, 1), ("Tr-XL", None, 2000, 1)]
 
 
 def test_a_curriculum_stage_with_few_inputs_still_validates(tmp_path):
@@ -288,7 +296,7 @@ def test_a_curriculum_run_trains_the_stages_first_and_resumes(tmp_path):
     assert plain["curriculum"] is None and losses(plain) != losses(straight)
     rows = ex.summary_table([straight, plain])
     assert sorted((row["label"], row["curriculum"], row["runs"]) for row in rows) == [
-        ("RMT", False, 1), ("RMT +cur4", True, 1)]   # max_steps 4: not the default budget
+        ("RMT +cur4, 8 steps", True, 1), ("RMT, 8 steps", False, 1)]   # max_steps 4: not the default
 
     def kill_at_5(rec):
         if rec.get("step") == 5 and "loss" in rec and "curriculum_stage" not in rec:

@@ -756,9 +756,12 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     seeds, number of runs. Rows carry "length" (copy / reverse: the task length, else None),
     "curriculum" (whether the runs had a length curriculum), "stages" (its rule, "exact" or
     "padded", or None) and "curriculum_tag" (as in the run id: "cur", "curpad", "cur200", ...;
-    None without one). Runs with a curriculum are labelled "<kind> +<tag>". Rows also carry
-    "test_sequence_accuracy", the mean whole-answer accuracy (the quadratic task's headline
-    figure; None when a run's file predates it)."""
+    None without one). Runs with a curriculum are labelled "<kind> +<tag>". Runs of another
+    step budget than their task's default (FULL_STEPS; quick runs: the quick budget) are another
+    variant too, not another seed: "steps" is part of the cell and the label says it
+    ("RMT +cur1500, 4000 steps"); "variant" is what the label adds to the kind's name
+    (" +cur1500, 4000 steps"; None for the default variant). Rows also carry "test_sequence_accuracy", the mean whole-answer accuracy
+    (the quadratic task's headline figure; None when a run's file predates it)."""
     cells: Dict[tuple, List[float]] = {}
     whole: Dict[tuple, List[Optional[float]]] = {}
     rules: Dict[tuple, Optional[str]] = {}   # the tag names the rule: one per cell
@@ -769,17 +772,24 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         rule = None if s["curriculum"] is None else s["curriculum"].get("stages", "exact")
         tag = None if s["curriculum"] is None else _curriculum_tag(s)
         length = make_task(s).length if s["task"] in ("copy", "reverse") else None
-        key = (s["task"], length or 0, s["num_segments"], s["kind"], tag or "")
+        key = (s["task"], length or 0, s["num_segments"], s["kind"], tag or "", s["steps"],
+               bool(s["quick"]))
         cells.setdefault(key, []).append(r["metrics"]["test_accuracy"])
         whole.setdefault(key, []).append(r["metrics"].get("test_sequence_accuracy"))
         rules[key] = rule
-    return [{"task": t, "length": length or None, "num_segments": n, "kind": k,
-             "curriculum": bool(tag), "stages": rules[(t, length, n, k, tag)],
-             "curriculum_tag": tag or None,
-             "label": KIND_LABELS.get(k, k) + (f" +{tag}" if tag else ""),
-             "test_accuracy": float(np.mean(v)), "runs": len(v),
-             "test_sequence_accuracy": _mean_or_none(whole[(t, length, n, k, tag)])}
-            for (t, length, n, k, tag), v in sorted(cells.items())]
+    rows = []
+    for key, v in sorted(cells.items()):
+        t, length, n, k, tag, steps, quick = key
+        default_steps = QUICK_OVERRIDES["steps"] if quick else FULL_STEPS.get(t)
+        variant = (f" +{tag}" if tag else "") + \
+            (f", {steps} steps" if steps != default_steps else "")
+        rows.append({"task": t, "length": length or None, "num_segments": n, "kind": k,
+                     "curriculum": bool(tag), "stages": rules[key], "curriculum_tag": tag or None,
+                     "steps": steps, "variant": variant or None,
+                     "label": KIND_LABELS.get(k, k) + variant,
+                     "test_accuracy": float(np.mean(v)), "runs": len(v),
+                     "test_sequence_accuracy": _mean_or_none(whole[key])})
+    return rows
 
 
 def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
