@@ -558,8 +558,9 @@ def p1_quadratic() -> List[Dict[str, Any]]:
     RMT in 6 segments of 30 with a cache / memory of 30 (the paper's cells). Not part of the
     "p1" grid (copy, reverse, retrieval). Report ``test_sequence_accuracy`` (whole
     solutions right) next to the per-token accuracy. Scaled to this machine: 600 steps at batch
-    32 (the paper: up to 600k). One step took 4.8 s for RMT, 1.9 s for Tr-XL and 2.2 s for the
-    baseline on one thread with the other core busy."""
+    32 (the paper: up to 600k). With a second job on the other core, a step took 7.0 s for RMT,
+    2.5 s for Tr-XL and 2.8 s for the baseline, evaluations included (the train times in
+    results/p1_quadratic/): 77, 27 and 30 minutes a run."""
     return [make_spec("quadratic", 1 if kind == "transformer" else QUADRATIC_SEGMENTS, kind,
                       memory=None if kind == "transformer" else QUADRATIC_MEMORY)
             for kind in ("transformer", "txl", "rmt")]
