@@ -67,10 +67,11 @@ int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit;
 
 // Per-thread scratch that only grows: after the first step no product allocates. SLOT_B and
 // SLOT_C_TAIL hold head_gemm's transposed or padded operands; SLOT_QV and SLOT_DBD the relative
-// attention backward's whole-call buffers (q + v and dBD of every (batch, head) pair, a few MB: a
+// attention backward's whole-call buffers (dBD of every (batch, head) pair, a few MB, and its column
+// sums: a
 // fresh allocation of that size would be fresh pages, and their page faults, on every call);
 // SLOT_RK_T the forward's transposed position keys.
-constexpr int SLOT_B = 0, SLOT_C_TAIL = 1, SLOT_QV = 2, SLOT_DBD = 3, SLOT_RK_T = 4;
+constexpr int SLOT_B = 0, SLOT_C_TAIL = 1, SLOT_DBD_SUMS = 2, SLOT_DBD = 3, SLOT_RK_T = 4;
 template <typename T>
 T* scratch(int slot, size_t n) {
     thread_local std::vector<T> buffers[5];
@@ -210,8 +211,9 @@ constexpr int64_t kRowBlock = 12;
 int64_t row_blocks(int64_t Q) { return (Q + kRowBlock - 1) / kRowBlock; }
 
 // hi[blk] = 1 + the last key that any row of block blk may attend (0: none), from the mask
-// (R x K rows of 0/1) or, in the backward, from the saved probabilities (a key whose probability
-// is exactly 0 contributes nothing to any gradient either).
+// (R x K rows of 0/1). The backward reads its ends off the saved probabilities instead
+// (block_key_ends_from_probs below): a key whose probability is exactly 0 contributes nothing to
+// any gradient either.
 template <typename Row>
 void block_key_ends(int64_t* hi, int64_t Q, int64_t K, Row nonzero) {
     for (int64_t blk = 0; blk * kRowBlock < Q; ++blk) {
@@ -235,13 +237,42 @@ int64_t score_columns(int64_t hi, int64_t K) {
 }
 
 // B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
+// B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
 template <typename T>
-void transpose_head(T* out, const T* x, int64_t K, int64_t Kp, int64_t hs, int64_t C) {
+void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int64_t Kp,
+                    int64_t hs, int64_t C) {
     for (int64_t d = 0; d < hs; ++d) {
         T* row = out + d * Kp;
         for (int64_t m = 0; m < K; ++m) row[m] = x[m * C + d];
         std::fill(row + K, row + Kp, T(0));
     }
+}
+
+// Each row block's key end read back off the saved probabilities: one past the last key with a
+// nonzero probability in any row of the block. Probabilities are >= 0, so a column sum is 0
+// exactly when the whole column is (and a NaN counts as nonzero); the sums vectorise, where a
+// per-row scan from the end branched on every element. col_sum: K values of scratch.
+template <typename T>
+void block_key_ends_from_probs(int64_t* hi, const T* p, int64_t Q, int64_t K, T* col_sum) {
+    for (int64_t blk = 0; blk * kRowBlock < Q; ++blk) {
+        std::fill(col_sum, col_sum + K, T(0));
+        for (int64_t i = blk * kRowBlock; i < std::min(Q, (blk + 1) * kRowBlock); ++i) {
+            const T* __restrict__ row = p + i * K;
+            T* __restrict__ sum = col_sum;
+            for (int64_t j = 0; j < K; ++j) sum[j] += row[j];
+        }
+        int64_t end = K;
+        while (end > 0 && !(col_sum[end - 1] != T(0))) --end;
+        hi[blk] = end;
+    }
+}
+
+// out[j] += the column sums of x (rows x cols, row stride ld).
+template <typename T>
+void add_column_sums(T* __restrict__ out, const T* __restrict__ x, int64_t rows, int64_t cols,
+                     int64_t ld) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) out[j] += x[i * ld + j];
 }
 
 }  // namespace
@@ -288,11 +319,18 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             const int64_t* ends = key_end.data() + (mask_sets > 1 ? b * nblk : 0);
             T* oh = out + b * Q * C + h * hs;
             T* p = probs + bh * Q * K;
-            for (int64_t i = 0; i < Q; ++i)
-                for (int64_t d = 0; d < hs; ++d) {
-                    qu[i * hs + d] = qh[i * C + d] + uh[d];
-                    qv[i * hs + d] = qh[i * C + d] + vbh[d];
-                }
+            {
+                T* __restrict__ qu_out = qu.data();
+                T* __restrict__ qv_out = qv.data();
+                const T* __restrict__ qr = qh;
+                const T* __restrict__ ur = uh;
+                const T* __restrict__ vr = vbh;
+                for (int64_t i = 0; i < Q; ++i)
+                    for (int64_t d = 0; d < hs; ++d) {
+                        qu_out[i * hs + d] = qr[i * C + d] + ur[d];
+                        qv_out[i * hs + d] = qr[i * C + d] + vr[d];
+                    }
+            }
             transpose_head(k_t.data(), kh, K, Kp, hs, C);
             const T* rk_th = rk_t + h * hs * Kp;
             for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -310,11 +348,15 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                              qu.data() + i0 * hs, hs, k_t.data(), Kp, T(0), pb, K);
                 // position term against the distances these rows reach: BD[i, m] =
                 // (q_i + v) . rk_m / sqrt(hs), then the rel shift S[i, j] += BD[i, j + Q-1-i]
-                // where that index exists
-                const int64_t bd_cols = std::min(Kp, round_up(end + Q - 1 - i0,
-                                                              kernels::pad_elements<T>()));
-                head_gemm<T>(false, false, block_rows, bd_cols, hs, scale, qv.data() + i0 * hs, hs,
-                             rk_th, Kp, T(0), bd.data() + i0 * Kp, Kp);
+                // where that index exists. The block reads BD from its last row's shift on
+                // (rounded down to whole vectors), up to its first row's shift + end.
+                const int64_t pad = kernels::pad_elements<T>();
+                const int64_t bd_lo = (Q - 1 - (i0 + block_rows - 1)) / pad * pad;
+                const int64_t bd_cols = std::min(Kp, round_up(end + Q - 1 - i0, pad));
+                if (bd_cols > bd_lo)
+                    head_gemm<T>(false, false, block_rows, bd_cols - bd_lo, hs, scale,
+                                 qv.data() + i0 * hs, hs, rk_th + bd_lo, Kp, T(0),
+                                 bd.data() + i0 * Kp + bd_lo, Kp);
                 for (int64_t i = i0; i < i0 + block_rows; ++i) {
                     const int64_t shift = Q - 1 - i;
                     const int64_t jend = std::min(K - shift, end);   // j + shift < K, j < end
@@ -342,11 +384,14 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
     SerialIfSmall serial_if_small(B, NH, Q, K, hs);
     // du is shared by the batch rows: with B > 1 each row accumulates into its own slice, summed
     // at the end, so the (batch, head) pairs stay independent. The position term's gradients
-    // (to dq, dv_bias and drk) are whole-batch products per head after the loop, from dBD of
-    // every (batch, head) pair, (NH, B * Q, K).
+    // to drk and dv_bias are whole-batch products per head after the loop, from dBD of
+    // every (batch, head) pair, (NH, B * Q, K), and from its column sums per pair, (NH, B, K),
+    // which each pair takes while its dBD is in cache; summed over the batch in order after the
+    // loop, so no sum depends on the thread count.
     std::vector<T> du_parts;
     if (B > 1) du_parts.assign(size_t(B * C), T(0));
     T* dbd_all = scratch<T>(SLOT_DBD, size_t(NH * rows * K));
+    T* dbd_sums = scratch<T>(SLOT_DBD_SUMS, size_t(NH * B * K));
     const int64_t Kp = round_up(K, kernels::pad_elements<T>());
     const int64_t nblk = row_blocks(Q);
 #ifdef RMT_HAVE_OPENMP
@@ -354,7 +399,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * K)),
-            v_t(size_t(hs * Kp));
+            v_t(size_t(hs * Kp)), col_sum(static_cast<size_t>(K));
         std::vector<int64_t> ends(static_cast<size_t>(nblk));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -372,12 +417,16 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             T* dvh = dv + b * K * C + h * hs;
             T* duh = (B > 1 ? du_parts.data() + b * C : du_bias) + h * hs;
             T* dbd = dbd_all + (h * B + b) * Q * K;
-            for (int64_t i = 0; i < Q; ++i)
-                for (int64_t d = 0; d < hs; ++d) qu[i * hs + d] = qh[i * C + d] + uh[d];
+            {
+                T* __restrict__ out = qu.data();
+                const T* __restrict__ qr = qh;
+                const T* __restrict__ ur = uh;
+                for (int64_t i = 0; i < Q; ++i)
+                    for (int64_t d = 0; d < hs; ++d) out[i * hs + d] = qr[i * C + d] + ur[d];
+            }
             transpose_head(v_t.data(), vh, K, Kp, hs, C);
             // the keys each row block reaches: the forward's, read back off P
-            block_key_ends(ends.data(), Q, K,
-                           [p, K](int64_t i, int64_t j) { return p[i * K + j] != T(0); });
+            block_key_ends_from_probs(ends.data(), p, Q, K, col_sum.data());
             for (int64_t blk = 0; blk < nblk; ++blk) {
                 const int64_t i0 = blk * kRowBlock, block_rows = std::min(kRowBlock, Q - i0);
                 const int64_t end = ends[blk];
@@ -405,40 +454,58 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                 }
                 // rel shift backward: scatter dS[i, j] (j < end; zero after) back to
                 // BD[i, j + Q-1-i]
+                int64_t bd_lo = K, bd_hi = 0;   // the columns of BD these rows reach
                 for (int64_t i = i0; i < i0 + block_rows; ++i) {
                     const int64_t shift = std::min(Q - 1 - i, K);
-                    const int64_t jend = std::min(K - shift, end);
+                    const int64_t jend = std::max<int64_t>(0, std::min(K - shift, end));
                     T* brow = dbd + i * K;
                     std::fill(brow, brow + shift, T(0));
                     std::copy(ds.data() + i * K, ds.data() + i * K + jend, brow + shift);
                     std::fill(brow + shift + jend, brow + K, T(0));
+                    if (jend > 0) {
+                        bd_lo = std::min(bd_lo, shift);
+                        bd_hi = std::max(bd_hi, shift + jend);
+                    }
                 }
+                // position term (q + v) rk^T:  d(q + v) = dBD rk, to dq (dv_bias after the
+                // loop), over those columns only: the shift leaves the rest of BD zero (up to
+                // half of it under a causal or memory mask)
+                if (bd_hi > bd_lo)
+                    head_gemm<T>(false, false, block_rows, hs, bd_hi - bd_lo, T(1),
+                                 dbd + i0 * K + bd_lo, K, rk + bd_lo * C + h * hs, C, T(1),
+                                 dqh + i0 * C, C);
             }
-            for (int64_t i = 0; i < Q; ++i)
-                for (int64_t d = 0; d < hs; ++d) {
-                    dqh[i * C + d] += dqx[i * hs + d];
-                    duh[d] += dqx[i * hs + d];
-                }
+            {
+                const T* __restrict__ src = dqx.data();
+                T* __restrict__ dst = dqh;
+                T* __restrict__ du_acc = duh;
+                for (int64_t i = 0; i < Q; ++i)
+                    for (int64_t d = 0; d < hs; ++d) dst[i * C + d] += src[i * hs + d];
+                add_column_sums(du_acc, src, Q, hs, hs);
+            }
+            T* sums = dbd_sums + (h * B + b) * K;
+            std::fill(sums, sums + K, T(0));
+            add_column_sums(sums, dbd, Q, K, K);
         }
     }
     if (B > 1)
         for (int64_t b = 0; b < B; ++b)
             for (int64_t c = 0; c < C; ++c) du_bias[c] += du_parts[b * C + c];
-    // position term (q + v) rk^T, per head over all rows:  dq += dBD rk,  drk += dBD^T (q + v),
+    // position term (q + v) rk^T, per head over all rows (dq took dBD rk in the loop):
+    // drk += dBD^T (q + v) = dBD^T q + (the column sums of dBD) v^T,
     // dv_bias += the column sums of dBD rk = (the column sums of dBD) rk
-    T* qv = scratch<T>(SLOT_QV, size_t(rows * C));
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < C; ++c) qv[r * C + c] = q[r * C + c] + v_bias[c];
     std::vector<T> dbd_sum(static_cast<size_t>(K));
     for (int64_t h = 0; h < NH; ++h) {
         const T* dbd = dbd_all + h * rows * K;
-        gemm<T>(false, false, rows, hs, K, T(1), dbd, K, rk + h * hs, C, T(1), dq + h * hs, C);
-        gemm<T>(true, false, K, hs, rows, T(1), dbd, K, qv + h * hs, C, T(1), drk + h * hs, C);
+        gemm<T>(true, false, K, hs, rows, T(1), dbd, K, q + h * hs, C, T(1), drk + h * hs, C);
         std::fill(dbd_sum.begin(), dbd_sum.end(), T(0));
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t m = 0; m < K; ++m) dbd_sum[m] += dbd[r * K + m];
+        add_column_sums(dbd_sum.data(), dbd_sums + h * B * K, B, K, K);
+        const T* vbh = v_bias + h * hs;
         for (int64_t m = 0; m < K; ++m)
-            for (int64_t d = 0; d < hs; ++d) dv_bias[h * hs + d] += dbd_sum[m] * rk[m * C + h * hs + d];
+            for (int64_t d = 0; d < hs; ++d) {
+                drk[m * C + h * hs + d] += dbd_sum[m] * vbh[d];
+                dv_bias[h * hs + d] += dbd_sum[m] * rk[m * C + h * hs + d];
+            }
     }
 }
 
