@@ -58,6 +58,21 @@ def test_linear_matches_torch(isa, rng, N, IC, OC, bias):
         assert db is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,IC,OC", [(1, 1, 1), (7, 33, 5), (300, 130, 17), (2304, 256, 128)])
+def test_linear_backward_overwrite_matches_accumulate(isa, rng, N, IC, OC, dtype):
+    # the layers' fresh gradient buffers are written, not zero-filled and accumulated into: dx
+    # starts as NaN there, so a product that read it would show
+    x = rng.standard_normal((N, IC)).astype(dtype)
+    w = rng.standard_normal((OC, IC)).astype(dtype)
+    dout = rng.standard_normal((N, OC)).astype(dtype)
+    accumulated = ops.linear_backward(dout, x, w)
+    written = ops.linear_backward(dout, x, w, overwrite_dx=True)
+    assert np.isfinite(written[0]).all()
+    for a, b in zip(accumulated, written):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_linear_backward_finite_differences(rng):
     x = rng.standard_normal((2, 3, 5))
     w = rng.standard_normal((4, 5))

@@ -1,5 +1,7 @@
 // Bindings of the dense ops: embedding and linear.
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "bindings/checks.hpp"
 #include "bindings/register.hpp"
@@ -72,7 +74,8 @@ py::array_t<T> linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_o
 }
 
 template <typename T>
-py::tuple linear_backward(py::handle dout_obj, py::handle x_obj, py::handle w_obj, bool bias) {
+py::tuple linear_backward(py::handle dout_obj, py::handle x_obj, py::handle w_obj, bool bias,
+                          bool overwrite_dx) {
     auto w = checked<T>(w_obj, "weight", 2);
     const int64_t OC = dim(w, 0), IC = dim(w, 1);
     auto x = checked<T>(x_obj, "x", -1);
@@ -84,6 +87,8 @@ py::tuple linear_backward(py::handle dout_obj, py::handle x_obj, py::handle w_ob
     dout_shape.back() = OC;
     auto dout = checked<T>(dout_obj, "dout", int(dout_shape.size()), dout_shape);
     auto dx = new_array<T>(x_shape);
+    // overwrite_dx: dx starts as NaN, which the overwriting product must never read
+    if (overwrite_dx) std::fill(dx.mutable_data(), dx.mutable_data() + dx.size(), std::numeric_limits<T>::quiet_NaN());
     auto dw = new_array<T>({OC, IC});
     py::object db = py::none();
     T* dbias = nullptr;
@@ -97,7 +102,8 @@ py::tuple linear_backward(py::handle dout_obj, py::handle x_obj, py::handle w_ob
     const int64_t N = int64_t(x.size()) / IC;
     {
         py::gil_scoped_release release;
-        ops::linear_backward<T>(dxp, dwp, dbias, dout.data(), x.data(), w.data(), N, IC, OC);
+        ops::linear_backward<T>(dxp, dwp, dbias, dout.data(), x.data(), w.data(), N, IC, OC,
+                                overwrite_dx);
     }
     return py::make_tuple(dx, dw, db);
 }
@@ -123,12 +129,16 @@ void register_ops_dense(py::module_& ops) {
         });
     }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
        "y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features).");
-    ops.def("linear_backward", [](py::handle dout, py::handle x, py::handle weight, bool bias) -> py::tuple {
+    ops.def("linear_backward", [](py::handle dout, py::handle x, py::handle weight, bool bias,
+                                  bool overwrite_dx) -> py::tuple {
         return dispatch_float(x, "x", [&](auto tag) -> py::tuple {
-            return linear_backward<decltype(tag)>(dout, x, weight, bias);
+            return linear_backward<decltype(tag)>(dout, x, weight, bias, overwrite_dx);
         });
     }, py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("bias") = true,
-       "(dx, dweight, dbias) of y = x @ weight.T + bias (dbias is None when bias=False).");
+       py::arg("overwrite_dx") = false,
+       "(dx, dweight, dbias) of y = x @ weight.T + bias (dbias is None when bias=False). "
+       "overwrite_dx: dx is written over a NaN-filled buffer instead of accumulated into zeros "
+       "(the engine's path for fresh buffers; the result is the same).");
 }
 
 }  // namespace rmt::bindings

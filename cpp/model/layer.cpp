@@ -80,6 +80,12 @@ std::vector<float> zeros(int64_t n) {
     return v;
 }
 
+std::vector<float> pooled_buffer(int64_t n) {
+    std::vector<float> v = take_pooled(size_t(n));
+    v.resize(size_t(n));   // within a pooled buffer's capacity: no allocation, no fill
+    return v;
+}
+
 std::vector<float> pooled_copy(const std::vector<float>& src) {
     RMT_PROFILE_SCOPE("glue.copy");
     std::vector<float> v = take_pooled(src.size());
@@ -212,13 +218,17 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                    a.ln2_mean.data(), a.ln2_rstd.data(), NQ, C);
     }
     // res2 = o + dropout(act W2^T + b2): the residual hands dres2 to o unchanged
-    std::vector<float> d_o = pooled_copy(dres2);
     const float* dff = dropout_grad(dres2, a.keep_ff, dropout_p, scratch);
-    std::vector<float> dact = zeros(NQ * F);
+    // fresh buffers that a product writes whole (overwrite_dinp) take no zero fill
+    std::vector<float> dact = pooled_buffer(NQ * F);
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc2", 4 * NQ * F * C);
-    ops::linear_backward<float>(dact.data(), g.fc2_w, g.fc2_b, dff, a.act.data(), w.fc2_w, NQ, F, C);
+    ops::linear_backward<float>(dact.data(), g.fc2_w, g.fc2_b, dff, a.act.data(), w.fc2_w, NQ, F, C,
+                                /*overwrite_dinp=*/true);
     }
+    // dff (dres2 or its dropout) is read for the last time above: dres2 becomes d_o, the
+    // gradient reaching o through the residual, and the fc1 product adds the rest to it
+    std::vector<float> d_o = std::move(dres2);
     // act = dropout(relu(fc1)); fc1 = o W1^T + b1
     const float* dact_pre = dropout_grad(dact, a.keep_act, dropout_p, scratch);
     std::vector<float> dfc1 = zeros(NQ * F);
@@ -247,10 +257,11 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     for (int64_t i = 0; i < NQ * C; ++i) dh[i] += dres1[i];
     }
     const float* dproj = dropout_grad(dres1, a.keep_proj, dropout_p, scratch);
-    std::vector<float> dattn = zeros(NQ * D);
+    std::vector<float> dattn = pooled_buffer(NQ * D);
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.o", 4 * NQ * D * C);
-    ops::linear_backward<float>(dattn.data(), g.o, nullptr, dproj, a.attn.data(), w.o, NQ, D, C);
+    ops::linear_backward<float>(dattn.data(), g.o, nullptr, dproj, a.attn.data(), w.o, NQ, D, C,
+                                /*overwrite_dinp=*/true);
     }
     // attn = softmax(S) v
     std::vector<float> dq = zeros(NQ * D), dk = zeros(B * K * D), dv = zeros(B * K * D);

@@ -20,9 +20,11 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int64_
 
 template <typename T>
 void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                     int64_t N, int64_t IC, int64_t OC) {
-    // dinp += dout @ W           (out = inp W^T)
-    if (dinp) kernels::gemm<T>(false, false, N, IC, OC, T(1), dout, OC, weight, IC, T(1), dinp, IC);
+                     int64_t N, int64_t IC, int64_t OC, bool overwrite_dinp) {
+    // dinp += dout @ W           (out = inp W^T); beta = 0 never reads dinp
+    if (dinp)
+        kernels::gemm<T>(false, false, N, IC, OC, T(1), dout, OC, weight, IC,
+                         overwrite_dinp ? T(0) : T(1), dinp, IC);
     // dweight += dout^T @ inp
     kernels::gemm<T>(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dweight, IC);
     // dbias += sum over rows of dout
@@ -33,7 +35,7 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t);
 template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t, int64_t, int64_t);
-template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, int64_t);
-template void linear_backward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, int64_t);
+template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, bool);
+template void linear_backward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, int64_t, bool);
 
 }  // namespace rmt::ops

@@ -10,9 +10,10 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int64_
                     int64_t OC);
 
 // Accumulates: dinp (N, IC) += dout W; dweight (OC, IC) += dout^T inp; dbias (OC,) += sum_n dout.
-// Any of dinp, dbias may be null (not needed).
+// Any of dinp, dbias may be null (not needed). With overwrite_dinp, dinp = dout W instead: its
+// old contents are never read, so a fresh buffer needs no zero fill first.
 template <typename T>
 void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                     int64_t N, int64_t IC, int64_t OC);
+                     int64_t N, int64_t IC, int64_t OC, bool overwrite_dinp = false);
 
 }  // namespace rmt::ops
