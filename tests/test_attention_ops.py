@@ -626,3 +626,27 @@ def test_attention_ops_reject_bad_input():
         ops.rel_position_encoding(4, 6, dtype=np.int32)
     with pytest.raises(ValueError, match="K"):
         ops.rel_position_encoding(0, 6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,Q,K,C,NH,M,T", [(1, 3, 3, 4, 1, 0, 3), (2, 7, 10, 12, 3, 0, 7),
+                                            (32, 72, 72, 128, 4, 24, 24)])
+def test_attention_backward_overwrite_matches_accumulate(isa, rng, B, Q, K, C, NH, M, T, dtype):
+    # The layers write dq, dk, dv into fresh buffers (overwrite=True), not zero-filled ones: they
+    # start as NaN there, so a (batch, head) pair that read its slice, or left part of it
+    # unwritten (a row block that attends nothing), shows. The last case is the copy model's
+    # RMT mask, large enough for the pairs to run on both threads.
+    q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
+    allowed = ops.rmt_decoder_mask(M, T, K - Q) if M else ops.causal_mask(Q, K - Q)
+    out, probs = ops.rel_attention_forward(q, k, v, rk, u, vb, NH, allowed)
+    accumulated = ops.rel_attention_backward(dout, q, k, v, rk, u, vb, probs, NH)
+    written = ops.rel_attention_backward(dout, q, k, v, rk, u, vb, probs, NH, overwrite=True)
+    for a, w in zip(accumulated, written):
+        assert np.isfinite(w).all()
+        np.testing.assert_array_equal(a, w)
+    out, probs = ops.attention_forward(q, k, v, NH, allowed)
+    accumulated = ops.attention_backward(dout, q, k, v, probs, NH)
+    written = ops.attention_backward(dout, q, k, v, probs, NH, overwrite=True)
+    for a, w in zip(accumulated, written):
+        assert np.isfinite(w).all()
+        np.testing.assert_array_equal(a, w)

@@ -267,3 +267,27 @@ def test_elementwise_ops_reject_bad_input():
         ops.dropout_backward(x, np.ones((3, 8), np.uint8)[:, ::2], 0.5)
     with pytest.raises(TypeError, match="dout"):
         ops.dropout_backward(x.astype(np.float16), np.ones((3, 4), np.uint8), 0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (2304, 128), (70, 5000)])
+def test_backward_overwrite_matches_accumulate(isa, rng, shape, dtype):
+    # The layers' fresh gradient buffers are written by these ops, not zero-filled first: dx
+    # starts as NaN there (overwrite=True), so an op that read it, or skipped an element, shows.
+    # (70, 5000) has more elements than one thread's chunk, so both threads write.
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(shape[-1]).astype(dtype)
+    b = rng.standard_normal(shape[-1]).astype(dtype)
+    _, mean, rstd = ops.layernorm_forward(x, w, b)
+    pairs = [
+        (ops.layernorm_backward(dout, x, w, mean, rstd),
+         ops.layernorm_backward(dout, x, w, mean, rstd, overwrite=True)),
+        ((ops.relu_backward(dout, x),), (ops.relu_backward(dout, x, overwrite=True),)),
+        ((ops.gelu_backward(dout, x),), (ops.gelu_backward(dout, x, overwrite=True),)),
+        ((ops.gelu_backward(dout, x, "tanh"),), (ops.gelu_backward(dout, x, "tanh", overwrite=True),)),
+    ]
+    for accumulated, written in pairs:
+        assert np.isfinite(written[0]).all()
+        for a, w_ in zip(accumulated, written):
+            np.testing.assert_array_equal(a, w_)

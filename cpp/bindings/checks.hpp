@@ -5,8 +5,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 #include <xtensor/xadapt.hpp>
@@ -105,6 +107,17 @@ py::array_t<T> new_array(const std::vector<int64_t>& shape, bool zero = true) {
     std::vector<py::ssize_t> s(shape.begin(), shape.end());
     py::array_t<T> a(s);
     if (zero) std::fill(a.mutable_data(), a.mutable_data() + a.size(), T(0));
+    return a;
+}
+
+// The input gradient a backward op fills: zeros that it accumulates into, or, when the op is
+// asked to overwrite (the engine's path for fresh buffers), NaN, which must never be read.
+template <typename T>
+py::array_t<T> gradient_array(const std::vector<int64_t>& shape, bool overwrite) {
+    py::array_t<T> a = new_array<T>(shape, !overwrite);
+    if (overwrite)
+        std::fill(a.mutable_data(), a.mutable_data() + a.size(),
+                  std::numeric_limits<T>::quiet_NaN());
     return a;
 }
 

@@ -138,7 +138,8 @@ py::tuple attention_forward(py::handle q_obj, py::handle k_obj, py::handle v_obj
 
 template <typename T>
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
-                             py::handle v_obj, py::handle probs_obj, int64_t n_heads) {
+                             py::handle v_obj, py::handle probs_obj, int64_t n_heads,
+                             bool overwrite) {
     auto q = checked<T>(q_obj, "q", 3);
     const int64_t B = dim(q, 0), Tq = dim(q, 1), C = dim(q, 2);
     const int64_t hs = head_size(C, n_heads);
@@ -147,14 +148,14 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
     auto v = checked<T>(v_obj, "v", 3, {B, Tk, C});
     auto dout = checked<T>(dout_obj, "dout", 3, {B, Tq, C});
     auto probs = checked<T>(probs_obj, "probs", 4, {B, n_heads, Tq, Tk});
-    auto dq = new_array<T>({B, Tq, C});
-    auto dk = new_array<T>({B, Tk, C});
-    auto dv = new_array<T>({B, Tk, C});
+    auto dq = gradient_array<T>({B, Tq, C}, overwrite);
+    auto dk = gradient_array<T>({B, Tk, C}, overwrite);
+    auto dv = gradient_array<T>({B, Tk, C}, overwrite);
     T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dvp = dv.mutable_data();
     {
         py::gil_scoped_release release;
         ops::attention_backward<T>(dqp, dkp, dvp, dout.data(), q.data(), k.data(), v.data(),
-                                   probs.data(), B, Tq, Tk, n_heads, hs);
+                                   probs.data(), B, Tq, Tk, n_heads, hs, overwrite);
     }
     return py::make_tuple(dq, dk, dv);
 }
@@ -211,13 +212,13 @@ py::tuple rel_attention_forward(py::handle q, py::handle k, py::handle v, py::ha
 template <typename T>
 py::tuple rel_attention_backward(py::handle dout_obj, py::handle q, py::handle k, py::handle v,
                                  py::handle rk, py::handle u, py::handle vb, py::handle probs_obj,
-                                 int64_t n_heads) {
+                                 int64_t n_heads, bool overwrite) {
     const RelShapes s = check_rel<T>(q, k, v, rk, u, vb, n_heads);
     auto dout = checked<T>(dout_obj, "dout", 3, {s.B, s.Q, s.C});
     auto probs = checked<T>(probs_obj, "probs", 4, {s.B, n_heads, s.Q, s.K});
-    auto dq = new_array<T>({s.B, s.Q, s.C});
-    auto dk = new_array<T>({s.B, s.K, s.C});
-    auto dv = new_array<T>({s.B, s.K, s.C});
+    auto dq = gradient_array<T>({s.B, s.Q, s.C}, overwrite);
+    auto dk = gradient_array<T>({s.B, s.K, s.C}, overwrite);
+    auto dv = gradient_array<T>({s.B, s.K, s.C}, overwrite);
     auto drk = new_array<T>({s.K, s.C});
     auto du = new_array<T>({s.C});
     auto dvb = new_array<T>({s.C});
@@ -228,7 +229,8 @@ py::tuple rel_attention_backward(py::handle dout_obj, py::handle q, py::handle k
     {
         py::gil_scoped_release release;
         ops::rel_attention_backward<T>(dqp, dkp, dvp, drkp, dup, dvbp, dout.data(), qp, kp, vp,
-                                       rkp, up, vbp, probs.data(), s.B, s.Q, s.K, n_heads, s.hs);
+                                       rkp, up, vbp, probs.data(), s.B, s.Q, s.K, n_heads, s.hs,
+                                       overwrite);
     }
     return py::make_tuple(dq, dk, dv, drk, du, dvb);
 }
@@ -303,12 +305,14 @@ void register_ops_attention(py::module_& ops) {
        "(out (B, Tq, C), probs (B, NH, Tq, Tk)): softmax(q k^T / sqrt(hs) | allowed) v per head, "
        "heads interleaved along C; allowed (Tq, Tk) or (B, Tq, Tk), bool or uint8.");
     ops.def("attention_backward", [](py::handle dout, py::handle q, py::handle k, py::handle v,
-                                     py::handle probs, int64_t n_heads) -> py::tuple {
+                                     py::handle probs, int64_t n_heads, bool overwrite) -> py::tuple {
         return dispatch_float(q, "q", [&](auto tag) -> py::tuple {
-            return attention_backward<decltype(tag)>(dout, q, k, v, probs, n_heads);
+            return attention_backward<decltype(tag)>(dout, q, k, v, probs, n_heads, overwrite);
         });
     }, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("probs"),
-       py::arg("n_heads"), "(dq, dk, dv) of attention_forward.");
+       py::arg("n_heads"), py::arg("overwrite") = false,
+       "(dq, dk, dv) of attention_forward. overwrite: they are written over NaN instead of "
+       "accumulated into zeros (the engine's path for fresh buffers; the result is the same).");
     ops.def("rel_attention_forward", [](py::handle q, py::handle k, py::handle v, py::handle rk,
                                         py::handle u_bias, py::handle v_bias, int64_t n_heads,
                                         py::handle allowed) -> py::tuple {
@@ -323,14 +327,17 @@ void register_ops_attention(py::module_& ops) {
        "(B, NH, Q, K)).");
     ops.def("rel_attention_backward", [](py::handle dout, py::handle q, py::handle k, py::handle v,
                                          py::handle rk, py::handle u_bias, py::handle v_bias,
-                                         py::handle probs, int64_t n_heads) -> py::tuple {
+                                         py::handle probs, int64_t n_heads,
+                                         bool overwrite) -> py::tuple {
         return dispatch_float(q, "q", [&](auto tag) -> py::tuple {
             return rel_attention_backward<decltype(tag)>(dout, q, k, v, rk, u_bias, v_bias, probs,
-                                                         n_heads);
+                                                         n_heads, overwrite);
         });
     }, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("rk"),
        py::arg("u_bias"), py::arg("v_bias"), py::arg("probs"), py::arg("n_heads"),
-       "(dq, dk, dv, drk, du_bias, dv_bias) of rel_attention_forward.");
+       py::arg("overwrite") = false,
+       "(dq, dk, dv, drk, du_bias, dv_bias) of rel_attention_forward. overwrite: as "
+       "attention_backward's (dq, dk, dv only).");
     ops.def("rel_position_encoding", [](int64_t K, int64_t C, int64_t clamp_len,
                                         py::object dtype) -> py::array {
         check_positive(K, "K");

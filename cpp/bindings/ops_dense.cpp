@@ -1,7 +1,5 @@
 // Bindings of the dense ops: embedding and linear.
-#include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "bindings/checks.hpp"
 #include "bindings/register.hpp"
@@ -86,9 +84,7 @@ py::tuple linear_backward(py::handle dout_obj, py::handle x_obj, py::handle w_ob
     auto dout_shape = x_shape;
     dout_shape.back() = OC;
     auto dout = checked<T>(dout_obj, "dout", int(dout_shape.size()), dout_shape);
-    auto dx = new_array<T>(x_shape);
-    // overwrite_dx: dx starts as NaN, which the overwriting product must never read
-    if (overwrite_dx) std::fill(dx.mutable_data(), dx.mutable_data() + dx.size(), std::numeric_limits<T>::quiet_NaN());
+    auto dx = gradient_array<T>(x_shape, overwrite_dx);
     auto dw = new_array<T>({OC, IC});
     py::object db = py::none();
     T* dbias = nullptr;

@@ -68,7 +68,7 @@ py::tuple layernorm_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj
 
 template <typename T>
 py::tuple layernorm_backward(py::handle dout_obj, py::handle x_obj, py::handle w_obj,
-                             py::handle mean_obj, py::handle rstd_obj) {
+                             py::handle mean_obj, py::handle rstd_obj, bool overwrite) {
     auto x = checked<T>(x_obj, "x", -1);
     auto shape = shape_of(x_obj);
     const int64_t C = shape.back(), N = int64_t(x.size()) / C;
@@ -77,14 +77,14 @@ py::tuple layernorm_backward(py::handle dout_obj, py::handle x_obj, py::handle w
     auto w = checked<T>(w_obj, "weight", 1, {C});
     auto mean = checked<T>(mean_obj, "mean", int(row_shape.size()), row_shape);
     auto rstd = checked<T>(rstd_obj, "rstd", int(row_shape.size()), row_shape);
-    auto dx = new_array<T>(shape);
+    auto dx = gradient_array<T>(shape, overwrite);
     auto dw = new_array<T>({C});
     auto db = new_array<T>({C});
     T *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
     {
         py::gil_scoped_release release;
         ops::layernorm_backward<T>(dxp, dwp, dbp, dout.data(), x.data(), w.data(), mean.data(),
-                                   rstd.data(), N, C);
+                                   rstd.data(), N, C, overwrite);
     }
     return py::make_tuple(dx, dw, db);
 }
@@ -102,15 +102,15 @@ py::array_t<T> relu_forward(py::handle x_obj) {
 }
 
 template <typename T>
-py::array_t<T> relu_backward(py::handle dout_obj, py::handle x_obj) {
+py::array_t<T> relu_backward(py::handle dout_obj, py::handle x_obj, bool overwrite) {
     auto x = checked<T>(x_obj, "x", -1);
     auto shape = shape_of(x_obj);
     auto dout = checked<T>(dout_obj, "dout", int(shape.size()), shape);
-    auto dx = new_array<T>(shape);
+    auto dx = gradient_array<T>(shape, overwrite);
     T* d = dx.mutable_data();
     {
         py::gil_scoped_release release;
-        ops::relu_backward<T>(d, dout.data(), x.data(), int64_t(x.size()));
+        ops::relu_backward<T>(d, dout.data(), x.data(), int64_t(x.size()), overwrite);
     }
     return dx;
 }
@@ -128,15 +128,16 @@ py::array_t<T> gelu_forward(py::handle x_obj, bool tanh_approx) {
 }
 
 template <typename T>
-py::array_t<T> gelu_backward(py::handle dout_obj, py::handle x_obj, bool tanh_approx) {
+py::array_t<T> gelu_backward(py::handle dout_obj, py::handle x_obj, bool tanh_approx,
+                             bool overwrite) {
     auto x = checked<T>(x_obj, "x", -1);
     auto shape = shape_of(x_obj);
     auto dout = checked<T>(dout_obj, "dout", int(shape.size()), shape);
-    auto dx = new_array<T>(shape);
+    auto dx = gradient_array<T>(shape, overwrite);
     T* d = dx.mutable_data();
     {
         py::gil_scoped_release release;
-        ops::gelu_backward<T>(d, dout.data(), x.data(), int64_t(x.size()), tanh_approx);
+        ops::gelu_backward<T>(d, dout.data(), x.data(), int64_t(x.size()), tanh_approx, overwrite);
     }
     return dx;
 }
@@ -181,31 +182,38 @@ void register_ops_elementwise(py::module_& ops) {
         });
     }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5,
        "(out, mean, rstd): layer norm over the last dimension of x (..., C), biased variance.");
-    ops.def("layernorm_backward", [](py::handle dout, py::handle x, py::handle weight, py::handle mean, py::handle rstd) -> py::tuple {
+    ops.def("layernorm_backward", [](py::handle dout, py::handle x, py::handle weight, py::handle mean, py::handle rstd, bool overwrite) -> py::tuple {
         return dispatch_float(x, "x", [&](auto tag) -> py::tuple {
-            return layernorm_backward<decltype(tag)>(dout, x, weight, mean, rstd);
+            return layernorm_backward<decltype(tag)>(dout, x, weight, mean, rstd, overwrite);
         });
     }, py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("mean"), py::arg("rstd"),
-       "(dx, dweight, dbias) of layernorm_forward, from its saved mean and rstd.");
+       py::arg("overwrite") = false,
+       "(dx, dweight, dbias) of layernorm_forward, from its saved mean and rstd. overwrite: dx "
+       "is written over NaN instead of accumulated into zeros (the engine's path for fresh "
+       "buffers; the result is the same).");
     ops.def("relu_forward", [](py::handle x) -> py::array {
         return dispatch_float(x, "x", [&](auto tag) -> py::array { return relu_forward<decltype(tag)>(x); });
     }, py::arg("x"), "max(x, 0).");
-    ops.def("relu_backward", [](py::handle dout, py::handle x) -> py::array {
+    ops.def("relu_backward", [](py::handle dout, py::handle x, bool overwrite) -> py::array {
         return dispatch_float(x, "x", [&](auto tag) -> py::array {
-            return relu_backward<decltype(tag)>(dout, x);
+            return relu_backward<decltype(tag)>(dout, x, overwrite);
         });
-    }, py::arg("dout"), py::arg("x"), "dx = dout * (x > 0).");
+    }, py::arg("dout"), py::arg("x"), py::arg("overwrite") = false,
+       "dx = dout * (x > 0). overwrite: as layernorm_backward's.");
     ops.def("gelu_forward", [](py::handle x, const std::string& approximate) -> py::array {
         const bool t = tanh_approximation(approximate);
         return dispatch_float(x, "x", [&](auto tag) -> py::array { return gelu_forward<decltype(tag)>(x, t); });
     }, py::arg("x"), py::arg("approximate") = "none",
        "GELU, exact (erf) or approximate='tanh' as torch.nn.functional.gelu.");
-    ops.def("gelu_backward", [](py::handle dout, py::handle x, const std::string& approximate) -> py::array {
+    ops.def("gelu_backward", [](py::handle dout, py::handle x, const std::string& approximate,
+                                bool overwrite) -> py::array {
         const bool t = tanh_approximation(approximate);
         return dispatch_float(x, "x", [&](auto tag) -> py::array {
-            return gelu_backward<decltype(tag)>(dout, x, t);
+            return gelu_backward<decltype(tag)>(dout, x, t, overwrite);
         });
-    }, py::arg("dout"), py::arg("x"), py::arg("approximate") = "none", "dx = dout * gelu'(x).");
+    }, py::arg("dout"), py::arg("x"), py::arg("approximate") = "none",
+       py::arg("overwrite") = false,
+       "dx = dout * gelu'(x). overwrite: as layernorm_backward's.");
     ops.def("dropout_forward", [](py::handle x, double p, uint64_t seed, uint64_t offset) -> py::tuple {
         return dispatch_float(x, "x", [&](auto tag) -> py::tuple {
             return dropout_forward<decltype(tag)>(x, p, seed, offset);

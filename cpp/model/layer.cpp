@@ -210,16 +210,19 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     const int64_t B = d.B, Q = d.Q, P = d.P, K = d.K(), C = d.C, D = d.D, F = d.F;
     const int64_t NQ = B * Q;
     std::vector<float> scratch;
+    // The input gradients below go into fresh pooled buffers that the op writes whole (its
+    // overwrite mode: each thread zeroes its own part in cache), not zero-filled first: at the
+    // copy model's size the fills were 4-5% of a step.
     // out = LN2(res2)
-    std::vector<float> dres2 = zeros(NQ * C);
+    std::vector<float> dres2 = pooled_buffer(NQ * C);
     {
     RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(dres2.data(), g.ln2_w, g.ln2_b, dout, a.res2.data(), w.ln2_w,
-                                   a.ln2_mean.data(), a.ln2_rstd.data(), NQ, C);
+                                   a.ln2_mean.data(), a.ln2_rstd.data(), NQ, C,
+                                   /*overwrite_dinp=*/true);
     }
     // res2 = o + dropout(act W2^T + b2): the residual hands dres2 to o unchanged
     const float* dff = dropout_grad(dres2, a.keep_ff, dropout_p, scratch);
-    // fresh buffers that a product writes whole (overwrite_dinp) take no zero fill
     std::vector<float> dact = pooled_buffer(NQ * F);
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc2", 4 * NQ * F * C);
@@ -231,13 +234,14 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     std::vector<float> d_o = std::move(dres2);
     // act = dropout(relu(fc1)); fc1 = o W1^T + b1
     const float* dact_pre = dropout_grad(dact, a.keep_act, dropout_p, scratch);
-    std::vector<float> dfc1 = zeros(NQ * F);
+    std::vector<float> dfc1 = pooled_buffer(NQ * F);
     if (d.gelu) {
         RMT_PROFILE_SCOPE("bwd.gelu");
-        ops::gelu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, false);
+        ops::gelu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, false,
+                                  /*overwrite=*/true);
     } else {
         RMT_PROFILE_SCOPE("bwd.relu");
-        ops::relu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F);
+        ops::relu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, /*overwrite=*/true);
     }
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc1", 4 * NQ * C * F);
@@ -245,11 +249,12 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                 C, F);
     }
     // o = LN1(res1)
-    std::vector<float> dres1 = zeros(NQ * C);
+    std::vector<float> dres1 = pooled_buffer(NQ * C);
     {
     RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(dres1.data(), g.ln1_w, g.ln1_b, d_o.data(), a.res1.data(),
-                                   w.ln1_w, a.ln1_mean.data(), a.ln1_rstd.data(), NQ, C);
+                                   w.ln1_w, a.ln1_mean.data(), a.ln1_rstd.data(), NQ, C,
+                                   /*overwrite_dinp=*/true);
     }
     // res1 = h + dropout(attn Wo^T)
     {
@@ -264,7 +269,8 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                 /*overwrite_dinp=*/true);
     }
     // attn = softmax(S) v
-    std::vector<float> dq = zeros(NQ * D), dk = zeros(B * K * D), dv = zeros(B * K * D);
+    std::vector<float> dq = pooled_buffer(NQ * D), dk = pooled_buffer(B * K * D),
+                       dv = pooled_buffer(B * K * D);
     if (d.relative) {
         std::vector<float> drk = zeros(K * D);
         {
@@ -272,7 +278,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
         ops::rel_attention_backward<float>(dq.data(), dk.data(), dv.data(), drk.data(), g.u, g.v,
                                            dattn.data(), a.q.data(), a.k.data(), a.v.data(),
                                            a.rk.data(), w.u, w.v, a.probs.data(), B, Q, K, d.NH,
-                                           d.hs);
+                                           d.hs, /*overwrite=*/true);
         }
         // rk = R Wr^T (R is a constant)
         RMT_PROFILE_SCOPE_FLOPS("bwd.linear.r", 2 * K * C * D);
@@ -281,7 +287,8 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     } else {
         RMT_PROFILE_SCOPE("bwd.attention");
         ops::attention_backward<float>(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(),
-                                       a.k.data(), a.v.data(), a.probs.data(), B, Q, K, d.NH, d.hs);
+                                       a.k.data(), a.v.data(), a.probs.data(), B, Q, K, d.NH, d.hs,
+                                       /*overwrite=*/true);
     }
     // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T. Without a cache k_in is h: its gradient goes
     // straight into dh.

@@ -27,13 +27,14 @@ void relu_forward(T* out, const T* inp, int64_t n) {
 }
 
 template <typename T>
-void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
+void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool overwrite) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (worth_threads(n))
     for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t lo = c * kChunk;
-        vec.relu_backward(dinp + lo, dout + lo, inp + lo, std::min(kChunk, n - lo));
+        const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
+        if (overwrite) std::fill(dinp + lo, dinp + lo + len, T(0));
+        vec.relu_backward(dinp + lo, dout + lo, inp + lo, len);
     }
 }
 
@@ -50,24 +51,25 @@ void gelu_forward(T* out, const T* inp, int64_t n, bool tanh_approximation) {
 }
 
 template <typename T>
-void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation) {
+void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation,
+                   bool overwrite) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (worth_threads(n))
     for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t lo = c * kChunk;
-        vec.gelu_backward(dinp + lo, dout + lo, inp + lo, std::min(kChunk, n - lo),
-                          tanh_approximation);
+        const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
+        if (overwrite) std::fill(dinp + lo, dinp + lo + len, T(0));
+        vec.gelu_backward(dinp + lo, dout + lo, inp + lo, len, tanh_approximation);
     }
 }
 
 template void relu_forward<float>(float*, const float*, int64_t);
 template void relu_forward<double>(double*, const double*, int64_t);
-template void relu_backward<float>(float*, const float*, const float*, int64_t);
-template void relu_backward<double>(double*, const double*, const double*, int64_t);
+template void relu_backward<float>(float*, const float*, const float*, int64_t, bool);
+template void relu_backward<double>(double*, const double*, const double*, int64_t, bool);
 template void gelu_forward<float>(float*, const float*, int64_t, bool);
 template void gelu_forward<double>(double*, const double*, int64_t, bool);
-template void gelu_backward<float>(float*, const float*, const float*, int64_t, bool);
-template void gelu_backward<double>(double*, const double*, const double*, int64_t, bool);
+template void gelu_backward<float>(float*, const float*, const float*, int64_t, bool, bool);
+template void gelu_backward<double>(double*, const double*, const double*, int64_t, bool, bool);
 
 }  // namespace rmt::ops

@@ -65,6 +65,12 @@ bool small_product(int64_t M, int64_t N, int64_t K) {
 
 int64_t round_up(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
+// Zeroes one head's slice (rows x hs, row stride C) of a gradient the op overwrites.
+template <typename T>
+void zero_head(T* x, int64_t rows, int64_t hs, int64_t C) {
+    for (int64_t i = 0; i < rows; ++i) std::fill(x + i * C, x + i * C + hs, T(0));
+}
+
 // Per-thread scratch that only grows: after the first step no product allocates. SLOT_B and
 // SLOT_C_TAIL hold head_gemm's transposed or padded operands; SLOT_QV and SLOT_DBD the relative
 // attention backward's whole-call buffers (dBD of every (batch, head) pair, a few MB, and its column
@@ -165,7 +171,8 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
 
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
-                        const T* probs, int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t hs) {
+                        const T* probs, int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t hs,
+                        bool overwrite) {
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
@@ -187,6 +194,11 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
             T* dqh = dq + b * Tq * C + h * hs;
             T* dkh = dk + b * Tk * C + h * hs;
             T* dvh = dv + b * Tk * C + h * hs;
+            if (overwrite) {
+                zero_head(dqh, Tq, hs, C);
+                zero_head(dkh, Tk, hs, C);
+                zero_head(dvh, Tk, hs, C);
+            }
             // out = P v:  dP = dout v^T,  dv += P^T dout
             head_gemm<T>(false, true, Tq, Tk, hs, T(1), doh, C, vh, C, T(0), ds.data(), Tk);
             head_gemm<T>(true, false, Tk, hs, Tq, T(1), p, Tk, doh, C, T(1), dvh, C);
@@ -378,7 +390,7 @@ template <typename T>
 void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias, const T* dout,
                             const T* q, const T* k, const T* v, const T* rk, const T* u_bias,
                             const T* v_bias, const T* probs, int64_t B, int64_t Q, int64_t K,
-                            int64_t NH, int64_t hs) {
+                            int64_t NH, int64_t hs, bool overwrite) {
     const int64_t C = NH * hs, rows = B * Q;
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Q, K, hs);
@@ -417,6 +429,11 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             T* dvh = dv + b * K * C + h * hs;
             T* duh = (B > 1 ? du_parts.data() + b * C : du_bias) + h * hs;
             T* dbd = dbd_all + (h * B + b) * Q * K;
+            if (overwrite) {
+                zero_head(dqh, Q, hs, C);
+                zero_head(dkh, K, hs, C);
+                zero_head(dvh, K, hs, C);
+            }
             {
                 T* __restrict__ out = qu.data();
                 const T* __restrict__ qr = qh;
@@ -527,13 +544,14 @@ void rel_position_encoding(T* R, int64_t K, int64_t C, int64_t clamp_len) {
     template void attention_forward<T>(T*, T*, const T*, const T*, const T*, const uint8_t*,       \
                                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);      \
     template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
-                                        const T*, int64_t, int64_t, int64_t, int64_t, int64_t);    \
+                                        const T*, int64_t, int64_t, int64_t, int64_t, int64_t,     \
+                                        bool);                                                     \
     template void rel_attention_forward<T>(T*, T*, const T*, const T*, const T*, const T*,         \
                                            const T*, const T*, const uint8_t*, int64_t, int64_t,   \
                                            int64_t, int64_t, int64_t, int64_t);                    \
     template void rel_attention_backward<T>(T*, T*, T*, T*, T*, T*, const T*, const T*, const T*,  \
                                             const T*, const T*, const T*, const T*, const T*,      \
-                                            int64_t, int64_t, int64_t, int64_t, int64_t);          \
+                                            int64_t, int64_t, int64_t, int64_t, int64_t, bool);    \
     template void rel_position_encoding<T>(T*, int64_t, int64_t, int64_t);
 
 RMT_INSTANTIATE(float)

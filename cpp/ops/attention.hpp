@@ -15,10 +15,13 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
                        int64_t mask_batch_stride, int64_t B, int64_t Tq, int64_t Tk, int64_t NH,
                        int64_t hs);
 
-// Accumulates dq (B, Tq, C), dk (B, Tk, C), dv (B, Tk, C).
+// Accumulates dq (B, Tq, C), dk (B, Tk, C), dv (B, Tk, C). With overwrite, dq, dk and dv are
+// written instead: each (batch, head) pair zeroes its own slices in cache first and their old
+// contents are never read, so fresh buffers need no zero fill.
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
-                        const T* probs, int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t hs);
+                        const T* probs, int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t hs,
+                        bool overwrite = false);
 
 // Transformer-XL relative attention. The Q queries are the last Q of the K key positions
 // (K = cache + Q). rk (K, C) = R W_r^T, where row r encodes distance K-1-r. Per head:
@@ -32,12 +35,13 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                            int64_t mask_batch_stride, int64_t B, int64_t Q, int64_t K, int64_t NH,
                            int64_t hs);
 
-// Accumulates dq (B,Q,C), dk, dv (B,K,C), drk (K,C), du, dv_bias (C,).
+// Accumulates dq (B,Q,C), dk, dv (B,K,C), drk (K,C), du, dv_bias (C,). overwrite as in
+// attention_backward, for dq, dk and dv only (drk, du and dv_bias always accumulate).
 template <typename T>
 void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias, const T* dout,
                             const T* q, const T* k, const T* v, const T* rk, const T* u_bias,
                             const T* v_bias, const T* probs, int64_t B, int64_t Q, int64_t K,
-                            int64_t NH, int64_t hs);
+                            int64_t NH, int64_t hs, bool overwrite = false);
 
 // R (K, C): row r = [sin(p f) | cos(p f)] for p = min(K-1-r, clamp_len) (clamp_len <= 0: none),
 // f_i = 1 / 10000^(2i/C), i < C/2. C must be even. A constant: no backward.

@@ -29,15 +29,18 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 
 template <typename T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                        const T* mean, const T* rstd, int64_t N, int64_t C) {
+                        const T* mean, const T* rstd, int64_t N, int64_t C,
+                        bool overwrite_dinp) {
     const bool parallel = worth_threads(N * C);
     // out = xhat * weight + bias, xhat = (x - mean) * rstd:
     // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight.
     const auto& vec = kernels::vec<T>();
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t n = 0; n < N; ++n)
+    for (int64_t n = 0; n < N; ++n) {
+        if (overwrite_dinp) std::fill(dinp + n * C, dinp + (n + 1) * C, T(0));
         vec.layernorm_row_backward(dinp + n * C, dout + n * C, inp + n * C, weight, mean[n],
                                    rstd[n], C);
+    }
     // dweight += sum_n dout * xhat, dbias += sum_n dout: each thread owns a block of columns and
     // walks the rows in order, so the sums do not depend on the thread count.
     constexpr int64_t block = 64;
@@ -59,7 +62,7 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
 
 template void layernorm_forward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, float);
 template void layernorm_forward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, double);
-template void layernorm_backward<float>(float*, float*, float*, const float*, const float*, const float*, const float*, const float*, int64_t, int64_t);
-template void layernorm_backward<double>(double*, double*, double*, const double*, const double*, const double*, const double*, const double*, int64_t, int64_t);
+template void layernorm_backward<float>(float*, float*, float*, const float*, const float*, const float*, const float*, const float*, int64_t, int64_t, bool);
+template void layernorm_backward<double>(double*, double*, double*, const double*, const double*, const double*, const double*, const double*, int64_t, int64_t, bool);
 
 }  // namespace rmt::ops
