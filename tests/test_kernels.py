@@ -144,19 +144,6 @@ def test_small_gemm(isa, rng, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,ldx,cols", [(0, 3, 3), (1, 1, 1), (7, 5, 5), (8, 8, 8), (17, 9, 4),
-                                           (72, 128, 32), (76, 64, 16), (33, 40, 0)])
-def test_transpose(isa, rng, rows, ldx, cols, dtype):
-    # the heads' transposes: rows of x ldx apart, only the first cols of each read
-    x = rng.standard_normal((rows, ldx)).astype(dtype)
-    ours = k.transpose(x, cols)
-    np.testing.assert_array_equal(ours, x[:, :cols].T)
-    np.testing.assert_array_equal(ours, k.transpose(x, cols, reference=True))
-    with pytest.raises(ValueError, match="cols"):
-        k.transpose(x, ldx + 1)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", LENGTHS)
 def test_relu_backward(isa, rng, n, dtype):
     x, dout, dinp = vec(rng, n, dtype), vec(rng, n, dtype), vec(rng, n, dtype)

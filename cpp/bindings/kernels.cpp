@@ -208,25 +208,6 @@ void register_kernels(py::module_& m) {
     }, py::arg("dinp"), py::arg("dout"), py::arg("x"), py::arg("tanh_approximation") = false, ref,
        "Returns dinp + dout * gelu'(x) (dinp is not modified).");
 
-    m.def("transpose", [](py::handle x, int64_t cols, bool reference) {
-        return dispatch_float(x, "x", [&](auto tag) -> py::object {
-            using T = decltype(tag);
-            auto X = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
-            const int64_t rows = dim(X, 0), ldx = dim(X, 1);
-            if (cols < 0 || cols > ldx)
-                throw py::value_error("cols must lie in [0, " + std::to_string(ldx) + "], got " +
-                                      std::to_string(cols));
-            py::array_t<T> out = new_array<T>({cols, rows}, false);
-            T* o = out.mutable_data();
-            {
-                py::gil_scoped_release release;
-                table<T>(reference).transpose(o, rows, X.data(), ldx, rows, cols);
-            }
-            return std::move(out);
-        });
-    }, py::arg("x"), py::arg("cols"), ref,
-       "Returns x[:, :cols].T, read through x's row stride: the attention heads' transpose.");
-
     m.def("small_gemm", [](py::handle a, py::handle b, py::handle c, double alpha, bool trans_a,
                            bool reference) {
         return dispatch_float(a, "a", [&](auto tag) -> py::object {

@@ -38,9 +38,6 @@ struct VectorKernels {
     void (*layernorm_row_backward)(T* dx, const T* dy, const T* x, const T* weight, T mean,
                                    T rstd, int64_t n);
     void (*relu_backward)(T* dinp, const T* dout, const T* inp, int64_t n);   // dinp += ...
-    // out[c * ldo + r] = x[r * ldx + c] for r < rows, c < cols: a (strided) block transposed,
-    // as the attention heads' keys and values are for the products against them.
-    void (*transpose)(T* out, int64_t ldo, const T* x, int64_t ldx, int64_t rows, int64_t cols);
 };
 
 // Elements in 64 bytes: a multiple of every ISA's vector width, the padding unit for small_gemm.

@@ -12,7 +12,7 @@ static VectorKernels<T> reference_vector_kernels() {
                             &reference::gelu<T>, &reference::gelu_backward<T>,
                             &reference::small_gemm<T>, &reference::softmax<T>,
                             &reference::layernorm_row<T>, &reference::layernorm_row_backward<T>,
-                            &reference::relu_backward<T>, &reference::transpose<T>};
+                            &reference::relu_backward<T>};
 }
 
 const KernelTable& scalar_table() {

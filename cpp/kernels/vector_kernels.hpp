@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <cstdint>
 #include <xsimd/xsimd.hpp>
 
@@ -143,31 +142,6 @@ void adamw(T* param, const T* grad, T* m, T* v, int64_t n, T lr, T beta1, T beta
     }
     reference::adamw(param + i, grad + i, m + i, v + i, n - i, lr, beta1, beta2, eps,
                      weight_decay_factor, bias_correction1, bias_correction2_sqrt);
-}
-
-// Each vector of out gathers W rows of one column of x (W elements ldx apart) and is stored
-// whole: the scalar loop moved one element per load and store, with every load of a column walk
-// a row of x away from the last. Rows past the last whole vector, and an ldx too large for the
-// gather's 32-bit float indices, take the scalar loop.
-template <class Arch, typename T>
-void transpose(T* out, int64_t ldo, const T* x, int64_t ldx, int64_t rows, int64_t cols) {
-    using batch = xsimd::batch<T, Arch>;
-    using index_type = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-    using index_batch = xsimd::batch<index_type, Arch>;
-    constexpr int64_t W = batch::size;
-    static_assert(int64_t(index_batch::size) == W, "one index per lane");
-    int64_t whole = rows / W * W;
-    if (ldx > int64_t(std::numeric_limits<index_type>::max()) / W) whole = 0;
-    if (whole > 0) {
-        alignas(64) index_type lanes[W];
-        for (int64_t l = 0; l < W; ++l) lanes[l] = index_type(l * ldx);
-        const index_batch index = index_batch::load_aligned(lanes);
-        for (int64_t c = 0; c < cols; ++c)
-            for (int64_t r = 0; r < whole; r += W)
-                batch::gather(x + r * ldx + c, index).store_unaligned(out + c * ldo + r);
-    }
-    if (whole < rows)
-        reference::transpose(out + whole, ldo, x + whole * ldx, ldx, rows - whole, cols);
 }
 
 // A select instead of a branch: with random signs the scalar loop mispredicts half the time.
@@ -403,8 +377,7 @@ VectorKernels<T> make_vector_kernels() {
                             &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
                             &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
                             &softmax<Arch, T>, &layernorm_row<Arch, T>,
-                            &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>,
-                            &transpose<Arch, T>};
+                            &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>};
 }
 
 }  // namespace rmt::kernels::simd

@@ -129,13 +129,6 @@ void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_
         }
 }
 
-// out[c * ldo + r] = x[r * ldx + c]: rows x cols of x (row stride ldx) transposed into out.
-template <typename T>
-void transpose(T* out, int64_t ldo, const T* x, int64_t ldx, int64_t rows, int64_t cols) {
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) out[c * ldo + r] = x[r * ldx + c];
-}
-
 // dinp += dout where inp > 0 (the ReLU's gradient; 0 at inp = 0, as PyTorch).
 template <typename T>
 void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {

@@ -251,9 +251,13 @@ int64_t score_columns(int64_t hi, int64_t K) {
 // B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
 // B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
 template <typename T>
-void transpose_head(T* out, const T* x, int64_t K, int64_t Kp, int64_t hs, int64_t C) {
-    kernels::vec<T>().transpose(out, Kp, x, C, K, hs);
-    for (int64_t d = 0; d < hs; ++d) std::fill(out + d * Kp + K, out + (d + 1) * Kp, T(0));
+void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int64_t Kp,
+                    int64_t hs, int64_t C) {
+    for (int64_t d = 0; d < hs; ++d) {
+        T* row = out + d * Kp;
+        for (int64_t m = 0; m < K; ++m) row[m] = x[m * C + d];
+        std::fill(row + K, row + Kp, T(0));
+    }
 }
 
 // Each row block's key end read back off the saved probabilities: one past the last key with a
