@@ -629,15 +629,22 @@ def test_attention_ops_reject_bad_input():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,Q,K,C,NH,M,T", [(1, 3, 3, 4, 1, 0, 3), (2, 7, 10, 12, 3, 0, 7),
-                                            (32, 72, 72, 128, 4, 24, 24)])
-def test_attention_backward_overwrite_matches_accumulate(isa, rng, B, Q, K, C, NH, M, T, dtype):
+@pytest.mark.parametrize("B,Q,K,C,NH,mask", [(1, 3, 3, 4, 1, "causal"), (2, 7, 10, 12, 3, "causal"),
+                                             (3, 30, 30, 12, 3, "padding"),
+                                             (32, 72, 72, 128, 4, "rmt")])
+def test_attention_backward_overwrite_matches_accumulate(isa, rng, B, Q, K, C, NH, mask, dtype):
     # The layers write dq, dk, dv into fresh buffers (overwrite=True), not zero-filled ones: they
     # start as NaN there, so a (batch, head) pair that read its slice, or left part of it
-    # unwritten (a row block that attends nothing), shows. The last case is the copy model's
-    # RMT mask, large enough for the pairs to run on both threads.
+    # unwritten, shows. "padding" gives the last batch row no visible key (every row block of
+    # its pairs attends nothing) and the others few; "rmt" is the copy model's RMT mask, large
+    # enough for the pairs to run on both threads.
     q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
-    allowed = ops.rmt_decoder_mask(M, T, K - Q) if M else ops.causal_mask(Q, K - Q)
+    if mask == "rmt":
+        allowed = ops.rmt_decoder_mask(24, 24, K - Q)
+    elif mask == "padding":
+        allowed = np.stack([ops.padding_mask(Q, K, L) for L in (5, 17, 0)])
+    else:
+        allowed = ops.causal_mask(Q, K - Q)
     out, probs = ops.rel_attention_forward(q, k, v, rk, u, vb, NH, allowed)
     accumulated = ops.rel_attention_backward(dout, q, k, v, rk, u, vb, probs, NH)
     written = ops.rel_attention_backward(dout, q, k, v, rk, u, vb, probs, NH, overwrite=True)

@@ -40,10 +40,10 @@ const float* dropout_grad(const std::vector<float>& dy, const std::vector<uint8_
 
 namespace {
 
-// The backward pass needs a dozen zero-filled buffers per layer and segment, of the same few
-// sizes every step. Allocated fresh, the large ones come from mmap and every page faults in
-// again (as costly as the fill itself), so returned buffers wait in a per-thread pool, bounded
-// in count and bytes, and zeros() reuses the smallest one that fits.
+// The backward pass needs a dozen gradient buffers per layer and segment, of the same few sizes
+// every step. Allocated fresh, the large ones come from mmap and every page faults in again (as
+// costly as a fill), so returned buffers wait in a per-thread pool, bounded in count and bytes,
+// and zeros(), pooled_buffer() and pooled_copy() reuse the smallest one that fits.
 struct ZeroPool {
     std::vector<std::vector<float>> free;
     size_t bytes = 0;
@@ -82,7 +82,9 @@ std::vector<float> zeros(int64_t n) {
 
 std::vector<float> pooled_buffer(int64_t n) {
     std::vector<float> v = take_pooled(size_t(n));
-    v.resize(size_t(n));   // within a pooled buffer's capacity: no allocation, no fill
+    // no fill beyond what resize value-initialises: the part past the pooled vector's old size
+    // (everything, when no pooled buffer fits and this one is new)
+    v.resize(size_t(n));
     return v;
 }
 

@@ -72,11 +72,10 @@ void zero_head(T* x, int64_t rows, int64_t hs, int64_t C) {
 }
 
 // Per-thread scratch that only grows: after the first step no product allocates. SLOT_B and
-// SLOT_C_TAIL hold head_gemm's transposed or padded operands; SLOT_QV and SLOT_DBD the relative
-// attention backward's whole-call buffers (dBD of every (batch, head) pair, a few MB, and its column
-// sums: a
-// fresh allocation of that size would be fresh pages, and their page faults, on every call);
-// SLOT_RK_T the forward's transposed position keys.
+// SLOT_C_TAIL hold head_gemm's transposed or padded operands; SLOT_DBD and SLOT_DBD_SUMS the
+// relative attention backward's whole-call buffers (dBD of every (batch, head) pair, a few MB,
+// and its column sums per pair: a fresh allocation of that size would be fresh pages, and their
+// page faults, on every call); SLOT_RK_T the forward's transposed position keys.
 constexpr int SLOT_B = 0, SLOT_C_TAIL = 1, SLOT_DBD_SUMS = 2, SLOT_DBD = 3, SLOT_RK_T = 4;
 template <typename T>
 T* scratch(int slot, size_t n) {
@@ -248,7 +247,6 @@ int64_t score_columns(int64_t hi, int64_t K) {
     return whole <= K ? whole : hi;
 }
 
-// B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
 // B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
 template <typename T>
 void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int64_t Kp,

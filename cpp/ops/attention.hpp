@@ -1,5 +1,7 @@
 // Multi-head attention products, with heads interleaved along C (C = NH * hs) exactly as a
-// linear projection leaves them: head h of token t is x[t, h*hs : (h+1)*hs]. No transposes.
+// linear projection leaves them: head h of token t is x[t, h*hs : (h+1)*hs]. No head is copied
+// out; only the keys (and, in the backward, the values) of one head are transposed into scratch
+// for the products against them.
 //
 // Masks: allowed (Tq, Tk), 1 = query i may attend key j, shared by the batch when
 // mask_batch_stride = 0, or one (Tq, Tk) block per batch row when it is Tq * Tk (padding).
