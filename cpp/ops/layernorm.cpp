@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/isa.hpp"
 #include "kernels/threads.hpp"
@@ -33,29 +34,40 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
                         bool overwrite_dinp) {
     const bool parallel = worth_threads(N * C);
     // out = xhat * weight + bias, xhat = (x - mean) * rstd:
-    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight.
+    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight;
+    // dweight += sum_n dout * xhat, dbias += sum_n dout.
+    // The parameter sums are taken in the same pass as dx, while the row is in cache: each part
+    // of kRowsPerPart rows sums into its own slot, and the slots are added in order at the end,
+    // so the sums do not depend on the thread count (a second pass over all of dout and inp,
+    // column block by column block, cost more than dx itself at 2304 x 128).
+    constexpr int64_t kRowsPerPart = 64;
+    const int64_t parts = (N + kRowsPerPart - 1) / kRowsPerPart;
+    std::vector<T> part_sums(size_t(parts * 2 * C));
     const auto& vec = kernels::vec<T>();
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t n = 0; n < N; ++n) {
-        if (overwrite_dinp) std::fill(dinp + n * C, dinp + (n + 1) * C, T(0));
-        vec.layernorm_row_backward(dinp + n * C, dout + n * C, inp + n * C, weight, mean[n],
-                                   rstd[n], C);
-    }
-    // dweight += sum_n dout * xhat, dbias += sum_n dout: each thread owns a block of columns and
-    // walks the rows in order, so the sums do not depend on the thread count.
-    constexpr int64_t block = 64;
-    const int64_t n_blocks = (C + block - 1) / block;
-#pragma omp parallel for schedule(static) if (parallel && n_blocks > 1)
-    for (int64_t b = 0; b < n_blocks; ++b) {
-        const int64_t c0 = b * block, c1 = std::min(C, c0 + block);
-        for (int64_t n = 0; n < N; ++n) {
-            const T* x = inp + n * C;
-            const T* dy = dout + n * C;
+    for (int64_t part = 0; part < parts; ++part) {
+        T* __restrict__ dw = part_sums.data() + part * 2 * C;
+        T* __restrict__ db = dw + C;
+        std::fill(dw, dw + 2 * C, T(0));
+        for (int64_t n = part * kRowsPerPart; n < std::min(N, (part + 1) * kRowsPerPart); ++n) {
+            if (overwrite_dinp) std::fill(dinp + n * C, dinp + (n + 1) * C, T(0));
+            vec.layernorm_row_backward(dinp + n * C, dout + n * C, inp + n * C, weight, mean[n],
+                                       rstd[n], C);
+            const T* __restrict__ x = inp + n * C;
+            const T* __restrict__ dy = dout + n * C;
             const T m = mean[n], r = rstd[n];
-            for (int64_t c = c0; c < c1; ++c) {
-                dweight[c] += dy[c] * ((x[c] - m) * r);
-                dbias[c] += dy[c];
+            for (int64_t c = 0; c < C; ++c) {
+                dw[c] += dy[c] * ((x[c] - m) * r);
+                db[c] += dy[c];
             }
+        }
+    }
+    for (int64_t part = 0; part < parts; ++part) {
+        const T* dw = part_sums.data() + part * 2 * C;
+        const T* db = dw + C;
+        for (int64_t c = 0; c < C; ++c) {
+            dweight[c] += dw[c];
+            dbias[c] += db[c];
         }
     }
 }
