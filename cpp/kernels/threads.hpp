@@ -19,4 +19,11 @@ inline bool in_parallel_region() {
 #endif
 }
 
+// Whether an op should fork threads for `work` elements: only from min_work on (waking a team
+// costs microseconds, more than tens of thousands of elements take on one core), never from
+// inside a parallel region (the caller's loop is split already), and only with threads to use.
+inline bool worth_threads(int64_t work, int64_t min_work = int64_t(1) << 15) {
+    return work >= min_work && !in_parallel_region() && get_num_threads() > 1;
+}
+
 }  // namespace rmt::kernels

@@ -10,10 +10,8 @@
 namespace rmt::ops {
 namespace {
 
-bool worth_threads(int64_t work) {
-    return work >= (int64_t(1) << 16) && !kernels::in_parallel_region() &&
-           kernels::get_num_threads() > 1;
-}
+// Elementwise and cheap: threads pay off from 64 K elements.
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
 
 // Elements per vector-kernel call: a multiple of every vector width, and small enough that the
 // threads share the work evenly.
@@ -30,7 +28,7 @@ template <typename T>
 void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool overwrite) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (worth_threads(n))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
         if (overwrite) std::fill(dinp + lo, dinp + lo + len, T(0));
@@ -43,7 +41,7 @@ template <typename T>
 void gelu_forward(T* out, const T* inp, int64_t n, bool tanh_approximation) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (worth_threads(n))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t lo = c * kChunk;
         vec.gelu(out + lo, inp + lo, std::min(kChunk, n - lo), tanh_approximation);
@@ -55,7 +53,7 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_ap
                    bool overwrite) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (worth_threads(n))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
         if (overwrite) std::fill(dinp + lo, dinp + lo + len, T(0));

@@ -258,6 +258,14 @@ void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int
     }
 }
 
+// out[j] += the column sums of x (rows x cols, row stride ld).
+template <typename T>
+void add_column_sums(T* __restrict__ out, const T* __restrict__ x, int64_t rows, int64_t cols,
+                     int64_t ld) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) out[j] += x[i * ld + j];
+}
+
 // Each row block's key end read back off the saved probabilities: one past the last key with a
 // nonzero probability in any row of the block. Probabilities are >= 0, so a column sum is 0
 // exactly when the whole column is (and a NaN counts as nonzero); the sums vectorise, where a
@@ -265,24 +273,13 @@ void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int
 template <typename T>
 void block_key_ends_from_probs(int64_t* hi, const T* p, int64_t Q, int64_t K, T* col_sum) {
     for (int64_t blk = 0; blk * kRowBlock < Q; ++blk) {
+        const int64_t i0 = blk * kRowBlock, rows = std::min(kRowBlock, Q - i0);
         std::fill(col_sum, col_sum + K, T(0));
-        for (int64_t i = blk * kRowBlock; i < std::min(Q, (blk + 1) * kRowBlock); ++i) {
-            const T* __restrict__ row = p + i * K;
-            T* __restrict__ sum = col_sum;
-            for (int64_t j = 0; j < K; ++j) sum[j] += row[j];
-        }
+        add_column_sums(col_sum, p + i0 * K, rows, K, K);
         int64_t end = K;
         while (end > 0 && !(col_sum[end - 1] != T(0))) --end;
         hi[blk] = end;
     }
-}
-
-// out[j] += the column sums of x (rows x cols, row stride ld).
-template <typename T>
-void add_column_sums(T* __restrict__ out, const T* __restrict__ x, int64_t rows, int64_t cols,
-                     int64_t ld) {
-    for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) out[j] += x[i * ld + j];
 }
 
 }  // namespace

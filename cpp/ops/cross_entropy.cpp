@@ -12,11 +12,6 @@
 namespace rmt::ops {
 namespace {
 
-bool worth_threads(int64_t work) {
-    return work >= (int64_t(1) << 15) && !kernels::in_parallel_region() &&
-           kernels::get_num_threads() > 1;
-}
-
 // A bad target would index outside the row: refuse it before any thread starts (an exception
 // must not escape an OpenMP region), even if the caller did not check.
 void check_targets(const int32_t* targets, int64_t N, int64_t V, int64_t ignore_index) {
@@ -33,7 +28,7 @@ int64_t cross_entropy_forward(T* losses, T* lse, const T* logits, const int32_t*
                               const T* weights, int64_t N, int64_t V, int64_t ignore_index) {
     check_targets(targets, N, V, ignore_index);
     const auto& vec = kernels::vec<T>();
-    const bool parallel = worth_threads(N * V);
+    const bool parallel = kernels::worth_threads(N * V);
     int64_t selected = 0;
 #pragma omp parallel if (parallel) reduction(+ : selected)
     {
@@ -64,7 +59,7 @@ void cross_entropy_backward(T* dlogits, const T* dlosses, const T* logits, const
                             int64_t ignore_index) {
     check_targets(targets, N, V, ignore_index);
     const auto& vec = kernels::vec<T>();
-    const bool parallel = worth_threads(N * V);
+    const bool parallel = kernels::worth_threads(N * V);
 #pragma omp parallel if (parallel)
     {
         std::vector<T> prob(V);

@@ -5,10 +5,8 @@
 namespace rmt::ops {
 namespace {
 
-bool worth_threads(int64_t work) {
-    return work >= (int64_t(1) << 16) && !kernels::in_parallel_region() &&
-           kernels::get_num_threads() > 1;
-}
+// Elementwise and cheap: threads pay off from 64 K elements.
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
 
 // splitmix64's finaliser (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
 inline uint64_t mix64(uint64_t z) {
@@ -36,7 +34,7 @@ void dropout_forward(T* out, uint8_t* keep, const T* inp, int64_t n, T p, uint64
     const uint64_t key = stream_key(seed);
     const double threshold = double(p);
     const T scale = T(1) / (T(1) - p);
-    const bool parallel = worth_threads(n);
+    const bool parallel = kernels::worth_threads(n, kMinParallelWork);
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t i = 0; i < n; ++i) {
         const bool k = uniform(key, offset + uint64_t(i)) >= threshold;

@@ -14,10 +14,6 @@ namespace {
 // per-chunk partial sums in chunk order, so results do not depend on the thread count.
 constexpr int64_t kChunk = 8192;
 
-bool worth_threads(int64_t n) {
-    return n >= 4 * kChunk && !kernels::in_parallel_region() && kernels::get_num_threads() > 1;
-}
-
 }  // namespace
 
 template <typename T>
@@ -31,7 +27,7 @@ void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, int64_t step, con
     // AdamW: param *= 1 - lr * wd before the update; Adam: grad += wd * param instead.
     const T decay = h.decoupled_weight_decay ? T(1) - h.lr * h.weight_decay : T(1);
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
-    const bool parallel = worth_threads(n);
+    const bool parallel = kernels::worth_threads(n, 4 * kChunk);
 #pragma omp parallel if (parallel)
     {
         std::vector<T> g_l2(l2 ? kChunk : 0);
@@ -53,7 +49,7 @@ template <typename T>
 double grad_norm(const T* grad, int64_t n) {
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
     std::vector<double> partial(n_chunks);
-    const bool parallel = worth_threads(n);
+    const bool parallel = kernels::worth_threads(n, 4 * kChunk);
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t c = 0; c < n_chunks; ++c) {
         const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
@@ -73,7 +69,7 @@ double clip_grad_norm(T* grad, int64_t n, double max_norm) {
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0) {
         const T s = T(coef);
-        const bool parallel = worth_threads(n);
+        const bool parallel = kernels::worth_threads(n, 4 * kChunk);
 #pragma omp parallel for schedule(static) if (parallel)
         for (int64_t i = 0; i < n; ++i) grad[i] *= s;
     }
