@@ -43,7 +43,7 @@ namespace {
 // The backward pass needs a dozen gradient buffers per layer and segment, of the same few sizes
 // every step. Allocated fresh, the large ones come from mmap and every page faults in again (as
 // costly as a fill), so returned buffers wait in a per-thread pool, bounded in count and bytes,
-// and zeros(), pooled_buffer() and pooled_copy() reuse the smallest one that fits.
+// and zeros() and pooled_buffer() reuse the smallest one that fits.
 struct ZeroPool {
     std::vector<std::vector<float>> free;
     size_t bytes = 0;
@@ -85,13 +85,6 @@ std::vector<float> pooled_buffer(int64_t n) {
     // no fill beyond what resize value-initialises: the part past the pooled vector's old size
     // (everything, when no pooled buffer fits and this one is new)
     v.resize(size_t(n));
-    return v;
-}
-
-std::vector<float> pooled_copy(const std::vector<float>& src) {
-    RMT_PROFILE_SCOPE("glue.copy");
-    std::vector<float> v = take_pooled(src.size());
-    v.assign(src.begin(), src.end());
     return v;
 }
 

@@ -83,10 +83,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
 std::vector<float> zeros(int64_t n);
 // n floats from the same pool, contents unspecified: for a buffer the next op overwrites whole.
 std::vector<float> pooled_buffer(int64_t n);
-// A copy of src in a buffer from the same pool (timed as glue.copy).
-std::vector<float> pooled_copy(const std::vector<float>& src);
-// Gives v's storage to this thread's pool for zeros(), pooled_buffer() and pooled_copy() (v is
-// left empty).
+// Gives v's storage to this thread's pool for zeros() and pooled_buffer() (v is left empty).
 void recycle(std::vector<float>& v);
 
 }  // namespace rmt::model
