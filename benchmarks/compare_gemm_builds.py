@@ -1,0 +1,106 @@
+"""Two builds of our GEMM against each other on the models' linear-layer shapes, in alternating
+rounds in one run (the GEMM counterpart of compare_builds.py): how to tell whether a change to the
+micro-kernel or the blocking helped when the machine's speed drifts between processes.
+
+Each build runs in its own worker process on the same matrices; the workers take turns, one
+round each. A sample is the fastest of `--repeats` calls; GFLOP/s = 2 M N K / time.
+
+    git worktree add /tmp/before HEAD~1 && (cd /tmp/before && python setup.py build_ext --inplace)
+    python benchmarks/compare_gemm_builds.py /tmp/before/python python --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (label, M, N, K, trans_a, trans_b) for C[M, N] = op(A) op(B): the three products of each linear
+# of the training-step models (benchmarks/train_step.py): forward X W^T, backward dY W, dY^T X.
+def model_shapes():
+    shapes = []
+    for model, rows, c, f in (("copy", 2304, 128, 256), ("lm", 2368, 256, 1024),
+                              ("enwik8", 1184, 512, 2048)):
+        for name, n_out, n_in in (("qkv", 3 * c, c), ("fc1", f, c), ("fc2", c, f)):
+            shapes += [(f"{model}.{name}.fwd", rows, n_out, n_in, False, True),
+                       (f"{model}.{name}.dX", rows, n_in, n_out, False, False),
+                       (f"{model}.{name}.dW", n_out, n_in, rows, True, False)]
+    shapes.append(("square.2048", 2048, 2048, 2048, False, False))
+    return shapes
+
+
+def worker(python_dir: str, threads: int, repeats: int) -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(Path(python_dir).resolve()))
+    import rmt
+
+    rmt.set_num_threads(threads)
+    g = np.random.default_rng(0)
+    cases = []
+    for label, M, N, K, ta, tb in model_shapes():
+        a = g.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+        b = g.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+        c = np.empty((M, N), np.float32)
+        rmt.gemm(a, b, c, trans_a=ta, trans_b=tb)
+        cases.append((a, b, c, ta, tb, 2.0 * M * N * K))
+    print(f"ready {rmt.__file__}", flush=True)
+    for _ in sys.stdin:
+        out = []
+        for a, b, c, ta, tb, flops in cases:
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                rmt.gemm(a, b, c, trans_a=ta, trans_b=tb)
+                best = min(best, time.perf_counter() - t0)
+            out.append(f"{flops / best / 1e9:.2f}")
+        print(" ".join(out), flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("before", help="the python/ folder of the first build (holds rmt/)")
+    p.add_argument("after", help="the python/ folder of the second build")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="calls per sample (the fastest counts)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.before, args.threads, args.repeats)
+        return
+    procs = []
+    for build in (args.before, args.after):
+        proc = subprocess.Popen([sys.executable, __file__, build, build, "--worker",
+                                 "--threads", str(args.threads), "--repeats", str(args.repeats)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        print(proc.stdout.readline().strip(), flush=True)
+        procs.append(proc)
+    samples = [[], []]
+    for _ in range(args.rounds):
+        for i, proc in enumerate(procs):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            samples[i].append([float(x) for x in proc.stdout.readline().split()])
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait()
+    print(f"threads {args.threads}, {args.rounds} alternating rounds; GFLOP/s, median of rounds; "
+          f"ratio after / before: median (min-max) over rounds")
+    ratios_all = []
+    for j, (label, M, N, K, ta, tb) in enumerate(model_shapes()):
+        before = [r[j] for r in samples[0]]
+        after = [r[j] for r in samples[1]]
+        ratios = [y / x for x, y in zip(before, after)]
+        ratios_all.append(statistics.median(ratios))
+        print(f"{label:>18} {M:>5}x{N:<5}x{K:<5} before {statistics.median(before):7.1f}  "
+              f"after {statistics.median(after):7.1f}  ratio {statistics.median(ratios):.3f} "
+              f"({min(ratios):.3f}-{max(ratios):.3f})")
+    geo = statistics.geometric_mean(ratios_all)
+    print(f"geometric mean of the median ratios: {geo:.3f}")
+
+
+if __name__ == "__main__":
+    main()
