@@ -283,7 +283,7 @@ void register_model(py::module_& core) {
                                       "), got " + std::to_string(layer));
             if (st.segments_seen == 0 || int64_t(st.workspace.layers.size()) <= layer)
                 throw py::value_error("no segment has run through this state yet");
-            const std::vector<float>& probs = st.workspace.layers[layer].probs;
+            const Buffer& probs = st.workspace.layers[layer].probs;
             // the encoder runs only the samples with content in the segment
             const int64_t B = c.kind == model::Kind::RMTEncoder
                                   ? int64_t(st.workspace.rows.size()) : st.batch;

@@ -9,7 +9,7 @@ namespace {
 
 using training::Trainer;
 
-py::array_t<float> view_of(std::vector<float>& buf, py::handle owner) {
+py::array_t<float> view_of(Buffer& buf, py::handle owner) {
     return py::array_t<float>({py::ssize_t(buf.size())}, {py::ssize_t(sizeof(float))}, buf.data(), owner);
 }
 

@@ -134,11 +134,11 @@ void Model::encoder_head_forward(SegmentActivations& seg) const {
                                param("cls_head.bias"), Bs, C, NC);
 }
 
-void Model::encoder_head_backward(std::vector<float>& dcls, const SegmentActivations& seg,
+void Model::encoder_head_backward(Buffer& dcls, const SegmentActivations& seg,
                                   const float* dlogits) {
     const int64_t C = config_.d_model, NC = config_.num_classes;
     const int64_t Bs = int64_t(seg.rows.size());
-    std::vector<float> dpooled = zeros(Bs * C);
+    Buffer dpooled = zeros(Bs * C);
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.head", 4 * Bs * C * NC);
     ops::linear_backward<float>(dpooled.data(), grad("cls_head.weight"), grad("cls_head.bias"),
@@ -154,14 +154,14 @@ void Model::encoder_head_backward(std::vector<float>& dcls, const SegmentActivat
                                 dpooled.data(), seg.cls_out.data(), param("pooler.weight"), Bs, C, C);
 }
 
-void Model::encoder_segment_backward(std::vector<float>& dmem, const SegmentActivations& seg,
-                                     const std::vector<float>& dfinal) {
+void Model::encoder_segment_backward(Buffer& dmem, const SegmentActivations& seg,
+                                     const Buffer& dfinal) {
     const int64_t C = config_.d_model, M = config_.num_mem_tokens, Q = config_.query_rows(),
                   V = config_.vocab_size, L = config_.n_layers, T = config_.segment_len;
     const int64_t Bs = int64_t(seg.rows.size());
     const LayerDims dims = encoder_dims(Bs);
     const float p = seg.dropout_p;
-    std::vector<float> d, dh;
+    Buffer d, dh;
     {
     RMT_PROFILE_SCOPE("glue.copy");
     d = dfinal;
@@ -178,7 +178,7 @@ void Model::encoder_segment_backward(std::vector<float>& dmem, const SegmentActi
         std::swap(d, dh);
     }
     // h0 = dropout(LN_emb(emb_in))
-    std::vector<float> dln = zeros(int64_t(d.size()));
+    Buffer dln = zeros(int64_t(d.size()));
     if (!seg.keep_h0.empty()) {
         RMT_PROFILE_SCOPE("bwd.dropout");
         ops::dropout_backward<float>(dln.data(), d.data(), seg.keep_h0.data(), int64_t(d.size()), p);
@@ -186,7 +186,7 @@ void Model::encoder_segment_backward(std::vector<float>& dmem, const SegmentActi
         RMT_PROFILE_SCOPE("glue.copy");
         dln = d;
     }
-    std::vector<float> demb = zeros(Bs * Q * C);
+    Buffer demb = zeros(Bs * Q * C);
     {
     RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(demb.data(), grad("emb_norm.weight"), grad("emb_norm.bias"),
@@ -257,7 +257,7 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     // ---- forward ----
     UnrollBuffers buffers(*workspace_, S, compute_grad && labels != nullptr && training_);
     std::vector<SegmentActivations>& segs = buffers.segs();
-    std::vector<float> memory(B * M * C);
+    Buffer memory(B * M * C);
     {
     RMT_PROFILE_SCOPE("glue.memory");
     for (int64_t b = 0; b < B; ++b)
@@ -293,7 +293,7 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     double loss_sum = 0;
     {
     RMT_PROFILE_SCOPE("fwd.cross_entropy");
-    std::vector<float> losses(B);
+    Buffer losses(B);
     last.lse.resize(B);
     ops::cross_entropy_forward<float>(losses.data(), last.lse.data(), last.logits.data(), labels,
                                       nullptr, B, NC, -100);
@@ -308,9 +308,9 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
     // whose loss is a of their own (non-empty) segments later; bptt_depth = k keeps a <= k. With
     // full depth one merged stream. A skipped sample hands its stream on at the same age.
     const int64_t n_streams = full_depth ? 1 : bptt_depth + 1;
-    std::vector<std::vector<float>> streams(n_streams + 1);
+    std::vector<Buffer> streams(n_streams + 1);
     float* dtok = grad("mem_tokens");
-    auto deposit = [&](std::vector<std::vector<float>>& into, int64_t age, int64_t s, int64_t b,
+    auto deposit = [&](std::vector<Buffer>& into, int64_t age, int64_t s, int64_t b,
                        const float* src) {
         if (s == 0) {   // the memory entering segment 0 is mem_tokens
             for (int64_t k = 0; k < M * C; ++k) dtok[k] += src[k];
@@ -320,9 +320,9 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
         float* dst = &into[age][b * M * C];
         for (int64_t k = 0; k < M * C; ++k) dst[k] += src[k];
     };
-    std::vector<float> dhead;
+    Buffer dhead;
     {
-        std::vector<float> dlosses(B, float(1.0 / denom)), dlogits(B * NC, 0.0f);
+        Buffer dlosses(B, float(1.0 / denom)), dlogits(B * NC, 0.0f);
         {
         RMT_PROFILE_SCOPE("bwd.cross_entropy");
         ops::cross_entropy_backward<float>(dlogits.data(), dlosses.data(), last.logits.data(),
@@ -330,11 +330,11 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
         }
         encoder_head_backward(dhead, last, dlogits.data());
     }
-    std::vector<float> dmem;
+    Buffer dmem;
     for (int64_t s = S - 1; s >= 0; --s) {
         const SegmentActivations& seg = segs[s];
         const int64_t Bs = int64_t(seg.rows.size());
-        std::vector<std::vector<float>> next(n_streams + 1);
+        std::vector<Buffer> next(n_streams + 1);
         // Skipped samples: identity, same age.
         {
         RMT_PROFILE_SCOPE("glue.memory");
@@ -349,7 +349,7 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
         for (int64_t a = 0; a < n_streams && Bs > 0; ++a) {
             const bool head = s == S - 1 && a == 0;
             if (!head && streams[a].empty()) continue;
-            std::vector<float> dfinal = zeros(Bs * Q * C);
+            Buffer dfinal = zeros(Bs * Q * C);
             {
             RMT_PROFILE_SCOPE("glue.copy");
             for (int64_t i = 0; i < Bs; ++i) {

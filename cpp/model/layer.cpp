@@ -14,7 +14,7 @@ namespace rmt::model {
 namespace {
 
 // out = dropout(x) in place, recording the keep mask (skipped entirely when p = 0).
-void dropout_inplace(std::vector<float>& x, std::vector<uint8_t>& keep, DropoutStream& drop) {
+void dropout_inplace(Buffer& x, std::vector<uint8_t>& keep, DropoutStream& drop) {
     if (!drop.active()) {
         keep.clear();
         return;
@@ -27,8 +27,8 @@ void dropout_inplace(std::vector<float>& x, std::vector<uint8_t>& keep, DropoutS
 }
 
 // The gradient through a dropout site: dx = dy * keep / (1 - p), or dy itself when p = 0.
-const float* dropout_grad(const std::vector<float>& dy, const std::vector<uint8_t>& keep, float p,
-                          std::vector<float>& scratch) {
+const float* dropout_grad(const Buffer& dy, const std::vector<uint8_t>& keep, float p,
+                          Buffer& scratch) {
     if (keep.empty()) return dy.data();
     RMT_PROFILE_SCOPE("bwd.dropout");
     scratch.assign(dy.size(), 0.0f);
@@ -45,7 +45,7 @@ namespace {
 // costly as a fill), so returned buffers wait in a per-thread pool, bounded in count and bytes,
 // and zeros() and pooled_buffer() reuse the smallest one that fits.
 struct ZeroPool {
-    std::vector<std::vector<float>> free;
+    std::vector<Buffer> free;
     size_t bytes = 0;
 };
 thread_local ZeroPool zero_pool;
@@ -57,7 +57,7 @@ constexpr size_t kPoolMaxBytes = size_t(1) << 30;
 namespace {
 
 // The pooled buffer that fits n floats most tightly (empty if none does), taken out of the pool.
-std::vector<float> take_pooled(size_t n) {
+Buffer take_pooled(size_t n) {
     auto& free = zero_pool.free;
     size_t best = free.size();
     for (size_t i = 0; i < free.size(); ++i)
@@ -65,7 +65,7 @@ std::vector<float> take_pooled(size_t n) {
             (best == free.size() || free[i].capacity() < free[best].capacity()))
             best = i;
     if (best == free.size()) return {};
-    std::vector<float> v = std::move(free[best]);
+    Buffer v = std::move(free[best]);
     free.erase(free.begin() + std::ptrdiff_t(best));
     zero_pool.bytes -= v.capacity() * sizeof(float);
     return v;
@@ -73,29 +73,29 @@ std::vector<float> take_pooled(size_t n) {
 
 }  // namespace
 
-std::vector<float> zeros(int64_t n) {
+Buffer zeros(int64_t n) {
     RMT_PROFILE_SCOPE("glue.zeros");
-    std::vector<float> v = take_pooled(size_t(n));
+    Buffer v = take_pooled(size_t(n));
     v.assign(size_t(n), 0.0f);   // within a pooled buffer's capacity: no allocation
     return v;
 }
 
-std::vector<float> pooled_buffer(int64_t n) {
-    std::vector<float> v = take_pooled(size_t(n));
+Buffer pooled_buffer(int64_t n) {
+    Buffer v = take_pooled(size_t(n));
     // no fill beyond what resize value-initialises: the part past the pooled vector's old size
     // (everything, when no pooled buffer fits and this one is new)
     v.resize(size_t(n));
     return v;
 }
 
-void recycle(std::vector<float>& v) {
+void recycle(Buffer& v) {
     const size_t bytes = v.capacity() * sizeof(float);
     if (bytes > 0 && zero_pool.free.size() < kPoolMaxBuffers &&
         zero_pool.bytes + bytes <= kPoolMaxBytes) {
         zero_pool.bytes += bytes;
         zero_pool.free.push_back(std::move(v));
     }
-    v = std::vector<float>();
+    v = Buffer();
 }
 
 void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, const float* h,
@@ -204,12 +204,12 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                     const LayerDims& d, float dropout_p) {
     const int64_t B = d.B, Q = d.Q, P = d.P, K = d.K(), C = d.C, D = d.D, F = d.F;
     const int64_t NQ = B * Q;
-    std::vector<float> scratch;
+    Buffer scratch;
     // The input gradients below go into fresh pooled buffers that the op writes whole (its
     // overwrite mode: each thread zeroes its own part in cache), not zero-filled first: at the
     // copy model's size the fills were 4-5% of a step.
     // out = LN2(res2)
-    std::vector<float> dres2 = pooled_buffer(NQ * C);
+    Buffer dres2 = pooled_buffer(NQ * C);
     {
     RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(dres2.data(), g.ln2_w, g.ln2_b, dout, a.res2.data(), w.ln2_w,
@@ -218,7 +218,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     }
     // res2 = o + dropout(act W2^T + b2): the residual hands dres2 to o unchanged
     const float* dff = dropout_grad(dres2, a.keep_ff, dropout_p, scratch);
-    std::vector<float> dact = pooled_buffer(NQ * F);
+    Buffer dact = pooled_buffer(NQ * F);
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc2", 4 * NQ * F * C);
     ops::linear_backward<float>(dact.data(), g.fc2_w, g.fc2_b, dff, a.act.data(), w.fc2_w, NQ, F, C,
@@ -226,10 +226,10 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     }
     // dff (dres2 or its dropout) is read for the last time above: dres2 becomes d_o, the
     // gradient reaching o through the residual, and the fc1 product adds the rest to it
-    std::vector<float> d_o = std::move(dres2);
+    Buffer d_o = std::move(dres2);
     // act = dropout(relu(fc1)); fc1 = o W1^T + b1
     const float* dact_pre = dropout_grad(dact, a.keep_act, dropout_p, scratch);
-    std::vector<float> dfc1 = pooled_buffer(NQ * F);
+    Buffer dfc1 = pooled_buffer(NQ * F);
     if (d.gelu) {
         RMT_PROFILE_SCOPE("bwd.gelu");
         ops::gelu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, false,
@@ -244,7 +244,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                 C, F);
     }
     // o = LN1(res1)
-    std::vector<float> dres1 = pooled_buffer(NQ * C);
+    Buffer dres1 = pooled_buffer(NQ * C);
     {
     RMT_PROFILE_SCOPE("bwd.layernorm");
     ops::layernorm_backward<float>(dres1.data(), g.ln1_w, g.ln1_b, d_o.data(), a.res1.data(),
@@ -257,17 +257,17 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     for (int64_t i = 0; i < NQ * C; ++i) dh[i] += dres1[i];
     }
     const float* dproj = dropout_grad(dres1, a.keep_proj, dropout_p, scratch);
-    std::vector<float> dattn = pooled_buffer(NQ * D);
+    Buffer dattn = pooled_buffer(NQ * D);
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.o", 4 * NQ * D * C);
     ops::linear_backward<float>(dattn.data(), g.o, nullptr, dproj, a.attn.data(), w.o, NQ, D, C,
                                 /*overwrite_dinp=*/true);
     }
     // attn = softmax(S) v
-    std::vector<float> dq = pooled_buffer(NQ * D), dk = pooled_buffer(B * K * D),
+    Buffer dq = pooled_buffer(NQ * D), dk = pooled_buffer(B * K * D),
                        dv = pooled_buffer(B * K * D);
     if (d.relative) {
-        std::vector<float> drk = zeros(K * D);
+        Buffer drk = zeros(K * D);
         {
         RMT_PROFILE_SCOPE("bwd.rel_attention");
         ops::rel_attention_backward<float>(dq.data(), dk.data(), dv.data(), drk.data(), g.u, g.v,
@@ -288,7 +288,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T. Without a cache k_in is h: its gradient goes
     // straight into dh.
     const bool cached = P > 0;
-    std::vector<float> dk_in = cached ? zeros(B * K * C) : std::vector<float>();
+    Buffer dk_in = cached ? zeros(B * K * C) : Buffer();
     float* dk_src = cached ? dk_in.data() : dh;
     const float* k_src = cached ? a.k_in.data() : h;
     {

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/aligned.hpp"
+
 namespace rmt::model {
 
 // Offsets of one layer's tensors in the flat parameter (and gradient) buffer.
@@ -46,23 +48,23 @@ struct DropoutStream {
 
 // What the backward pass of one layer needs from its forward (shapes in comments).
 struct LayerActivations {
-    std::vector<float> k_in;      // (B, K, C)  [cache; h]
-    std::vector<float> q;         // (B, Q, D)
-    std::vector<float> k, v;      // (B, K, D)
-    std::vector<float> rk;        // (K, D), relative attention only
-    std::vector<float> probs;     // (B, NH, Q, K)
-    std::vector<float> attn;      // (B, Q, D)   softmax(S) v, input of W_o
+    Buffer k_in;      // (B, K, C)  [cache; h]
+    Buffer q;         // (B, Q, D)
+    Buffer k, v;      // (B, K, D)
+    Buffer rk;        // (K, D), relative attention only
+    Buffer probs;     // (B, NH, Q, K)
+    Buffer attn;      // (B, Q, D)   softmax(S) v, input of W_o
     std::vector<uint8_t> keep_proj;
-    std::vector<float> res1;      // (B, Q, C)   h + dropout(attn W_o^T), input of LN1
-    std::vector<float> ln1_mean, ln1_rstd;   // (B*Q)
-    std::vector<float> o;         // (B, Q, C)   LN1 output
-    std::vector<float> fc1;       // (B, Q, F)   pre-activation
-    std::vector<float> act;       // (B, Q, F)   dropout(relu or gelu(fc1))
+    Buffer res1;      // (B, Q, C)   h + dropout(attn W_o^T), input of LN1
+    Buffer ln1_mean, ln1_rstd;   // (B*Q)
+    Buffer o;         // (B, Q, C)   LN1 output
+    Buffer fc1;       // (B, Q, F)   pre-activation
+    Buffer act;       // (B, Q, F)   dropout(relu or gelu(fc1))
     std::vector<uint8_t> keep_act;
     std::vector<uint8_t> keep_ff;
-    std::vector<float> res2;      // (B, Q, C)   o + dropout(fc2), input of LN2
-    std::vector<float> ln2_mean, ln2_rstd;
-    std::vector<float> out;       // (B, Q, C)   layer output
+    Buffer res2;      // (B, Q, C)   o + dropout(fc2), input of LN2
+    Buffer ln2_mean, ln2_rstd;
+    Buffer out;       // (B, Q, C)   layer output
 };
 
 // h (B, Q, C) layer input; cache (B, P, C) or null when P = 0; allowed (Q, K) mask (or B of them,
@@ -80,10 +82,10 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
 
 // A zero-filled buffer of n floats (timed as glue.zeros when profiling), reusing the storage of
 // a buffer given back with recycle() on this thread when one is large enough.
-std::vector<float> zeros(int64_t n);
+Buffer zeros(int64_t n);
 // n floats from the same pool, contents unspecified: for a buffer the next op overwrites whole.
-std::vector<float> pooled_buffer(int64_t n);
+Buffer pooled_buffer(int64_t n);
 // Gives v's storage to this thread's pool for zeros() and pooled_buffer() (v is left empty).
-void recycle(std::vector<float>& v);
+void recycle(Buffer& v);
 
 }  // namespace rmt::model

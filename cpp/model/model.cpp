@@ -171,7 +171,7 @@ void Model::build_mask(std::vector<uint8_t>& allowed, int64_t P) const {
 }
 
 void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
-                            const float* memory, const std::vector<std::vector<float>>& caches,
+                            const float* memory, const std::vector<Buffer>& caches,
                             int64_t P, DropoutStream& drop) {
     const int64_t C = config_.d_model, T = config_.segment_len, M = config_.num_mem_tokens,
                   Q = config_.query_rows(), V = config_.vocab_size, L = config_.n_layers;
@@ -241,14 +241,14 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
                                B * T, C, V);
 }
 
-void Model::segment_backward(std::vector<float>& dh0, const SegmentActivations& seg,
-                             const std::vector<float>& dfinal, int64_t B, const int32_t* tokens) {
+void Model::segment_backward(Buffer& dh0, const SegmentActivations& seg,
+                             const Buffer& dfinal, int64_t B, const int32_t* tokens) {
     const int64_t C = config_.d_model, T = config_.segment_len, Q = config_.query_rows(),
                   V = config_.vocab_size, L = config_.n_layers;
     const LayerDims dims{B, Q, seg.P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
                          config_.d_ff, float(config_.layer_norm_eps)};
     const float p = seg.dropout_p;
-    std::vector<float> d, dh;
+    Buffer d, dh;
     {
     RMT_PROFILE_SCOPE("glue.copy");
     d = dfinal;
@@ -282,7 +282,7 @@ void Model::segment_backward(std::vector<float>& dh0, const SegmentActivations& 
                                        float(std::sqrt(double(C))));
 }
 
-void Model::advance_caches(std::vector<std::vector<float>>& caches, int64_t& P,
+void Model::advance_caches(std::vector<Buffer>& caches, int64_t& P,
                            const SegmentActivations& seg, int64_t B) const {
     // Cache of layer l: the last mem_len rows of [cache_l; token rows of the layer's input], a
     // constant for every later segment.
@@ -292,7 +292,7 @@ void Model::advance_caches(std::vector<std::vector<float>>& caches, int64_t& P,
     RMT_PROFILE_SCOPE("glue.cache");
     for (int64_t l = 0; l < config_.n_layers; ++l) {
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
-        std::vector<float> next(B * newP * C);
+        Buffer next(B * newP * C);
         for (int64_t b = 0; b < B; ++b)
             for (int64_t r = 0; r < newP; ++r) {
                 const int64_t src = P + T - newP + r;   // row in [cache; tokens]
@@ -374,10 +374,10 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     // ---- forward over the unroll ----
     UnrollBuffers buffers(*workspace_, S, compute_grad && training_);
     std::vector<SegmentActivations>& segs = buffers.segs();
-    std::vector<std::vector<float>> memories(S);   // memory entering each segment (rmt)
-    std::vector<std::vector<float>> caches(L);
+    std::vector<Buffer> memories(S);   // memory entering each segment (rmt)
+    std::vector<Buffer> caches(L);
     std::vector<std::vector<int32_t>> seg_tokens(S), seg_targets(S);
-    std::vector<std::vector<float>> seg_mask(S);
+    std::vector<Buffer> seg_mask(S);
     if (rmt) {
         RMT_PROFILE_SCOPE("glue.memory");
         memories[0].resize(B * M * C);
@@ -406,7 +406,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
         segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop);
         {
         RMT_PROFILE_SCOPE("fwd.cross_entropy");
-        std::vector<float> losses(B * T);
+        Buffer losses(B * T);
         seg.lse.resize(B * T);
         ops::cross_entropy_forward<float>(losses.data(), seg.lse.data(), seg.logits.data(), tgts.data(),
                                           loss_mask ? seg_mask[s].data() : nullptr, B * T, V, -100);
@@ -438,41 +438,41 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
     // streams[a]: gradient at the current segment's memory output that comes from the loss of the
     // segment a steps later (bptt_depth = k keeps a <= k). With full depth one merged stream.
     const int64_t n_streams = full_depth ? 1 : bptt_depth + 1;
-    std::vector<std::vector<float>> streams(n_streams + 1);
+    std::vector<Buffer> streams(n_streams + 1);
     float* demb = grad("word_emb.weight");
     float* dbias = grad("out_bias");
     const float* emb = param("word_emb.weight");
     const int64_t off = config_.token_row_offset();
-    std::vector<float> dh0;
+    Buffer dh0;
     for (int64_t s = S - 1; s >= 0; --s) {
         SegmentActivations& seg = segs[s];
         // Loss head: dlogits, then the gradient at the token rows of the last layer.
-        std::vector<float> dlogits = zeros(B * T * V);
+        Buffer dlogits = zeros(B * T * V);
         {
         RMT_PROFILE_SCOPE("bwd.cross_entropy");
-        std::vector<float> dlosses(B * T, float(1.0 / denom));
+        Buffer dlosses(B * T, float(1.0 / denom));
         ops::cross_entropy_backward<float>(dlogits.data(), dlosses.data(), seg.logits.data(),
                                            seg.lse.data(), seg_targets[s].data(),
                                            loss_mask ? seg_mask[s].data() : nullptr, B * T, V, -100);
         }
-        std::vector<float> dtoken = zeros(B * T * C);
+        Buffer dtoken = zeros(B * T * C);
         {
         RMT_PROFILE_SCOPE_FLOPS("bwd.linear.head", 4 * B * T * C * V);
         ops::linear_backward<float>(dtoken.data(), demb, dbias, dlogits.data(), seg.token_out.data(),
                                     emb, B * T, C, V);
         }
         recycle(dlogits);
-        std::vector<std::vector<float>> next_streams(n_streams + 1);
+        std::vector<Buffer> next_streams(n_streams + 1);
         const int64_t passes = (rmt && !full_depth) ? std::min<int64_t>(bptt_depth, S - 1 - s) + 1 : 1;
         for (int64_t a = 0; a < passes; ++a) {
             if (a > 0 && streams[a].empty()) continue;
-            std::vector<float> dfinal = zeros(B * Q * C);
+            Buffer dfinal = zeros(B * Q * C);
             {
             RMT_PROFILE_SCOPE("glue.copy");
             if (a == 0)
                 for (int64_t b = 0; b < B; ++b)
                     std::memcpy(&dfinal[(b * Q + off) * C], &dtoken[b * T * C], sizeof(float) * T * C);
-            const std::vector<float>& incoming = full_depth ? streams[0] : streams[a];
+            const Buffer& incoming = full_depth ? streams[0] : streams[a];
             if (rmt && !incoming.empty())
                 for (int64_t b = 0; b < B; ++b) {
                     float* dst = &dfinal[(b * Q + M + T) * C];
@@ -493,7 +493,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
             const int64_t age_out = full_depth ? 0 : a + 1;
             if (!full_depth && age_out > bptt_depth) continue;   // a constant for this loss
             RMT_PROFILE_SCOPE("glue.memory");
-            std::vector<float> dmem(B * M * C);
+            Buffer dmem(B * M * C);
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t i = 0; i < M * C; ++i)
                     dmem[b * M * C + i] = dh0[b * Q * C + i] + dh0[(b * Q + M + T) * C + i];

@@ -19,21 +19,21 @@ struct SegmentActivations {
     int64_t P = 0;                        // cache rows each layer saw
     float dropout_p = 0;                  // the dropout this forward applied (the backward's)
     std::vector<uint8_t> allowed;         // (Q, P + Q) mask
-    std::vector<float> R;                 // (P + Q, C) relative encoding after its dropout
-    std::vector<float> h0;                // (B, Q, C) layer-0 input after dropout
+    Buffer R;                 // (P + Q, C) relative encoding after its dropout
+    Buffer h0;                // (B, Q, C) layer-0 input after dropout
     std::vector<uint8_t> keep_h0;
     std::vector<LayerActivations> layers;
-    std::vector<float> token_out;         // (B, T, C) last-layer token rows, input of the head
-    std::vector<float> logits;            // (B, T, V); rmt_encoder: (Bs, num_classes)
-    std::vector<float> lse;               // (B, T)
+    Buffer token_out;         // (B, T, C) last-layer token rows, input of the head
+    Buffer logits;            // (B, T, V); rmt_encoder: (Bs, num_classes)
+    Buffer lse;               // (B, T)
     // rmt_encoder only. The segment runs for the Bs samples whose content is not all padding
     // (`rows`, ascending); every other array has Bs rows.
     std::vector<int64_t> rows;            // (Bs) batch rows that ran
     std::vector<int32_t> ids;             // (Bs, Q) [CLS, -1 x M, SEP, x, SEP]
-    std::vector<float> emb_in;            // (Bs, Q, C) E[id] or memory, + pos_emb: LN_emb input
-    std::vector<float> emb_mean, emb_rstd;
-    std::vector<float> cls_out;           // (Bs, C) last-layer CLS row
-    std::vector<float> pooled;            // (Bs, C) tanh(pooler(cls_out))
+    Buffer emb_in;            // (Bs, Q, C) E[id] or memory, + pos_emb: LN_emb input
+    Buffer emb_mean, emb_rstd;
+    Buffer cls_out;           // (Bs, C) last-layer CLS row
+    Buffer pooled;            // (Bs, C) tanh(pooler(cls_out))
 };
 
 // What one segment hands the next at inference: the memory (rmt), the per-layer caches (txl,
@@ -41,8 +41,8 @@ struct SegmentActivations {
 // runs in memory that does not grow.
 struct StreamState {
     int64_t batch = 0, mem_tokens = 0, d_model = 0;
-    std::vector<float> memory;                 // (B, M, C)
-    std::vector<std::vector<float>> caches;    // per layer (B, P, C)
+    Buffer memory;                 // (B, M, C)
+    std::vector<Buffer> caches;    // per layer (B, P, C)
     int64_t P = 0;
     int64_t segments_seen = 0;
     SegmentActivations workspace;
@@ -113,7 +113,7 @@ public:
     void step(StreamState& state, const int32_t* tokens, float* logits_out);
 
 private:
-    void advance_caches(std::vector<std::vector<float>>& caches, int64_t& P,
+    void advance_caches(std::vector<Buffer>& caches, int64_t& P,
                         const SegmentActivations& seg, int64_t B) const;
     LayerTensors<const float> layer_params(int64_t l) const;
     LayerTensors<float> layer_grads(int64_t l);
@@ -122,31 +122,31 @@ private:
     void build_mask(std::vector<uint8_t>& allowed, int64_t P) const;
     // Runs segment `s` forward from its memory (B, M, C) and caches; fills `seg`.
     void segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
-                         const float* memory, const std::vector<std::vector<float>>& caches,
+                         const float* memory, const std::vector<Buffer>& caches,
                          int64_t P, DropoutStream& drop);
     // One backward pass through a segment from the gradient at its last-layer output rows
     // (B, Q, C); accumulates parameter gradients; returns the gradient at its layer-0 input.
-    void segment_backward(std::vector<float>& dh0, const SegmentActivations& seg,
-                          const std::vector<float>& dfinal, int64_t B, const int32_t* tokens);
+    void segment_backward(Buffer& dh0, const SegmentActivations& seg,
+                          const Buffer& dfinal, int64_t B, const int32_t* tokens);
 
     // rmt_encoder: runs the non-empty samples of segment tokens (B, T) from memory (B, M, C).
     void encoder_segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
                                  const float* memory, DropoutStream& drop);
     // Backward through the samples that ran (dfinal (Bs, Q, C) at the last-layer outputs);
     // accumulates parameter gradients, writes the gradient at the entering memory (Bs, M, C).
-    void encoder_segment_backward(std::vector<float>& dmem, const SegmentActivations& seg,
-                                  const std::vector<float>& dfinal);
+    void encoder_segment_backward(Buffer& dmem, const SegmentActivations& seg,
+                                  const Buffer& dfinal);
     // The CLS head: logits (Bs, num_classes) from seg.cls_out; its backward returns dcls (Bs, C).
     void encoder_head_forward(SegmentActivations& seg) const;
-    void encoder_head_backward(std::vector<float>& dcls, const SegmentActivations& seg,
+    void encoder_head_backward(Buffer& dcls, const SegmentActivations& seg,
                                const float* dlogits);
     LayerDims encoder_dims(int64_t Bs) const;
     void encoder_step(StreamState& state, const int32_t* tokens, float* logits_out);
 
     ModelConfig config_;
     ParameterLayout layout_;
-    std::vector<float> params_;
-    std::vector<float> grads_;
+    Buffer params_;
+    Buffer grads_;
     std::vector<LayerOffsets> layer_offsets_;
     bool training_ = false;
     uint64_t dropout_seed_ = 0;

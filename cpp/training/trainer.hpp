@@ -38,8 +38,8 @@ public:
 
     int64_t steps_taken() const { return steps_; }
     void set_steps_taken(int64_t steps) { steps_ = steps; }
-    std::vector<float>& exp_avg() { return m_; }
-    std::vector<float>& exp_avg_sq() { return v_; }
+    Buffer& exp_avg() { return m_; }
+    Buffer& exp_avg_sq() { return v_; }
     model::Model& model() { return model_; }
     const OptimizerSettings& settings() const { return settings_; }
     double clip_norm = 0, clip_value = 0;
@@ -53,7 +53,7 @@ private:
 
     model::Model& model_;
     OptimizerSettings settings_;
-    std::vector<float> m_, v_;
+    Buffer m_, v_;
     int64_t steps_ = 0;
 };
 
