@@ -215,56 +215,60 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_ap
     reference::gelu_backward(dinp + i, dout + i, inp + i, n - i, tanh_approximation);
 }
 
-// R rows of C = alpha * A B (+ C): columns in blocks of two vectors, then one; each block keeps
-// R x (1 or 2) accumulators in registers across all of K (B rows are loaded once per block and
-// shared by the R rows). A(r, k) is A[r * a_rs + k * a_cs], so a transposed A (stored K x M) is
-// read in place: its elements are only ever broadcast, never loaded as vectors. Columns past the
-// last whole vector go to the scalar loop: callers that care pad N to a multiple of 64 bytes.
-template <class Arch, typename T, int R>
-void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
-                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+// One R x V-vector block of C = alpha * A B (+ C): R x V accumulators stay in registers across
+// all of K, and each k loads V vectors of B once for the R rows. A(r, k) is A[r * a_rs + k * a_cs],
+// so a transposed A (stored K x M) is read in place: its elements are only ever broadcast.
+template <class Arch, typename T, int R, int V>
+inline void small_gemm_block(int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
+                             const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
+    batch acc[R][V];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) acc[r][v] = batch(T(0));
+    for (int64_t k = 0; k < K; ++k) {
+        batch b[V];
+        for (int v = 0; v < V; ++v) b[v] = batch::load_unaligned(B + k * ldb + v * W);
+        const T* a_k = A + k * a_cs;
+        for (int r = 0; r < R; ++r) {
+            const batch a(a_k[r * a_rs]);
+            for (int v = 0; v < V; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+        }
+    }
     const batch va(alpha);
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) {
+            T* c = C + r * ldc + v * W;
+            if (accumulate) xsimd::fma(va, acc[r][v], batch::load_unaligned(c)).store_unaligned(c);
+            else (va * acc[r][v]).store_unaligned(c);
+        }
+}
+
+// R rows of C = alpha * A B (+ C): columns in blocks of VMAX vectors, then one block of the
+// whole vectors left. Columns past the last whole vector go to the scalar loop: callers that care
+// pad N to a multiple of 64 bytes.
+template <class Arch, typename T, int R, int VMAX>
+void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
+                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+    constexpr int64_t W = xsimd::batch<T, Arch>::size;
     int64_t j = 0;
-    for (; j + 2 * W <= N; j += 2 * W) {
-        batch acc0[R], acc1[R];
-        for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = batch(T(0));
-        for (int64_t k = 0; k < K; ++k) {
-            const batch b0 = batch::load_unaligned(B + k * ldb + j);
-            const batch b1 = batch::load_unaligned(B + k * ldb + j + W);
-            const T* a_k = A + k * a_cs;
-            for (int r = 0; r < R; ++r) {
-                const batch a(a_k[r * a_rs]);
-                acc0[r] = xsimd::fma(a, b0, acc0[r]);
-                acc1[r] = xsimd::fma(a, b1, acc1[r]);
-            }
-        }
-        for (int r = 0; r < R; ++r) {
-            T* c = C + r * ldc + j;
-            if (accumulate) {
-                xsimd::fma(va, acc0[r], batch::load_unaligned(c)).store_unaligned(c);
-                xsimd::fma(va, acc1[r], batch::load_unaligned(c + W)).store_unaligned(c + W);
-            } else {
-                (va * acc0[r]).store_unaligned(c);
-                (va * acc1[r]).store_unaligned(c + W);
-            }
-        }
-    }
-    for (; j + W <= N; j += W) {
-        batch acc[R];
-        for (int r = 0; r < R; ++r) acc[r] = batch(T(0));
-        for (int64_t k = 0; k < K; ++k) {
-            const batch b0 = batch::load_unaligned(B + k * ldb + j);
-            const T* a_k = A + k * a_cs;
-            for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(batch(a_k[r * a_rs]), b0, acc[r]);
-        }
-        for (int r = 0; r < R; ++r) {
-            T* c = C + r * ldc + j;
-            if (accumulate) xsimd::fma(va, acc[r], batch::load_unaligned(c)).store_unaligned(c);
-            else (va * acc[r]).store_unaligned(c);
-        }
-    }
+    for (; j + VMAX * W <= N; j += VMAX * W)
+        small_gemm_block<Arch, T, R, VMAX>(K, alpha, A, a_rs, a_cs, B + j, ldb, C + j, ldc,
+                                           accumulate);
+    const int64_t rest = (N - j) / W;   // < VMAX
+    if constexpr (VMAX > 3)
+        if (rest == 3)
+            small_gemm_block<Arch, T, R, 3>(K, alpha, A, a_rs, a_cs, B + j, ldb, C + j, ldc,
+                                            accumulate);
+    if constexpr (VMAX > 2)
+        if (rest == 2)
+            small_gemm_block<Arch, T, R, 2>(K, alpha, A, a_rs, a_cs, B + j, ldb, C + j, ldc,
+                                            accumulate);
+    if constexpr (VMAX > 1)
+        if (rest == 1)
+            small_gemm_block<Arch, T, R, 1>(K, alpha, A, a_rs, a_cs, B + j, ldb, C + j, ldc,
+                                            accumulate);
+    j += rest * W;
     if (j < N)
         reference::small_gemm(R, N - j, K, alpha, A, a_rs, a_cs, B + j, ldb, C + j, ldc,
                               accumulate);
@@ -273,24 +277,28 @@ void small_gemm_rows(int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, in
 template <class Arch, typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs, int64_t a_cs,
                 const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-    // Enough independent FMA chains to cover the FMA latency on both ports: eight rows share each
-    // B load when the output is one vector wide (an attention head of 16 floats); six rows of two
-    // vectors otherwise (12 accumulators, 2 B vectors and a broadcast fit in AVX2's 16 registers),
-    // then four, then one.
+    // Enough independent FMA chains to cover the FMA latency on both ports, with the
+    // accumulators, the B vectors of one k and a broadcast in the register file: eight rows share
+    // each B load when the output is one vector wide (an attention head of 16 floats). Otherwise,
+    // with AVX-512's 32 registers, six rows of up to four vectors (24 accumulators: an attention
+    // head of 64 floats in one block); with AVX2's 16, six rows of up to two (12). Then four rows,
+    // then one.
+    constexpr int64_t W = xsimd::batch<T, Arch>::size;
+    constexpr int VMAX = sizeof(T) * W >= 64 ? 4 : 2;
     int64_t i = 0;
-    if (N <= int64_t(xsimd::batch<T, Arch>::size))
+    if (N <= W)
         for (; i + 8 <= M; i += 8)
-            small_gemm_rows<Arch, T, 8>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb,
-                                        C + i * ldc, ldc, accumulate);
+            small_gemm_rows<Arch, T, 8, 1>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb,
+                                           C + i * ldc, ldc, accumulate);
     for (; i + 6 <= M; i += 6)
-        small_gemm_rows<Arch, T, 6>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc,
-                                    ldc, accumulate);
+        small_gemm_rows<Arch, T, 6, VMAX>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb,
+                                          C + i * ldc, ldc, accumulate);
     for (; i + 4 <= M; i += 4)
-        small_gemm_rows<Arch, T, 4>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc,
-                                    ldc, accumulate);
+        small_gemm_rows<Arch, T, 4, VMAX>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb,
+                                          C + i * ldc, ldc, accumulate);
     for (; i < M; ++i)
-        small_gemm_rows<Arch, T, 1>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb, C + i * ldc,
-                                    ldc, accumulate);
+        small_gemm_rows<Arch, T, 1, VMAX>(N, K, alpha, A + i * a_rs, a_rs, a_cs, B, ldb,
+                                          C + i * ldc, ldc, accumulate);
 }
 
 // LayerNorm rows in T lanes: each lane sums its own elements (W partial sums, two accumulators),
