@@ -156,7 +156,7 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     dropout_inplace(a.res1, a.keep_proj, drop);
     {
     RMT_PROFILE_SCOPE("glue.residual");
-    for (int64_t i = 0; i < NQ * C; ++i) a.res1[i] += h[i];
+    ops::add_inplace<float>(a.res1.data(), h, NQ * C);
     }
     {
     RMT_PROFILE_SCOPE("fwd.layernorm");
@@ -189,7 +189,7 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     dropout_inplace(a.res2, a.keep_ff, drop);
     {
     RMT_PROFILE_SCOPE("glue.residual");
-    for (int64_t i = 0; i < NQ * C; ++i) a.res2[i] += a.o[i];
+    ops::add_inplace<float>(a.res2.data(), a.o.data(), NQ * C);
     }
     RMT_PROFILE_SCOPE("fwd.layernorm");
     a.ln2_mean.resize(NQ);
@@ -254,7 +254,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     // res1 = h + dropout(attn Wo^T)
     {
     RMT_PROFILE_SCOPE("glue.residual");
-    for (int64_t i = 0; i < NQ * C; ++i) dh[i] += dres1[i];
+    ops::add_inplace<float>(dh, dres1.data(), NQ * C);
     }
     const float* dproj = dropout_grad(dres1, a.keep_proj, dropout_p, scratch);
     Buffer dattn = pooled_buffer(NQ * D);

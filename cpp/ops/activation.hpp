@@ -1,4 +1,4 @@
-// ReLU and GELU (exact erf form, or PyTorch's approximate='tanh').
+// ReLU and GELU (exact erf form, or PyTorch's approximate='tanh'), and the residual add.
 #pragma once
 #include <cstdint>
 
@@ -17,5 +17,9 @@ void gelu_forward(T* out, const T* inp, int64_t n, bool tanh_approximation);
 template <typename T>
 void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_approximation,
                    bool overwrite = false);
+
+// y += x: the residual connections (forward and backward), split between the threads.
+template <typename T>
+void add_inplace(T* y, const T* x, int64_t n);
 
 }  // namespace rmt::ops
