@@ -270,6 +270,18 @@ def test_with_steps_changes_the_budget_and_the_intervals_that_followed_it(capsys
     assert capsys.readouterr().out.strip().endswith("-b16-st300-seed0")
 
 
+def test_cli_runs_every_selected_run_once_per_seed(capsys):
+    assert ex.main(["p1-copy", "--out", "unused", "--segments", "6", "--kinds", "rmt", "txl",
+                    "--seeds", "1", "2", "--list"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert sorted((i.split("-")[2], i.rsplit("-", 1)[1]) for i in ids) == \
+        [("rmt", "seed1"), ("rmt", "seed2"), ("txl", "seed1"), ("txl", "seed2")]
+    for bad in (["--seeds", "1", "1"], ["--seeds", "-1"]):
+        with pytest.raises(SystemExit):
+            ex.main(["p1-copy", "--out", "unused", "--list"] + bad)
+        assert "--seeds must be distinct" in capsys.readouterr().err
+
+
 def test_cli_curriculum_options_need_the_curriculum(capsys):
     with pytest.raises(SystemExit):
         ex.main(["p1-copy", "--out", "unused", "--padded-stages", "--list"])

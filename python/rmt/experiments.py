@@ -851,6 +851,9 @@ def main(argv=None) -> int:
     parser.add_argument("--curriculum", action="store_true",
                         help="copy / reverse runs of more than one segment first train on the "
                              "shorter tasks (see curriculum_stages)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run every selected run once per seed (seed<N> in the run id; "
+                             "default: the grid's seed, 0); the summary averages over seeds")
     parser.add_argument("--steps", type=int, default=None,
                         help="train every selected run for this many steps instead of its "
                              "grid's (a different run: st<N> in the run id)")
@@ -874,12 +877,17 @@ def main(argv=None) -> int:
             curriculum["max_steps"] = args.stage_steps
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.seeds is not None and (any(x < 0 for x in args.seeds)
+                                   or len(set(args.seeds)) != len(args.seeds)):
+        parser.error("--seeds must be distinct integers >= 0")
     grid = get_grid(args.grid)
     if args.steps is not None:
         grid = [with_steps(s, args.steps) for s in grid]
     specs = select(grid, args.kinds, args.segments, curriculum)
     if not specs:
         parser.error("no run of the grid matches --kinds / --segments")
+    if args.seeds is not None:
+        specs = [normalize_spec({**spec, "seed": seed}) for spec in specs for seed in args.seeds]
     if args.list:
         for s in specs:
             print(run_id(quick_spec(s) if args.quick else s))
