@@ -2,8 +2,15 @@
 
 Every figure is float32, counted as 2*M*N*K flops. For each thread count the three libraries run
 with that many threads (rmt.set_num_threads, torch.set_num_threads, threadpoolctl for numpy's
-BLAS) on the same arrays, alternating ours / numpy / torch for several rounds after a warm-up;
-the table gives each one's median GFLOP/s and the median (min-max) of the per-round ratios.
+BLAS) on arrays of the same shapes, alternating ours / numpy / torch for several rounds after a
+warm-up; the table gives each one's median GFLOP/s and the median (min-max) of the per-round
+ratios.
+
+numpy runs in a worker process of its own, stopped (SIGSTOP) whenever it is not measuring:
+OpenBLAS's worker threads busy-wait for over a second after each call, and in one process with
+the others they took the second core from whichever library ran next (our 2-thread small-shape
+figures fell to half). A stopped process's threads cannot spin. Without SIGSTOP (not POSIX) numpy
+runs in-process as before.
 """
 from __future__ import annotations
 
@@ -37,12 +44,16 @@ def _products(M, C, rng):
     ]
 
 
-def _callables(a, b, trans_a, trans_b, out, torch):
+def _callables(a, b, trans_a, trans_b, out, torch, numpy_worker=None):
     import rmt
 
     fns = {"ours": lambda: rmt.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b)}
-    an, bn = (a.T if trans_a else a), (b.T if trans_b else b)
-    fns["numpy"] = lambda: np.matmul(an, bn, out=out)
+    if numpy_worker is not None:
+        numpy_worker.prepare(a.shape, b.shape, trans_a, trans_b)
+        fns["numpy"] = numpy_worker
+    else:
+        an, bn = (a.T if trans_a else a), (b.T if trans_b else b)
+        fns["numpy"] = lambda: np.matmul(an, bn, out=out)
     if torch is not None:
         at, bt, ot = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
         at, bt = (at.T if trans_a else at), (bt.T if trans_b else bt)
@@ -53,28 +64,111 @@ def _callables(a, b, trans_a, trans_b, out, torch):
 IDLE_GAP_SECONDS = 0.3
 
 
+class NumpyWorker:
+    """numpy's matmul in a process of its own (see the module doc), paused between samples.
+
+    prepare() makes the operands of one product there (random, float32, the shapes given);
+    a call returns the seconds of `calls` matmuls into a preallocated output."""
+
+    def __init__(self, threads):
+        import signal
+        import subprocess
+
+        self._signal = signal
+        self._proc = subprocess.Popen([sys.executable, "-m", "rmt.bench", "--numpy-worker",
+                                       str(threads)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        self.description = self._read()
+        self._stop()
+
+    def _read(self):
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the numpy worker process ended")
+        return line.rstrip("\n")
+
+    def _ask(self, request):
+        self._proc.send_signal(self._signal.SIGCONT)
+        self._proc.stdin.write(request + "\n")
+        self._proc.stdin.flush()
+        answer = self._read()
+        self._stop()
+        return answer
+
+    def _stop(self):
+        # and wait until it has stopped, every thread of it: the signal is asynchronous
+        import os
+
+        self._proc.send_signal(self._signal.SIGSTOP)
+        os.waitpid(self._proc.pid, os.WUNTRACED)
+
+    def prepare(self, a_shape, b_shape, trans_a, trans_b):
+        self._ask(f"prepare {a_shape[0]} {a_shape[1]} {b_shape[0]} {b_shape[1]} "
+                  f"{int(trans_a)} {int(trans_b)}")
+
+    def __call__(self, calls=1):
+        return float(self._ask(f"run {calls}"))
+
+    def close(self):
+        self._proc.send_signal(self._signal.SIGCONT)
+        self._proc.stdin.close()
+        self._proc.wait()
+
+
+def _numpy_worker_main(threads):
+    """The worker's side of NumpyWorker: answers prepare / run requests on stdin."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    print(_blas_description(), flush=True)
+    matmul = None
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for line in sys.stdin:
+            words = line.split()
+            if words[0] == "prepare":
+                am, an, bm, bn, ta, tb = map(int, words[1:])
+                a = rng.standard_normal((am, an), dtype=np.float32)
+                b = rng.standard_normal((bm, bn), dtype=np.float32)
+                a, b = (a.T if ta else a), (b.T if tb else b)
+                out = np.empty((a.shape[0], b.shape[1]), np.float32)
+                matmul = lambda a=a, b=b, out=out: np.matmul(a, b, out=out)  # noqa: E731
+                matmul()   # first touch of the output, the BLAS's buffers and threads
+                print("ready", flush=True)
+            else:
+                calls = int(words[1])
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    matmul()
+                print(f"{time.perf_counter() - t0:.9f}", flush=True)
+
+
+def _timed(fn, calls):
+    """Seconds of `calls` calls of fn (a NumpyWorker times itself, in its own process)."""
+    if isinstance(fn, NumpyWorker):
+        return fn(calls)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.perf_counter() - t0
+
+
 def _measure(fns, flops, rounds, min_sample_seconds):
     """Warm-up, then `rounds` rounds alternating the callables; each sample repeats a callable
     until it has run min_sample_seconds. Returns GFLOP/s samples per name (in round order)."""
     calls = {}
     for name, fn in fns.items():
-        fn()   # warm-up: first touch of the output, packing buffers, thread pools
-        t0 = time.perf_counter()
-        fn()
-        t = max(time.perf_counter() - t0, 1e-7)
+        _timed(fn, 1)   # warm-up: first touch of the output, packing buffers, thread pools
+        t = max(_timed(fn, 1), 1e-7)
         calls[name] = max(1, math.ceil(min_sample_seconds / t))
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
-            # Let the previous library's worker threads go to sleep first: OpenBLAS's pthreads
-            # busy-wait for up to ~0.1 s after a call and libgomp's spin too, and a spinning
-            # thread on the other core halved the next library's 2-thread speed.
+            # Let the previous library's worker threads go to sleep first: libgomp's (ours,
+            # torch's) spin for a while after a parallel region, and a spinning thread on the
+            # other core halved the next library's 2-thread speed.
             time.sleep(IDLE_GAP_SECONDS)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append(flops * n / (time.perf_counter() - t0) * 1e-9)
+            samples[name].append(flops * n / _timed(fn, n) * 1e-9)
     return samples
 
 
@@ -146,7 +240,10 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
     previous_threads = rmt.get_num_threads()
     say(f"rmt {rmt.__version__}, ISA {rmt.get_isa()}, GEMM tile {rmt.gemm_tile()}, "
         f"OpenMP {'yes' if rmt.has_openmp else 'no'}")
-    say(_blas_description())
+    isolate = hasattr(__import__("signal"), "SIGSTOP")
+    workers = {n: NumpyWorker(n) for n in threads} if isolate else {}
+    say((next(iter(workers.values())).description if workers else _blas_description()) +
+        ("; in a worker process, stopped while the others run" if workers else "; in-process"))
     say(f"torch {torch.__version__}" if torch is not None else "torch: not installed (n/a)")
     say("float32; GFLOP/s = 2*M*N*K / time; median of "
         f"{rounds} alternating rounds after a warm-up; ratios: median (min-max) per round")
@@ -169,8 +266,8 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
             with _threads(n, torch):
                 for M, C in shapes:
                     for name, (m, nn, k), a, b, ta, tb, o in _products(M, C, rng):
-                        samples = _measure(_callables(a, b, ta, tb, o, torch), 2.0 * m * nn * k,
-                                           rounds, min_sample_seconds)
+                        samples = _measure(_callables(a, b, ta, tb, o, torch, workers.get(n)),
+                                           2.0 * m * nn * k, rounds, min_sample_seconds)
                         med = {lib: statistics.median(s) for lib, s in samples.items()}
                         row = dict(threads=n, M=M, C=C, product=name, mnk=(m, nn, k),
                                    ours=med["ours"], numpy=med["numpy"], torch=med.get("torch"),
@@ -185,6 +282,8 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
             spans[n] = f"{started}-{time.strftime('%H:%M:%S')}"
     finally:
         rmt.set_num_threads(previous_threads)
+        for worker in workers.values():
+            worker.close()
     say()
     for n in threads:
         sub = [r for r in rows if r["threads"] == n]
@@ -196,3 +295,7 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
             line += f", ours/torch {gm([r['ours_torch'][0] for r in sub]):.2f}"
         say(line + f" (ran {spans[n]} local time)")
     return rows
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--numpy-worker"]:
+    _numpy_worker_main(int(sys.argv[2]))

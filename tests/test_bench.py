@@ -1,0 +1,46 @@
+"""The GEMM benchmark's machinery (rmt.bench), on tiny shapes: it runs, fills every column, and its
+numpy worker process answers, is paused between samples and goes away. No speed is asserted."""
+import io
+import signal
+
+import numpy as np
+import pytest
+
+import rmt
+from rmt import bench
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX only")
+def test_numpy_worker_times_matmul_in_its_own_process_and_is_paused_between_samples():
+    pytest.importorskip("threadpoolctl")
+    worker = bench.NumpyWorker(1)
+    try:
+        assert "numpy BLAS" in worker.description
+        worker.prepare((7, 5), (3, 5), False, True)   # (7 x 5) (3 x 5)^T
+        seconds = worker(3)
+        assert 0 < seconds < 60
+        with open(f"/proc/{worker._proc.pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        assert state == "T"   # stopped: its BLAS threads cannot spin on our cores
+    finally:
+        worker.close()
+    assert worker._proc.returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX only")
+def test_gemm_benchmark_fills_every_column_on_tiny_shapes(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(bench, "QUICK_SHAPES", [(16, 8)])
+    monkeypatch.setattr(bench, "IDLE_GAP_SECONDS", 0.0)
+    out = io.StringIO()
+    threads = rmt.get_num_threads()
+    rows = bench.run_gemm_benchmark(quick=True, threads=[1], out=out)
+    assert rmt.get_num_threads() == threads
+    assert [r["product"] for r in rows] == bench.PRODUCTS
+    assert [r["mnk"] for r in rows] == [(16, 32, 8), (16, 8, 32), (32, 8, 16)]
+    for r in rows:
+        assert r["ours"] > 0 and r["numpy"] > 0 and r["peak"] > 0
+        assert all(np.isfinite(x) and x > 0 for x in r["ours_numpy"])
+    text = out.getvalue()
+    assert "in a worker process, stopped while the others run" in text
+    assert "geometric mean ours/peak" in text
