@@ -500,3 +500,24 @@ def test_memory_init_options():
 def test_unimplemented_options_are_refused_not_ignored():
     with pytest.raises(ValueError, match="dropatt"):
         rmt_model(dropatt=0.1)
+
+
+def test_our_thread_count_is_our_own_beside_torch():
+    # In one process torch and rmt run on one libgomp (whichever libgomp.so.1 loaded first serves
+    # both): with OpenMP's own setting, torch.set_num_threads(1) put rmt on one thread too.
+    torch = pytest.importorskip("torch")
+    ours, theirs = rmt.get_num_threads(), torch.get_num_threads()
+    try:
+        rmt.set_num_threads(2)
+        torch.set_num_threads(1)
+        assert rmt.get_num_threads() == 2
+        rmt.set_num_threads(1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert rmt.get_num_threads() == 1 and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="num_threads must be >= 1"):
+            rmt.set_num_threads(0)
+        assert rmt.get_num_threads() == 1
+    finally:
+        rmt.set_num_threads(ours)
+        torch.set_num_threads(theirs)

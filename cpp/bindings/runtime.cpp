@@ -44,8 +44,11 @@ py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans
 
 void register_runtime(py::module_& core) {
     core.def("set_num_threads", &kernels::set_num_threads, py::arg("n"),
-             "Number of OpenMP threads the core uses (1 if built without OpenMP).");
-    core.def("get_num_threads", &kernels::get_num_threads);
+             "Number of OpenMP threads the core uses (1 if built without OpenMP). rmt's own "
+             "setting: PyTorch's torch.set_num_threads does not change it, nor it PyTorch's, "
+             "although in one process the two share one OpenMP runtime.");
+    core.def("get_num_threads", &kernels::get_num_threads,
+             "The number of threads the core uses (set_num_threads; at first OpenMP's default).");
     core.def("available_isas", &kernels::available_isas,
              "Instruction sets this CPU can run, best first ('scalar' always).");
     core.def("get_isa", &kernels::current_isa, "The instruction set the kernels currently use.");

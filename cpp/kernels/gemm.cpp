@@ -184,7 +184,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 
     // One parallel region per call: inside it, each (NC, KC) slice packs B cooperatively
     // (panels split across threads), then walks the (MC block, NR panel) tiles.
-#pragma omp parallel if (parallel)
+#pragma omp parallel if (parallel) num_threads(kernels::get_num_threads())
     {
 #ifdef RMT_HAVE_OPENMP
         const int nthreads = omp_get_num_threads(), tid = omp_get_thread_num();

@@ -8,8 +8,28 @@
 
 namespace rmt::kernels {
 
+// Our thread count: what every parallel region of ours passes as num_threads. It is ours, not
+// OpenMP's nthreads-var: a process that also imports PyTorch runs both on one libgomp (the first
+// libgomp.so.1 loaded serves every later library asking for that name), and there
+// torch.set_num_threads(1) set our count to 1 too, and rmt.set_num_threads torch's. The first
+// get_num_threads takes OpenMP's default (OMP_NUM_THREADS, else the cores).
 void set_num_threads(int n);   // n >= 1
+// 1 inside a SerialScope of this thread, else our thread count.
 int get_num_threads();
+
+// Keeps the calling thread's parallel regions (and so its GEMMs) on that thread for its scope,
+// when `active`: for problems too small to pay for waking a team. Nests; other threads are not
+// affected.
+class SerialScope {
+public:
+    explicit SerialScope(bool active);
+    ~SerialScope();
+    SerialScope(const SerialScope&) = delete;
+    SerialScope& operator=(const SerialScope&) = delete;
+
+private:
+    bool active_;
+};
 
 inline bool in_parallel_region() {
 #ifdef RMT_HAVE_OPENMP

@@ -22,13 +22,15 @@ constexpr int64_t kChunk = 4096;
 template <typename T>
 void relu_forward(T* out, const T* inp, int64_t n) {
     // Memory-bound (the LM model's fc1 output is 10 MB): split between the threads as well.
-#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork)) \
+    num_threads(kernels::get_num_threads())
     for (int64_t i = 0; i < n; ++i) out[i] = inp[i] > T(0) ? inp[i] : T(0);
 }
 
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork)) \
+    num_threads(kernels::get_num_threads())
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
@@ -36,7 +38,8 @@ template <typename T>
 void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool overwrite) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork)) \
+    num_threads(kernels::get_num_threads())
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
         if (overwrite) std::fill(dinp + lo, dinp + lo + len, T(0));
@@ -49,7 +52,8 @@ template <typename T>
 void gelu_forward(T* out, const T* inp, int64_t n, bool tanh_approximation) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork)) \
+    num_threads(kernels::get_num_threads())
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t lo = c * kChunk;
         vec.gelu(out + lo, inp + lo, std::min(kChunk, n - lo), tanh_approximation);
@@ -61,7 +65,8 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n, bool tanh_ap
                    bool overwrite) {
     const auto& vec = kernels::vec<T>();
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork)) \
+    num_threads(kernels::get_num_threads())
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
         if (overwrite) std::fill(dinp + lo, dinp + lo + len, T(0));

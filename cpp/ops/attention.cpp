@@ -39,24 +39,11 @@ bool split_heads(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
 // keeps every GEMM on the calling thread for the scope of this guard.
 class SerialIfSmall {
 public:
-    SerialIfSmall(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs) {
-#ifdef RMT_HAVE_OPENMP
-        if (is_small(B, NH, Tq, Tk, hs) && !kernels::in_parallel_region()) {
-            saved_ = omp_get_max_threads();
-            omp_set_num_threads(1);
-        }
-#endif
-    }
-    ~SerialIfSmall() {
-#ifdef RMT_HAVE_OPENMP
-        if (saved_ > 0) omp_set_num_threads(saved_);
-#endif
-    }
-    SerialIfSmall(const SerialIfSmall&) = delete;
-    SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+    SerialIfSmall(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t hs)
+        : scope_(is_small(B, NH, Tq, Tk, hs) && !kernels::in_parallel_region()) {}
 
 private:
-    int saved_ = 0;
+    kernels::SerialScope scope_;
 };
 
 // The per-head products go through head_gemm: heads this small (a 76 x 76 x 16 head of the P2
@@ -155,7 +142,8 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) if (split_heads(B, NH, Tq, Tk, hs))
+#pragma omp parallel for schedule(dynamic, 1) if (split_heads(B, NH, Tq, Tk, hs)) \
+    num_threads(kernels::get_num_threads())
 #endif
     for (int64_t bh = 0; bh < B * NH; ++bh) {
         const int64_t h = bh / B, b = bh % B;
@@ -181,7 +169,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Tq, Tk, hs);
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (split_heads(B, NH, Tq, Tk, hs))
+#pragma omp parallel if (split_heads(B, NH, Tq, Tk, hs)) num_threads(kernels::get_num_threads())
 #endif
     {
         std::vector<T> ds(size_t(Tq * Tk));
@@ -313,7 +301,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                            [a, K](int64_t i, int64_t j) { return a[i * K + j] != 0; });
         }
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (split_heads(B, NH, Q, K, hs))
+#pragma omp parallel if (split_heads(B, NH, Q, K, hs)) num_threads(kernels::get_num_threads())
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * Kp)),
@@ -407,7 +395,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
     const int64_t Kp = round_up(K, kernels::pad_elements<T>());
     const int64_t nblk = row_blocks(Q);
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel if (split_heads(B, NH, Q, K, hs))
+#pragma omp parallel if (split_heads(B, NH, Q, K, hs)) num_threads(kernels::get_num_threads())
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * K)),

@@ -30,7 +30,7 @@ int64_t cross_entropy_forward(T* losses, T* lse, const T* logits, const int32_t*
     const auto& vec = kernels::vec<T>();
     const bool parallel = kernels::worth_threads(N * V);
     int64_t selected = 0;
-#pragma omp parallel if (parallel) reduction(+ : selected)
+#pragma omp parallel if (parallel) reduction(+ : selected) num_threads(kernels::get_num_threads())
     {
         std::vector<T> row(V);   // exp_shift_sum works in place: a scratch copy of the row
 #pragma omp for schedule(static)
@@ -60,7 +60,7 @@ void cross_entropy_backward(T* dlogits, const T* dlosses, const T* logits, const
     check_targets(targets, N, V, ignore_index);
     const auto& vec = kernels::vec<T>();
     const bool parallel = kernels::worth_threads(N * V);
-#pragma omp parallel if (parallel)
+#pragma omp parallel if (parallel) num_threads(kernels::get_num_threads())
     {
         std::vector<T> prob(V);
 #pragma omp for schedule(static)

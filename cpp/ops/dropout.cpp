@@ -35,7 +35,7 @@ void dropout_forward(T* out, uint8_t* keep, const T* inp, int64_t n, T p, uint64
     const double threshold = double(p);
     const T scale = T(1) / (T(1) - p);
     const bool parallel = kernels::worth_threads(n, kMinParallelWork);
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
     for (int64_t i = 0; i < n; ++i) {
         const bool k = uniform(key, offset + uint64_t(i)) >= threshold;
         keep[i] = uint8_t(k);

@@ -14,7 +14,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
                        int64_t N, int64_t C, T eps) {
     const bool parallel = kernels::worth_threads(N * C);
     const auto& vec = kernels::vec<T>();
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
     for (int64_t n = 0; n < N; ++n)
         vec.layernorm_row(out + n * C, inp + n * C, weight, bias, C, eps, mean + n, rstd + n);
 }

@@ -12,7 +12,8 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int64_
     if (bias) {
         // out = bias broadcast, then out += inp W^T: the bias rides in as beta = 1. The
         // broadcast is split by rows between the threads, as the GEMM then splits its rows.
-#pragma omp parallel for schedule(static) if (kernels::worth_threads(N * OC))
+#pragma omp parallel for schedule(static) if (kernels::worth_threads(N * OC)) \
+    num_threads(kernels::get_num_threads())
         for (int64_t n = 0; n < N; ++n)
             for (int64_t o = 0; o < OC; ++o) out[n * OC + o] = bias[o];
         kernels::gemm<T>(false, true, N, OC, IC, T(1), inp, IC, weight, IC, T(1), out, OC);

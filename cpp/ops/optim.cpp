@@ -28,7 +28,7 @@ void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, int64_t step, con
     const T decay = h.decoupled_weight_decay ? T(1) - h.lr * h.weight_decay : T(1);
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
     const bool parallel = kernels::worth_threads(n, 4 * kChunk);
-#pragma omp parallel if (parallel)
+#pragma omp parallel if (parallel) num_threads(kernels::get_num_threads())
     {
         std::vector<T> g_l2(l2 ? kChunk : 0);
 #pragma omp for schedule(static)
@@ -50,7 +50,7 @@ double grad_norm(const T* grad, int64_t n) {
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
     std::vector<double> partial(n_chunks);
     const bool parallel = kernels::worth_threads(n, 4 * kChunk);
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
     for (int64_t c = 0; c < n_chunks; ++c) {
         const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
         double s = 0;
@@ -70,7 +70,7 @@ double clip_grad_norm(T* grad, int64_t n, double max_norm) {
     if (coef < 1.0) {
         const T s = T(coef);
         const bool parallel = kernels::worth_threads(n, 4 * kChunk);
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
         for (int64_t i = 0; i < n; ++i) grad[i] *= s;
     }
     return norm;

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/threads.hpp"
+
 namespace rmt::ops {
 
 // Rows are cut into parts of kRowsPerPart. add_row(n, slot) adds row n's contributions into its
@@ -16,7 +18,7 @@ void sum_row_parts(T* total, int64_t width, int64_t N, bool parallel, AddRow add
     constexpr int64_t kRowsPerPart = 64;
     const int64_t parts = (N + kRowsPerPart - 1) / kRowsPerPart;
     std::vector<T> slots(size_t(parts * width));
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
     for (int64_t part = 0; part < parts; ++part) {
         T* slot = slots.data() + part * width;
         std::fill(slot, slot + width, T(0));

@@ -83,7 +83,7 @@ void masked_softmax_forward(T* probs, const T* scores, const uint8_t* allowed, i
     const bool parallel = !kernels::in_parallel_region() && R > 1 && R * N >= (int64_t(1) << 14);
     (void)parallel;
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
 #endif
     for (int64_t r = 0; r < R; ++r)
         masked_softmax_rows<T>(probs + r * N, scores + r * N,
@@ -95,7 +95,7 @@ void masked_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_
     const bool parallel = !kernels::in_parallel_region() && R > 1 && R * N >= (int64_t(1) << 14);
     (void)parallel;
 #ifdef RMT_HAVE_OPENMP
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
 #endif
     for (int64_t r = 0; r < R; ++r)
         softmax_rows_backward<T>(dscores + r * N, dprobs + r * N, probs + r * N, 1, N, T(1), false);
