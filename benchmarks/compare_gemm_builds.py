@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 # (label, M, N, K, trans_a, trans_b) for C[M, N] = op(A) op(B): the three products of each linear
-# of the training-step models (benchmarks/train_step.py): forward X W^T, backward dY W, dY^T X.
+# of the training-step models (benchmarks/train_step.py: rows = batch x (segment + 2 x memory),
+# C, D = heads x head size, F): forward X W^T, backward dY W, dY^T X. The layer computes q, k and
+# v as three products of D columns; "qkv" here is the one product of 3 D columns.
 def model_shapes():
     shapes = []
-    for model, rows, c, f in (("copy", 2304, 128, 256), ("lm", 2368, 256, 1024),
-                              ("enwik8", 1184, 512, 2048)):
-        for name, n_out, n_in in (("qkv", 3 * c, c), ("fc1", f, c), ("fc2", c, f)):
+    for model, rows, c, d, f in (("copy", 2304, 128, 256, 256), ("lm", 2368, 256, 256, 1024),
+                                 ("enwik8", 1184, 512, 512, 2048)):
+        for name, n_out, n_in in (("qkv", 3 * d, c), ("o", c, d), ("fc1", f, c), ("fc2", c, f)):
             shapes += [(f"{model}.{name}.fwd", rows, n_out, n_in, False, True),
                        (f"{model}.{name}.dX", rows, n_in, n_out, False, False),
                        (f"{model}.{name}.dW", n_out, n_in, rows, True, False)]
