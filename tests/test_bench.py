@@ -19,6 +19,7 @@ def test_numpy_worker_times_matmul_in_its_own_process_and_is_paused_between_samp
         worker.prepare((7, 5), (3, 5), False, True)   # (7 x 5) (3 x 5)^T
         seconds = worker(3)
         assert 0 < seconds < 60
+        assert 0 < worker(1, 0.01) < 60   # after 10 ms of untimed calls
         with open(f"/proc/{worker._proc.pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
         assert state == "T"   # stopped: its BLAS threads cannot spin on our cores
@@ -32,6 +33,7 @@ def test_gemm_benchmark_fills_every_column_on_tiny_shapes(monkeypatch):
     pytest.importorskip("threadpoolctl")
     monkeypatch.setattr(bench, "QUICK_SHAPES", [(16, 8)])
     monkeypatch.setattr(bench, "IDLE_GAP_SECONDS", 0.0)
+    monkeypatch.setattr(bench, "WARM_SECONDS", 0.001)
     out = io.StringIO()
     threads = rmt.get_num_threads()
     rows = bench.run_gemm_benchmark(quick=True, threads=[1], out=out)

@@ -4,7 +4,8 @@ Every figure is float32, counted as 2*M*N*K flops. For each thread count the thr
 with that many threads (rmt.set_num_threads, torch.set_num_threads, threadpoolctl for numpy's
 BLAS) on arrays of the same shapes, alternating ours / numpy / torch for several rounds after a
 warm-up; the table gives each one's median GFLOP/s and the median (min-max) of the per-round
-ratios.
+ratios. Each sample follows an idle gap (so the previous library's threads have stopped spinning)
+and WARM_SECONDS of untimed calls (so the cores are back to speed after the gap).
 
 numpy runs in a worker process of its own, stopped (SIGSTOP) whenever it is not measuring:
 OpenBLAS's worker threads busy-wait for over a second after each call, and in one process with
@@ -62,6 +63,11 @@ def _callables(a, b, trans_a, trans_b, out, torch, numpy_worker=None):
 
 
 IDLE_GAP_SECONDS = 0.3
+# After the gap, each sample first runs its product untimed for this long: a core that idled for
+# 0.3 s came back slowly on this VM (the first 2-thread call took 2-4 ms instead of 0.5, and the
+# next 50 ms ran at the speed of one thread), which cut the short samples of whichever library
+# came next by up to a half.
+WARM_SECONDS = 0.1
 
 
 class NumpyWorker:
@@ -106,8 +112,8 @@ class NumpyWorker:
         self._ask(f"prepare {a_shape[0]} {a_shape[1]} {b_shape[0]} {b_shape[1]} "
                   f"{int(trans_a)} {int(trans_b)}")
 
-    def __call__(self, calls=1):
-        return float(self._ask(f"run {calls}"))
+    def __call__(self, calls=1, warm_seconds=0.0):
+        return float(self._ask(f"run {calls} {warm_seconds}"))
 
     def close(self):
         self._proc.send_signal(self._signal.SIGCONT)
@@ -135,17 +141,17 @@ def _numpy_worker_main(threads):
                 matmul()   # first touch of the output, the BLAS's buffers and threads
                 print("ready", flush=True)
             else:
-                calls = int(words[1])
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    matmul()
-                print(f"{time.perf_counter() - t0:.9f}", flush=True)
+                print(f"{_timed(matmul, int(words[1]), float(words[2])):.9f}", flush=True)
 
 
-def _timed(fn, calls):
-    """Seconds of `calls` calls of fn (a NumpyWorker times itself, in its own process)."""
+def _timed(fn, calls, warm_seconds=0.0):
+    """Seconds of `calls` calls of fn, after running it untimed for warm_seconds (a NumpyWorker
+    does both in its own process)."""
     if isinstance(fn, NumpyWorker):
-        return fn(calls)
+        return fn(calls, warm_seconds)
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_seconds:
+        fn()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -166,9 +172,9 @@ def _measure(fns, flops, rounds, min_sample_seconds):
             n = calls[name]
             # Let the previous library's worker threads go to sleep first: libgomp's (ours,
             # torch's) spin for a while after a parallel region, and a spinning thread on the
-            # other core halved the next library's 2-thread speed.
+            # other core halved the next library's 2-thread speed. Then warm up (WARM_SECONDS).
             time.sleep(IDLE_GAP_SECONDS)
-            samples[name].append(flops * n / _timed(fn, n) * 1e-9)
+            samples[name].append(flops * n / _timed(fn, n, WARM_SECONDS) * 1e-9)
     return samples
 
 
