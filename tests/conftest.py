@@ -4,7 +4,8 @@ import torch
 
 import rmt
 
-# Two OpenMP runtimes share this process (ours and torch's): pin both (shared/PITFALLS.md).
+# torch and rmt run on one libgomp in this process (whichever libgomp.so.1 loads first serves
+# both); each keeps its own thread count (rmt since e544eeb). Pin both.
 torch.set_num_threads(2)
 rmt.set_num_threads(2)
 

@@ -506,18 +506,38 @@ def test_our_thread_count_is_our_own_beside_torch():
     # In one process torch and rmt run on one libgomp (whichever libgomp.so.1 loaded first serves
     # both): with OpenMP's own setting, torch.set_num_threads(1) put rmt on one thread too.
     torch = pytest.importorskip("torch")
+    if not rmt.has_openmp:
+        pytest.skip("a build without OpenMP always runs on one thread")
     ours, theirs = rmt.get_num_threads(), torch.get_num_threads()
     try:
         rmt.set_num_threads(2)
         torch.set_num_threads(1)
-        assert rmt.get_num_threads() == 2
-        rmt.set_num_threads(1)
-        assert torch.get_num_threads() == 1
+        assert rmt.get_num_threads() == 2          # torch's setting leaves ours alone
         torch.set_num_threads(2)
-        assert rmt.get_num_threads() == 1 and torch.get_num_threads() == 2
+        rmt.set_num_threads(1)
+        assert torch.get_num_threads() == 2        # and ours, torch's
+        assert rmt.get_num_threads() == 1
         with pytest.raises(ValueError, match="num_threads must be >= 1"):
             rmt.set_num_threads(0)
         assert rmt.get_num_threads() == 1
     finally:
         rmt.set_num_threads(ours)
         torch.set_num_threads(theirs)
+
+
+def test_our_default_thread_count_ignores_torchs_setting_before_import():
+    # Until set_num_threads: OMP_NUM_THREADS, else the processors we may use; not the shared
+    # runtime's per-thread setting, which torch may have changed before rmt's first use.
+    pytest.importorskip("torch")
+    if not rmt.has_openmp:
+        pytest.skip("a build without OpenMP always runs on one thread")
+    code = ("import torch; torch.set_num_threads(1); import rmt; "
+            "print(rmt.get_num_threads(), torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(len(os.sched_getaffinity(0))), "1"]
+    env["OMP_NUM_THREADS"] = "3"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["3", "1"]

@@ -11,8 +11,9 @@ namespace rmt::kernels {
 // Our thread count: what every parallel region of ours passes as num_threads. It is ours, not
 // OpenMP's nthreads-var: a process that also imports PyTorch runs both on one libgomp (the first
 // libgomp.so.1 loaded serves every later library asking for that name), and there
-// torch.set_num_threads(1) set our count to 1 too, and rmt.set_num_threads torch's. The first
-// get_num_threads takes OpenMP's default (OMP_NUM_THREADS, else the cores).
+// torch.set_num_threads(1) set our count to 1 too, and rmt.set_num_threads torch's. Until
+// set_num_threads, the count is OMP_NUM_THREADS, else the processors the process may use; 1 in a
+// build without OpenMP, whatever is set.
 void set_num_threads(int n);   // n >= 1
 // 1 inside a SerialScope of this thread, else our thread count.
 int get_num_threads();
