@@ -1,6 +1,7 @@
 """The GEMM benchmark's machinery (rmt.bench), on tiny shapes: it runs, fills every column, and its
 numpy worker process answers, is paused between samples and goes away. No speed is asserted."""
 import io
+import os
 import signal
 
 import numpy as np
@@ -10,7 +11,7 @@ import rmt
 from rmt import bench
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX only")
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc (Linux)")
 def test_numpy_worker_times_matmul_in_its_own_process_and_is_paused_between_samples():
     pytest.importorskip("threadpoolctl")
     worker = bench.NumpyWorker(1)
@@ -29,15 +30,29 @@ def test_numpy_worker_times_matmul_in_its_own_process_and_is_paused_between_samp
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX only")
+def test_a_numpy_worker_that_died_is_reported_not_taken_for_a_clean_exit():
+    pytest.importorskip("threadpoolctl")
+    worker = bench.NumpyWorker(1)
+    try:
+        worker._proc.kill()
+        with pytest.raises(RuntimeError, match="numpy worker process ended"):
+            worker.prepare((2, 2), (2, 2), False, False)
+        assert worker._proc.returncode not in (None, 0)
+    finally:
+        worker.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX only")
 def test_gemm_benchmark_fills_every_column_on_tiny_shapes(monkeypatch):
     pytest.importorskip("threadpoolctl")
     monkeypatch.setattr(bench, "QUICK_SHAPES", [(16, 8)])
     monkeypatch.setattr(bench, "IDLE_GAP_SECONDS", 0.0)
     monkeypatch.setattr(bench, "WARM_SECONDS", 0.001)
+    torch = pytest.importorskip("torch")
     out = io.StringIO()
-    threads = rmt.get_num_threads()
+    threads, torch_threads = rmt.get_num_threads(), torch.get_num_threads()
     rows = bench.run_gemm_benchmark(quick=True, threads=[1], out=out)
-    assert rmt.get_num_threads() == threads
+    assert rmt.get_num_threads() == threads and torch.get_num_threads() == torch_threads
     assert [r["product"] for r in rows] == bench.PRODUCTS
     assert [r["mnk"] for r in rows] == [(16, 32, 8), (16, 8, 32), (32, 8, 16)]
     for r in rows:
@@ -46,3 +61,14 @@ def test_gemm_benchmark_fills_every_column_on_tiny_shapes(monkeypatch):
     text = out.getvalue()
     assert "in a worker process, stopped while the others run" in text
     assert "geometric mean ours/peak" in text
+
+
+def test_gemm_benchmark_runs_numpy_in_process_without_threadpoolctl(monkeypatch):
+    monkeypatch.setattr(bench, "QUICK_SHAPES", [(16, 8)])
+    monkeypatch.setattr(bench, "IDLE_GAP_SECONDS", 0.0)
+    monkeypatch.setattr(bench, "WARM_SECONDS", 0.001)
+    monkeypatch.setattr(bench, "_can_isolate_numpy", lambda: False)
+    out = io.StringIO()
+    rows = bench.run_gemm_benchmark(quick=True, threads=[1], out=out)
+    assert all(r["numpy"] > 0 for r in rows)
+    assert "; in-process" in out.getvalue()

@@ -8,10 +8,10 @@ ratios. Each sample follows an idle gap (so the previous library's threads have 
 and WARM_SECONDS of untimed calls (so the cores are back to speed after the gap).
 
 numpy runs in a worker process of its own, stopped (SIGSTOP) whenever it is not measuring:
-OpenBLAS's worker threads busy-wait for over a second after each call, and in one process with
-the others they took the second core from whichever library ran next (our 2-thread small-shape
-figures fell to half). A stopped process's threads cannot spin. Without SIGSTOP (not POSIX) numpy
-runs in-process as before.
+OpenBLAS's worker threads busy-wait after each call (for over a second, measured here), and in
+one process with the others they took the second core from whichever library ran next (our
+2-thread small-shape figures fell to half). A stopped process's threads cannot spin. Without
+SIGSTOP (not POSIX) or threadpoolctl, numpy runs in-process as before.
 """
 from __future__ import annotations
 
@@ -84,19 +84,30 @@ class NumpyWorker:
         self._proc = subprocess.Popen([sys.executable, "-m", "rmt.bench", "--numpy-worker",
                                        str(threads)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
-        self.description = self._read()
-        self._stop()
+        try:
+            self.description = self._read()
+            self._stop()
+        except BaseException:
+            self.close()
+            raise
 
     def _read(self):
         line = self._proc.stdout.readline()
         if not line:
-            raise RuntimeError("the numpy worker process ended")
+            self._ended()
         return line.rstrip("\n")
+
+    def _ended(self):
+        code = self._proc.wait(timeout=10)
+        raise RuntimeError(f"the numpy worker process ended (exit code {code})")
 
     def _ask(self, request):
         self._proc.send_signal(self._signal.SIGCONT)
-        self._proc.stdin.write(request + "\n")
-        self._proc.stdin.flush()
+        try:
+            self._proc.stdin.write(request + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self._ended()
         answer = self._read()
         self._stop()
         return answer
@@ -106,7 +117,11 @@ class NumpyWorker:
         import os
 
         self._proc.send_signal(self._signal.SIGSTOP)
-        os.waitpid(self._proc.pid, os.WUNTRACED)
+        _, status = os.waitpid(self._proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):   # it had ended: waitpid reaped it, so record how
+            self._proc.returncode = os.waitstatus_to_exitcode(status)
+            raise RuntimeError(f"the numpy worker process ended (exit code "
+                               f"{self._proc.returncode})")
 
     def prepare(self, a_shape, b_shape, trans_a, trans_b):
         self._ask(f"prepare {a_shape[0]} {a_shape[1]} {b_shape[0]} {b_shape[1]} "
@@ -116,14 +131,31 @@ class NumpyWorker:
         return float(self._ask(f"run {calls} {warm_seconds}"))
 
     def close(self):
-        self._proc.send_signal(self._signal.SIGCONT)
-        self._proc.stdin.close()
-        self._proc.wait()
+        """Ends the worker (also one that is stopped or has died); never raises."""
+        import subprocess
+
+        if self._proc.returncode is not None:   # ended and reaped already
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            return
+        try:
+            self._proc.send_signal(self._signal.SIGCONT)
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait()
 
 
 def _numpy_worker_main(threads):
     """The worker's side of NumpyWorker: answers prepare / run requests on stdin."""
+    import signal
+
     from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # a Ctrl-C is the parent's to handle
 
     rng = np.random.default_rng(0)
     print(_blas_description(), flush=True)
@@ -236,9 +268,6 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
         import torch
     except ImportError:
         torch = None
-    shapes = QUICK_SHAPES if quick else [(M, C) for M in FULL_ROWS for C in FULL_WIDTHS]
-    rounds = 5 if quick else 7
-    min_sample_seconds = 0.01 if quick else 0.05
 
     def say(line=""):
         print(line, file=out, flush=True)
@@ -246,10 +275,37 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
     previous_threads = rmt.get_num_threads()
     say(f"rmt {rmt.__version__}, ISA {rmt.get_isa()}, GEMM tile {rmt.gemm_tile()}, "
         f"OpenMP {'yes' if rmt.has_openmp else 'no'}")
-    isolate = hasattr(__import__("signal"), "SIGSTOP")
-    workers = {n: NumpyWorker(n) for n in threads} if isolate else {}
-    say((next(iter(workers.values())).description if workers else _blas_description()) +
-        ("; in a worker process, stopped while the others run" if workers else "; in-process"))
+    workers = {}
+    previous_torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if _can_isolate_numpy():
+            for n in threads:
+                workers[n] = NumpyWorker(n)
+        say((workers[threads[0]].description if workers else _blas_description()) +
+            ("; in a worker process, stopped while the others run" if workers else "; in-process"))
+        return _run_table(threads, torch, workers, quick, say)
+    finally:
+        for worker in workers.values():
+            worker.close()
+        rmt.set_num_threads(previous_threads)
+        if previous_torch_threads is not None:
+            torch.set_num_threads(previous_torch_threads)
+
+
+def _can_isolate_numpy():
+    """numpy in a stopped worker process needs SIGSTOP (POSIX) and threadpoolctl (its threads)."""
+    import importlib.util
+    import signal
+
+    return hasattr(signal, "SIGSTOP") and importlib.util.find_spec("threadpoolctl") is not None
+
+
+def _run_table(threads, torch, workers, quick, say):
+    import rmt
+
+    shapes = QUICK_SHAPES if quick else [(M, C) for M in FULL_ROWS for C in FULL_WIDTHS]
+    rounds = 5 if quick else 7
+    min_sample_seconds = 0.01 if quick else 0.05
     say(f"torch {torch.__version__}" if torch is not None else "torch: not installed (n/a)")
     say("float32; GFLOP/s = 2*M*N*K / time; median of "
         f"{rounds} alternating rounds after a warm-up; ratios: median (min-max) per round")
@@ -266,30 +322,25 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
     rows = []
     spans = {}
     rng = np.random.default_rng(0)
-    try:
-        for n in threads:
-            started = time.strftime("%H:%M:%S")
-            with _threads(n, torch):
-                for M, C in shapes:
-                    for name, (m, nn, k), a, b, ta, tb, o in _products(M, C, rng):
-                        samples = _measure(_callables(a, b, ta, tb, o, torch, workers.get(n)),
-                                           2.0 * m * nn * k, rounds, min_sample_seconds)
-                        med = {lib: statistics.median(s) for lib, s in samples.items()}
-                        row = dict(threads=n, M=M, C=C, product=name, mnk=(m, nn, k),
-                                   ours=med["ours"], numpy=med["numpy"], torch=med.get("torch"),
-                                   peak=peaks[n], ours_numpy=_ratio(samples, "ours", "numpy"),
-                                   ours_torch=_ratio(samples, "ours", "torch"))
-                        rows.append(row)
-                        torch_s = "n/a" if row["torch"] is None else f"{row['torch']:.1f}"
-                        say(f"{n:>3} {M:>5} {C:>5}  {name:<11} {f'{m}x{nn}x{k}':<17} "
-                            f"{row['ours']:>6.1f} {row['numpy']:>6.1f} {torch_s:>6} "
-                            f"{row['ours'] / peaks[n]:>9.1%}  {_fmt_ratio(row['ours_numpy']):<17} "
-                            f"{_fmt_ratio(row['ours_torch']):<17}")
-            spans[n] = f"{started}-{time.strftime('%H:%M:%S')}"
-    finally:
-        rmt.set_num_threads(previous_threads)
-        for worker in workers.values():
-            worker.close()
+    for n in threads:
+        started = time.strftime("%H:%M:%S")
+        with _threads(n, torch):
+            for M, C in shapes:
+                for name, (m, nn, k), a, b, ta, tb, o in _products(M, C, rng):
+                    samples = _measure(_callables(a, b, ta, tb, o, torch, workers.get(n)),
+                                       2.0 * m * nn * k, rounds, min_sample_seconds)
+                    med = {lib: statistics.median(s) for lib, s in samples.items()}
+                    row = dict(threads=n, M=M, C=C, product=name, mnk=(m, nn, k),
+                               ours=med["ours"], numpy=med["numpy"], torch=med.get("torch"),
+                               peak=peaks[n], ours_numpy=_ratio(samples, "ours", "numpy"),
+                               ours_torch=_ratio(samples, "ours", "torch"))
+                    rows.append(row)
+                    torch_s = "n/a" if row["torch"] is None else f"{row['torch']:.1f}"
+                    say(f"{n:>3} {M:>5} {C:>5}  {name:<11} {f'{m}x{nn}x{k}':<17} "
+                        f"{row['ours']:>6.1f} {row['numpy']:>6.1f} {torch_s:>6} "
+                        f"{row['ours'] / peaks[n]:>9.1%}  {_fmt_ratio(row['ours_numpy']):<17} "
+                        f"{_fmt_ratio(row['ours_torch']):<17}")
+        spans[n] = f"{started}-{time.strftime('%H:%M:%S')}"
     say()
     for n in threads:
         sub = [r for r in rows if r["threads"] == n]
