@@ -3,8 +3,9 @@
 // std::vector's allocator hands out 16-byte aligned blocks (large ones land 16 bytes into an
 // mmap'd page), so a row of C floats, or a head slice of one, starts mid cache line. Two threads
 // writing the two sides of a split (the GEMM's column halves, neighbouring heads) then share the
-// line where they meet, and the GEMM's 64-byte vector loads of unaligned rows straddle two lines:
-// the models' dW products ran 8-15% slower at 2 threads on unaligned operands.
+// line where they meet (aligned, they share none when the split falls on a multiple of 16
+// floats), and the GEMM's 64-byte vector loads of unaligned rows straddle two lines: the models'
+// dW products ran 8-15% slower at 2 threads on unaligned operands.
 #pragma once
 #include <cstddef>
 #include <new>

@@ -3,9 +3,11 @@
 // inside each one stays on its thread (kernels::gemm goes serial inside a parallel region).
 // The pairs are taken head-major (every batch row of head 0, then of head 1, ...), so the two
 // threads work on different batch rows at any time: batch-major, they wrote neighbouring heads of
-// one row at once, and those head slices share a cache line where they meet (the activation
-// buffers are not 64-byte aligned). That false sharing cost a quarter of the relative attention
-// backward at 2 threads (69.6 -> 51.6 ms a copy step). probs stays (B, NH, Tq, Tk).
+// one row at once, and those head slices share a cache line where they meet unless a row and a
+// head start on line boundaries (the model's buffers are 64-byte aligned now, but hs * 4 bytes
+// need not be a whole number of lines, and callers' arrays need not be aligned). That false
+// sharing cost a quarter of the relative attention backward at 2 threads (69.6 -> 51.6 ms a copy
+// step). With one batch row (B = 1) the order is unchanged. probs stays (B, NH, Tq, Tk).
 #include "ops/attention.hpp"
 
 #include <algorithm>
