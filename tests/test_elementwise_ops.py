@@ -79,7 +79,18 @@ def away_from_zero(x, margin=1e-3):
     return np.where(np.abs(x) < margin, np.sign(x + 1e-12) * margin * 2, x)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + [(300, 257)])   # 77 K elements: split between threads
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_add(isa, rng, shape, dtype):
+    y, x = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    np.testing.assert_array_equal(ops.residual_add(y, x), y + x)
+    with pytest.raises(ValueError, match="x has shape"):
+        ops.residual_add(y, np.ones(shape[:-1] + (shape[-1] + 1,), dtype))
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ops.residual_add(y, x.astype(np.int32))
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(300, 257)])   # 77 K elements: split between threads
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_matches_torch(isa, rng, shape, dtype):
     x = rng.standard_normal(shape).astype(dtype)

@@ -118,7 +118,8 @@ def test_layernorm_row_and_its_backward(isa, rng, n, dtype):
 # block of the 1-3 whole vectors left, then scalar tails (N = 88: 5 float vectors + 8 on AVX-512,
 # 11 double vectors = 4 + 4 + 3)
 SMALL_GEMM_SHAPES = [(1, 1, 1), (3, 5, 2), (8, 16, 16), (9, 16, 76), (76, 80, 16), (76, 16, 76),
-                     (13, 33, 7), (5, 48, 0), (11, 72, 9), (72, 64, 72), (7, 88, 5)]
+                     (13, 33, 7), (5, 48, 0), (11, 72, 9), (72, 64, 72), (7, 88, 5), (6, 56, 5),
+                     (10, 48, 3)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

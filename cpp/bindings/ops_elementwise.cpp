@@ -1,4 +1,5 @@
 // Bindings of the elementwise ops: layer norm, ReLU, GELU, dropout.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -115,6 +116,22 @@ py::array_t<T> relu_backward(py::handle dout_obj, py::handle x_obj, bool overwri
     return dx;
 }
 
+// y + x as a new array (the op adds in place: the residual connections).
+template <typename T>
+py::array_t<T> residual_add(py::handle y_obj, py::handle x_obj) {
+    auto y = checked<T>(y_obj, "y", -1);
+    auto shape = shape_of(y_obj);
+    auto x = checked<T>(x_obj, "x", int(shape.size()), shape);
+    auto out = new_array<T>(shape, false);
+    T* o = out.mutable_data();
+    std::copy(y.data(), y.data() + y.size(), o);
+    {
+        py::gil_scoped_release release;
+        ops::add_inplace<T>(o, x.data(), int64_t(x.size()));
+    }
+    return out;
+}
+
 template <typename T>
 py::array_t<T> gelu_forward(py::handle x_obj, bool tanh_approx) {
     auto x = checked<T>(x_obj, "x", -1);
@@ -200,6 +217,13 @@ void register_ops_elementwise(py::module_& ops) {
         });
     }, py::arg("dout"), py::arg("x"), py::arg("overwrite") = false,
        "dx = dout * (x > 0). overwrite: as layernorm_backward's.");
+    ops.def("residual_add", [](py::handle y, py::handle x) -> py::array {
+        return dispatch_float(y, "y", [&](auto tag) -> py::array {
+            return residual_add<decltype(tag)>(y, x);
+        });
+    }, py::arg("y"), py::arg("x"),
+       "y + x, as the layer's residual connections add (ops::add_inplace, split between the "
+       "threads from 64 K elements).");
     ops.def("gelu_forward", [](py::handle x, const std::string& approximate) -> py::array {
         const bool t = tanh_approximation(approximate);
         return dispatch_float(x, "x", [&](auto tag) -> py::array { return gelu_forward<decltype(tag)>(x, t); });

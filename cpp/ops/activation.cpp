@@ -29,9 +29,14 @@ void relu_forward(T* out, const T* inp, int64_t n) {
 
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n) {
+    const auto& vec = kernels::vec<T>();
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (kernels::worth_threads(n, kMinParallelWork)) \
     num_threads(kernels::get_num_threads())
-    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t lo = c * kChunk;
+        vec.axpy(T(1), x + lo, y + lo, std::min(kChunk, n - lo));
+    }
 }
 
 template <typename T>
