@@ -116,6 +116,31 @@ def test_gemm_beta_zero_overwrites_nan(isa, threads, rng, M, N, K, dtype):
             assert np.isfinite(c).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_bias_is_added_once_to_every_row(isa, threads, rng, dtype):
+    # Sizes past the active blocking (two MC blocks, three K slices, partial tiles): the bias is
+    # added by the first K slice only, on full and partial tiles, over any beta and over NaN.
+    blk = rmt.gemm_blocking(dtype)
+    M, N, K = blk["mc"] + blk["mr"] + 1, 2 * blk["nr"] + 3, 2 * blk["kc"] + 5
+    for trans_a, trans_b in ORIENTATIONS:
+        a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        c0 = rng.standard_normal((M, N)).astype(dtype)
+        for beta in (0.0, -0.5):
+            want = exact(a, b, trans_a, trans_b, 0.75, beta, c0) + bias
+            for fn in (rmt.gemm, rmt.gemm_reference):
+                c = c0.copy() if beta else np.full((M, N), np.nan, dtype)
+                fn(a, b, c, trans_a, trans_b, alpha=0.75, beta=beta, bias=bias)
+                np.testing.assert_allclose(c, want, **tol(dtype, K))
+    # nothing to multiply (alpha = 0): C = beta C + bias
+    c = rmt.gemm(a, b, c0.copy(), trans_a, trans_b, alpha=0.0, beta=2.0, bias=bias)
+    np.testing.assert_allclose(c, 2.0 * c0 + bias, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\), expected \(%d,\)" % N):
+        rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias[:3])
+    with pytest.raises(TypeError, match="bias must have dtype"):
+        rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias.astype(np.int32))
+
+
 def test_gemm_wide_n_crosses_nc_blocks(isa, rng):
     # N > NC (3072): more than one column block of packed B.
     for trans_a, trans_b in ORIENTATIONS:

@@ -11,10 +11,11 @@
 namespace rmt::bindings {
 namespace {
 
-// C = alpha * op(A) op(B) + beta * C on 2-D arrays; returns C (a new array when c is None).
+// C = alpha * op(A) op(B) + beta * C (+ bias per column) on 2-D arrays; returns C (a new array
+// when c is None).
 template <typename T>
 py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans_a, bool trans_b,
-                            double alpha, double beta, bool reference) {
+                            double alpha, double beta, py::handle bias, bool reference) {
     auto A = checked<T>(a, "a", 2);
     auto B = checked<T>(b, "b", 2);
     const int64_t M = trans_a ? dim(A, 1) : dim(A, 0), K = trans_a ? dim(A, 0) : dim(A, 1);
@@ -31,11 +32,14 @@ py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans
         checked_writeable<T>(c, "c", 2, {M, N});
         out = py::reinterpret_borrow<py::array_t<T>>(c);
     }
+    const T* bias_data = nullptr;
+    if (!bias.is_none()) bias_data = checked<T>(bias, "bias", 1, {N}).data();
     T* C = out.mutable_data();
     {
         py::gil_scoped_release release;
         auto fn = reference ? &kernels::gemm_reference<T> : &kernels::gemm<T>;
-        fn(trans_a, trans_b, M, N, K, T(alpha), A.data(), dim(A, 1), B.data(), dim(B, 1), T(beta), C, N);
+        fn(trans_a, trans_b, M, N, K, T(alpha), A.data(), dim(A, 1), B.data(), dim(B, 1), T(beta), C, N,
+           bias_data);
     }
     return out;
 }
@@ -44,11 +48,12 @@ py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans
 
 void register_runtime(py::module_& core) {
     core.def("set_num_threads", &kernels::set_num_threads, py::arg("n"),
-             "Number of OpenMP threads the core uses (1 if built without OpenMP). rmt's own "
-             "setting: PyTorch's torch.set_num_threads does not change it, nor it PyTorch's, "
+             "Number of OpenMP threads the core uses (a build without OpenMP always uses 1). rmt's "
+             "own setting: PyTorch's torch.set_num_threads does not change it, nor it PyTorch's, "
              "although in one process the two share one OpenMP runtime.");
     core.def("get_num_threads", &kernels::get_num_threads,
-             "The number of threads the core uses (set_num_threads; at first OpenMP's default).");
+             "The number of threads the core uses: set_num_threads's, until then OMP_NUM_THREADS, "
+             "else the processors this process may run on (1 without OpenMP).");
     core.def("available_isas", &kernels::available_isas,
              "Instruction sets this CPU can run, best first ('scalar' always).");
     core.def("get_isa", &kernels::current_isa, "The instruction set the kernels currently use.");
@@ -123,22 +128,24 @@ void register_runtime(py::module_& core) {
 
     auto gemm = [](bool reference) {
         return [reference](py::handle a, py::handle b, py::handle c, bool trans_a, bool trans_b,
-                           double alpha, double beta) -> py::array {
+                           double alpha, double beta, py::handle bias) -> py::array {
             return dispatch_float(a, "a", [&](auto tag) -> py::array {
                 using T = decltype(tag);
-                return gemm_binding<T>(a, b, c, trans_a, trans_b, alpha, beta, reference);
+                return gemm_binding<T>(a, b, c, trans_a, trans_b, alpha, beta, bias, reference);
             });
         };
     };
     const char* doc =
-        "C = alpha * op(a) @ op(b) + beta * c, with op(x) = x.T when trans_x. Returns c (a new "
-        "array when c is None). a, b, c: C-contiguous 2-D arrays of one float dtype.";
+        "C = alpha * op(a) @ op(b) + beta * c + bias, with op(x) = x.T when trans_x and bias (N,) "
+        "added to every row (None: no bias). Returns c (a new array when c is None). a, b, c, "
+        "bias: C-contiguous arrays of one float dtype.";
     core.def("gemm", gemm(false), py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
              py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
-             py::arg("beta") = 0.0, doc);
+             py::arg("beta") = 0.0, py::arg("bias") = py::none(), doc);
     core.def("gemm_reference", gemm(true), py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
              py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
-             py::arg("beta") = 0.0, "The scalar reference GEMM (same arguments as gemm).");
+             py::arg("beta") = 0.0, py::arg("bias") = py::none(),
+             "The scalar reference GEMM (same arguments as gemm).");
 }
 
 }  // namespace rmt::bindings

@@ -3,7 +3,8 @@
 // micro-kernel streams B from cache with unit stride whatever its orientation. The micro-kernel
 // only broadcasts A's elements: an untransposed A is read in place (MR rows at a time), a
 // transposed one is packed per block into MR-tall panels. Threads split the (MC block x NR panel)
-// tiles of one KC slice. The first KC slice applies beta; later slices accumulate (beta = 1).
+// tiles of one KC slice. The first KC slice applies beta and adds the bias; later slices
+// accumulate (beta = 1).
 #include "kernels/gemm.hpp"
 
 #include <algorithm>
@@ -163,12 +164,15 @@ void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == T(0)) {
-        // Nothing to multiply: C = beta * C (beta == 0 overwrites, even NaN).
+        // Nothing to multiply: C = beta * C + bias (beta == 0 overwrites, even NaN).
         for (int64_t i = 0; i < M; ++i)
-            for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+            for (int64_t j = 0; j < N; ++j) {
+                T& c = C[i * ldc + j];
+                c = (beta == T(0) ? T(0) : beta * c) + (bias ? bias[j] : T(0));
+            }
         return;
     }
     const GemmMicroKernel<T>& micro = gemm_micro<T>();
@@ -206,6 +210,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 const int64_t kc = std::min<int64_t>(KC, K - k0);
                 const T beta_slice = k0 == 0 ? beta : T(1);
+                const T* bias_slice = k0 == 0 && bias ? bias + j0 : nullptr;   // added once
                 if (split_panels) {
                     for (int64_t panel = p_begin; panel < p_end; ++panel) {
                         const int64_t jp = panel * NR;
@@ -244,13 +249,14 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                         for (int64_t ip = 0; ip < mc; ip += MR) {
                             const int m = int(std::min<int64_t>(MR, mc - ip));
                             T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
+                            const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
                             if (ip < full_rows)
                                 micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1,
                                           b_packed + jp * kc_max, c_tile, ldc, alpha, beta_slice,
-                                          m, n);
+                                          m, n, bias_tile);
                             else
                                 micro.run(kc, a_packed + ip * kc, 1, MR, b_packed + jp * kc_max,
-                                          c_tile, ldc, alpha, beta_slice, m, n);
+                                          c_tile, ldc, alpha, beta_slice, m, n, bias_tile);
                         }
                     }
                 }
@@ -267,8 +273,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 int64_t gemm_nc() { return NC; }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                          const float*, int64_t, float, float*, int64_t);
+                          const float*, int64_t, float, float*, int64_t, const float*);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                           const double*, int64_t, double, double*, int64_t);
+                           const double*, int64_t, double, double*, int64_t, const double*);
 
 }  // namespace rmt::kernels

@@ -5,7 +5,9 @@
 //                             dX = dY W  -> gemm(false, false, ...)
 //                             dW += dY^T X -> gemm(true, false, ..., beta = 1)
 // op(A) is M x K, op(B) is K x N, C is M x N; lda/ldb/ldc are the row strides of A, B, C as
-// stored. beta == 0 overwrites C without reading it.
+// stored. beta == 0 overwrites C without reading it. bias (N values, or nullptr) is added to every
+// row once, C = alpha op(A) op(B) + beta C + bias, as the first K slice stores its tiles: a
+// linear layer's bias needs no pass of its own over the output.
 #pragma once
 #include <cstdint>
 
@@ -13,7 +15,8 @@ namespace rmt::kernels {
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
+          const T* bias = nullptr);
 
 // Columns of op(B) per packed slice (the NC of the blocking; KC and MC come with the micro-kernel).
 int64_t gemm_nc();
@@ -21,6 +24,7 @@ int64_t gemm_nc();
 // The plain triple loop every fast path is tested against (accumulates in double).
 template <typename T>
 void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
-                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
+                    const T* bias = nullptr);
 
 }  // namespace rmt::kernels

@@ -14,7 +14,7 @@ namespace {  // internal linkage, see vector_reference.hpp
 // GemmMicroKernel in isa.hpp).
 template <typename T, int MR, int NR>
 void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
-                int64_t ldc, T alpha, T beta, int m, int n) {
+                int64_t ldc, T alpha, T beta, int m, int n, const T* bias) {
     T acc[MR][NR] = {};
     for (int64_t p = 0; p < kc; ++p)
         for (int r = 0; r < MR; ++r)
@@ -22,7 +22,8 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
     for (int r = 0; r < m; ++r)
         for (int q = 0; q < n; ++q) {
             T& out = c[r * ldc + q];
-            out = beta == T(0) ? alpha * acc[r][q] : alpha * acc[r][q] + beta * out;
+            out = (beta == T(0) ? alpha * acc[r][q] : alpha * acc[r][q] + beta * out) +
+                  (bias ? bias[q] : T(0));
         }
 }
 }  // namespace
@@ -33,7 +34,7 @@ namespace simd {
 // may be a packed panel or MR rows of a row-major matrix read in place.
 template <class Arch, typename T, int MR, int NV>
 void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
-                int64_t ldc, T alpha, T beta, int m, int n) {
+                int64_t ldc, T alpha, T beta, int m, int n, const T* bias) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int W = int(batch::size);
     constexpr int NR = NV * W;
@@ -51,10 +52,12 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
     }
     const batch valpha(alpha), vbeta(beta);
     if (m == MR && n == NR) {
+        batch vbias[NV];
+        for (int v = 0; v < NV; ++v) vbias[v] = bias ? batch::load_unaligned(bias + v * W) : batch(T(0));
         for (int r = 0; r < MR; ++r)
             for (int v = 0; v < NV; ++v) {
                 T* out = c + r * ldc + v * W;
-                batch res = acc[r][v] * valpha;
+                batch res = xsimd::fma(acc[r][v], valpha, vbias[v]);
                 if (beta != T(0)) res = xsimd::fma(vbeta, batch::load_unaligned(out), res);
                 res.store_unaligned(out);
             }
@@ -66,7 +69,8 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
     for (int r = 0; r < m; ++r)
         for (int q = 0; q < n; ++q) {
             T& out = c[r * ldc + q];
-            out = beta == T(0) ? alpha * tile[r * NR + q] : alpha * tile[r * NR + q] + beta * out;
+            out = (beta == T(0) ? alpha * tile[r * NR + q] : alpha * tile[r * NR + q] + beta * out) +
+                  (bias ? bias[q] : T(0));
         }
 }
 

@@ -4,7 +4,8 @@ namespace rmt::kernels {
 
 template <typename T>
 void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
-                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
+                    const T* bias) {
     for (int64_t i = 0; i < M; ++i) {
         for (int64_t j = 0; j < N; ++j) {
             double s = 0;
@@ -14,14 +15,17 @@ void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                 s += double(a) * double(b);
             }
             T& c = C[i * ldc + j];
-            c = beta == T(0) ? T(alpha * s) : T(alpha * s + beta * double(c));
+            const double b = bias ? double(bias[j]) : 0.0;
+            c = beta == T(0) ? T(alpha * s + b) : T(alpha * s + beta * double(c) + b);
         }
     }
 }
 
 template void gemm_reference<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
-                                    int64_t, const float*, int64_t, float, float*, int64_t);
+                                    int64_t, const float*, int64_t, float, float*, int64_t,
+                                    const float*);
 template void gemm_reference<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
-                                     int64_t, const double*, int64_t, double, double*, int64_t);
+                                     int64_t, const double*, int64_t, double, double*, int64_t,
+                                     const double*);
 
 }  // namespace rmt::kernels

@@ -49,6 +49,8 @@ constexpr int64_t pad_elements() { return int64_t(64 / sizeof(T)); }
 // a_cs = MR, zero rows past m), or MR whole rows of a row-major matrix read in place (a_rs = lda,
 // a_cs = 1). Bpanel is packed NR-interleaved (kc rows of NR values). m <= MR and n <= NR describe
 // a partial edge tile. beta == 0 overwrites C (never reads it, so NaN garbage in C does not leak).
+// bias, when not nullptr, holds the tile's NR column biases (n of them meaningful), added to every
+// row as the tile is stored.
 //
 // kc and mc are the cache blocking that goes with the tile (kernels/gemm.cpp): the K slice and the
 // rows of op(A) packed per block. The NR x kc micro-panel of B should stay in L1 and the mc x kc
@@ -58,7 +60,7 @@ struct GemmMicroKernel {
     int mr = 0;
     int nr = 0;
     void (*run)(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
-                int64_t ldc, T alpha, T beta, int m, int n) = nullptr;
+                int64_t ldc, T alpha, T beta, int m, int n, const T* bias) = nullptr;
     int64_t kc = 256;
     int64_t mc = 144;
 };

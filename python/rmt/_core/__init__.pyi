@@ -202,15 +202,15 @@ def fma_peak_gflops(threads: typing.Any = None, seconds: typing.SupportsFloat | 
     """
     Measured float32 FMA peak in GFLOP/s of `threads` threads (default: the current number) running a register-only FMA loop of the active ISA at once; best of 5 runs after a warm-up, about `seconds` in all.
     """
-def gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> numpy.ndarray:
+def gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0, bias: typing.Any = None) -> numpy.ndarray:
     """
-    C = alpha * op(a) @ op(b) + beta * c, with op(x) = x.T when trans_x. Returns c (a new array when c is None). a, b, c: C-contiguous 2-D arrays of one float dtype.
+    C = alpha * op(a) @ op(b) + beta * c + bias, with op(x) = x.T when trans_x and bias (N,) added to every row (None: no bias). Returns c (a new array when c is None). a, b, c, bias: C-contiguous arrays of one float dtype.
     """
 def gemm_blocking(dtype: typing.Any = None) -> dict:
     """
     The active GEMM's register tile and cache blocking for float32 (or dtype): a dict of mr, nr (the tile), kc (K slice), mc (rows of op(A) per packed block), nc (columns of op(B) per packed slice).
     """
-def gemm_reference(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> numpy.ndarray:
+def gemm_reference(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0, bias: typing.Any = None) -> numpy.ndarray:
     """
     The scalar reference GEMM (same arguments as gemm).
     """
@@ -223,7 +223,9 @@ def get_isa() -> str:
     The instruction set the kernels currently use.
     """
 def get_num_threads() -> int:
-    ...
+    """
+    The number of threads the core uses: set_num_threads's, until then OMP_NUM_THREADS, else the processors this process may run on (1 without OpenMP).
+    """
 def profile_enable(on: bool = True) -> None:
     """
     Turns the per-op profiler on or off (off by default). Enabled, every instrumented op call of the models and the training step adds its wall time to a named counter.
@@ -246,7 +248,7 @@ def set_isa(name: str) -> None:
     """
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
-    Number of OpenMP threads the core uses (1 if built without OpenMP).
+    Number of OpenMP threads the core uses (a build without OpenMP always uses 1). rmt's own setting: PyTorch's torch.set_num_threads does not change it, nor it PyTorch's, although in one process the two share one OpenMP runtime.
     """
 def validate_config(config: dict) -> None:
     """

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['adam_step', 'attention_backward', 'attention_forward', 'causal_mask', 'clip_grad_norm', 'clip_grad_value', 'cross_entropy_backward', 'cross_entropy_forward', 'dropout_backward', 'dropout_forward', 'embedding_backward', 'embedding_forward', 'gelu_backward', 'gelu_forward', 'grad_norm', 'layernorm_backward', 'layernorm_forward', 'linear_backward', 'linear_forward', 'masked_softmax_backward', 'masked_softmax_forward', 'padding_mask', 'rel_attention_backward', 'rel_attention_forward', 'rel_position_encoding', 'relu_backward', 'relu_forward', 'rmt_decoder_mask']
+__all__: list[str] = ['adam_step', 'attention_backward', 'attention_forward', 'causal_mask', 'clip_grad_norm', 'clip_grad_value', 'cross_entropy_backward', 'cross_entropy_forward', 'dropout_backward', 'dropout_forward', 'embedding_backward', 'embedding_forward', 'gelu_backward', 'gelu_forward', 'grad_norm', 'layernorm_backward', 'layernorm_forward', 'linear_backward', 'linear_forward', 'masked_softmax_backward', 'masked_softmax_forward', 'padding_mask', 'rel_attention_backward', 'rel_attention_forward', 'rel_position_encoding', 'relu_backward', 'relu_forward', 'residual_add', 'rmt_decoder_mask']
 def adam_step(param: typing.Any, grad: typing.Any, m: typing.Any, v: typing.Any, step: typing.SupportsInt | typing.SupportsIndex, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex = 0.9, beta2: typing.SupportsFloat | typing.SupportsIndex = 0.999, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-08, weight_decay: typing.SupportsFloat | typing.SupportsIndex = 0.0, decoupled: bool = False) -> None:
     """
     One Adam (decoupled=False, L2 decay) or AdamW (decoupled=True) step as torch.optim; updates param, m and v in place; step is 1-based.
     """
-def attention_backward(dout: typing.Any, q: typing.Any, k: typing.Any, v: typing.Any, probs: typing.Any, n_heads: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+def attention_backward(dout: typing.Any, q: typing.Any, k: typing.Any, v: typing.Any, probs: typing.Any, n_heads: typing.SupportsInt | typing.SupportsIndex, overwrite: bool = False) -> tuple:
     """
-    (dq, dk, dv) of attention_forward.
+    (dq, dk, dv) of attention_forward. overwrite: they are written over NaN instead of accumulated into zeros (the engine's path for fresh buffers; the result is the same).
     """
 def attention_forward(q: typing.Any, k: typing.Any, v: typing.Any, n_heads: typing.SupportsInt | typing.SupportsIndex, allowed: typing.Any = None) -> tuple:
     """
@@ -54,9 +54,9 @@ def embedding_forward(ids: typing.Any, table: typing.Any, scale: typing.Any = No
     """
     out[..., C] = table[ids] * scale (scale defaults to sqrt(C), as in Transformer-XL).
     """
-def gelu_backward(dout: typing.Any, x: typing.Any, approximate: str = 'none') -> numpy.ndarray:
+def gelu_backward(dout: typing.Any, x: typing.Any, approximate: str = 'none', overwrite: bool = False) -> numpy.ndarray:
     """
-    dx = dout * gelu'(x).
+    dx = dout * gelu'(x). overwrite: as layernorm_backward's.
     """
 def gelu_forward(x: typing.Any, approximate: str = 'none') -> numpy.ndarray:
     """
@@ -66,17 +66,17 @@ def grad_norm(grad: typing.Any) -> float:
     """
     The L2 norm of grad (accumulated in float64).
     """
-def layernorm_backward(dout: typing.Any, x: typing.Any, weight: typing.Any, mean: typing.Any, rstd: typing.Any) -> tuple:
+def layernorm_backward(dout: typing.Any, x: typing.Any, weight: typing.Any, mean: typing.Any, rstd: typing.Any, overwrite: bool = False) -> tuple:
     """
-    (dx, dweight, dbias) of layernorm_forward, from its saved mean and rstd.
+    (dx, dweight, dbias) of layernorm_forward, from its saved mean and rstd. overwrite: dx is written over NaN instead of accumulated into zeros (the engine's path for fresh buffers; the result is the same).
     """
 def layernorm_forward(x: typing.Any, weight: typing.Any, bias: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05) -> tuple:
     """
     (out, mean, rstd): layer norm over the last dimension of x (..., C), biased variance.
     """
-def linear_backward(dout: typing.Any, x: typing.Any, weight: typing.Any, bias: bool = True) -> tuple:
+def linear_backward(dout: typing.Any, x: typing.Any, weight: typing.Any, bias: bool = True, overwrite_dx: bool = False) -> tuple:
     """
-    (dx, dweight, dbias) of y = x @ weight.T + bias (dbias is None when bias=False).
+    (dx, dweight, dbias) of y = x @ weight.T + bias (dbias is None when bias=False). overwrite_dx: dx is written over a NaN-filled buffer instead of accumulated into zeros (the engine's path for fresh buffers; the result is the same).
     """
 def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any = None) -> numpy.ndarray:
     """
@@ -94,9 +94,9 @@ def padding_mask(Tq: typing.SupportsInt | typing.SupportsIndex, Tk: typing.Suppo
     """
     bool (Tq, Tk): key j visible to every query iff j < length.
     """
-def rel_attention_backward(dout: typing.Any, q: typing.Any, k: typing.Any, v: typing.Any, rk: typing.Any, u_bias: typing.Any, v_bias: typing.Any, probs: typing.Any, n_heads: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+def rel_attention_backward(dout: typing.Any, q: typing.Any, k: typing.Any, v: typing.Any, rk: typing.Any, u_bias: typing.Any, v_bias: typing.Any, probs: typing.Any, n_heads: typing.SupportsInt | typing.SupportsIndex, overwrite: bool = False) -> tuple:
     """
-    (dq, dk, dv, drk, du_bias, dv_bias) of rel_attention_forward.
+    (dq, dk, dv, drk, du_bias, dv_bias) of rel_attention_forward. overwrite: as attention_backward's (dq, dk, dv only).
     """
 def rel_attention_forward(q: typing.Any, k: typing.Any, v: typing.Any, rk: typing.Any, u_bias: typing.Any, v_bias: typing.Any, n_heads: typing.SupportsInt | typing.SupportsIndex, allowed: typing.Any = None) -> tuple:
     """
@@ -106,13 +106,17 @@ def rel_position_encoding(K: typing.SupportsInt | typing.SupportsIndex, C: typin
     """
     R (K, C): row r = [sin(p f) | cos(p f)], p = K-1-r (min with clamp_len if > 0), f_i = 1/10000^(2i/C).
     """
-def relu_backward(dout: typing.Any, x: typing.Any) -> numpy.ndarray:
+def relu_backward(dout: typing.Any, x: typing.Any, overwrite: bool = False) -> numpy.ndarray:
     """
-    dx = dout * (x > 0).
+    dx = dout * (x > 0). overwrite: as layernorm_backward's.
     """
 def relu_forward(x: typing.Any) -> numpy.ndarray:
     """
     max(x, 0).
+    """
+def residual_add(y: typing.Any, x: typing.Any) -> numpy.ndarray:
+    """
+    y + x, as the layer's residual connections add (ops::add_inplace, split between the threads from 64 K elements).
     """
 def rmt_decoder_mask(M: typing.SupportsInt | typing.SupportsIndex, T: typing.SupportsInt | typing.SupportsIndex, cache: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.bool]:
     """
