@@ -33,3 +33,50 @@ def median_ratio(ours, theirs):
     """Median, min and max over rounds of their time / ours (our speed relative to theirs)."""
     ratios = [t / o for o, t in zip(ours, theirs)]
     return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def build_pair_parser(description: str, rounds: int):
+    """The command line shared by the two-build comparisons: before, after, --threads,
+    --rounds and the hidden --worker."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("before", help="the python/ folder of the first build (holds rmt/)")
+    p.add_argument("after", help="the python/ folder of the second build")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def alternate_builds(script: str, builds: dict, worker_args: list, rounds: int,
+                     request: str) -> dict:
+    """Two (or more) builds of our engine in alternating rounds, each in a worker process of its
+    own (two builds cannot share one interpreter): `script --worker` is started once per build
+    as `script <python dir> <python dir> --worker <worker_args>`, prints "ready <rmt path>", then
+    answers each `request` line with one line. Returns {name: [answer line per round]}."""
+    import subprocess
+    import sys
+
+    procs = {}
+    for name, python_dir in builds.items():
+        procs[name] = subprocess.Popen(
+            [sys.executable, script, python_dir, python_dir, "--worker", *worker_args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for name, proc in procs.items():
+            ready = proc.stdout.readline().split()
+            if not ready or ready[0] != "ready":
+                raise SystemExit(f"the {name} worker did not start (see its error above)")
+            print(f"{name}: {ready[1]}", flush=True)
+        answers = {name: [] for name in procs}
+        for _ in range(rounds):
+            for name, proc in procs.items():
+                proc.stdin.write(request + "\n")
+                proc.stdin.flush()
+                answers[name].append(proc.stdout.readline())
+        return answers
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()

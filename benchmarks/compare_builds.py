@@ -11,12 +11,12 @@ hits both alike. A round is the fastest of `--steps` steps.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from alternating import alternate_builds, build_pair_parser
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,38 +48,16 @@ def worker(python_dir: str, model: str, threads: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("before", help="the python/ folder of the first build (holds rmt/)")
-    p.add_argument("after", help="the python/ folder of the second build")
+    p = build_pair_parser(__doc__.split("\n\n")[0], rounds=6)
     p.add_argument("--model", default="copy", choices=["copy", "lm", "enwik8"])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=2, help="steps per round (the fastest counts)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.before, args.model, args.threads)
-    procs = {}
-    for name in ("before", "after"):
-        procs[name] = subprocess.Popen(
-            [sys.executable, __file__, getattr(args, name), getattr(args, name), "--worker",
-             "--model", args.model, "--threads", str(args.threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    for name, proc in procs.items():
-        ready = proc.stdout.readline().split()
-        if not ready or ready[0] != "ready":
-            raise SystemExit(f"the {name} worker did not start (see its error above)")
-        print(f"{name}: {ready[1]}")
-    times = {name: [] for name in procs}
-    for _ in range(args.rounds):
-        for name, proc in procs.items():
-            proc.stdin.write(f"{args.steps}\n")
-            proc.stdin.flush()
-            times[name].append(float(proc.stdout.readline()))
-    for proc in procs.values():
-        proc.stdin.close()
-        proc.wait()
-    before, after = times["before"], times["after"]
+    answers = alternate_builds(__file__, {"before": args.before, "after": args.after},
+                               ["--model", args.model, "--threads", str(args.threads)],
+                               args.rounds, str(args.steps))
+    before, after = ([float(x) for x in answers[name]] for name in ("before", "after"))
     speedups = [b / a for b, a in zip(before, after)]
     print(f"{args.model} model, {args.threads} thread(s), {args.rounds} rounds of {args.steps} "
           f"steps: before {statistics.median(before) * 1e3:.1f} ms/step, after "

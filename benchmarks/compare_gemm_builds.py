@@ -10,12 +10,12 @@ round each. A sample is the fastest of `--repeats` calls; GFLOP/s = 2 M N K / ti
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from alternating import alternate_builds, build_pair_parser
 
 # (label, M, N, K, trans_a, trans_b) for C[M, N] = op(A) op(B): the three products of each linear
 # of the training-step models (benchmarks/train_step.py: rows = batch x (segment + 2 x memory),
@@ -62,33 +62,17 @@ def worker(python_dir: str, threads: int, repeats: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("before", help="the python/ folder of the first build (holds rmt/)")
-    p.add_argument("after", help="the python/ folder of the second build")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=5)
+    p = build_pair_parser(__doc__.split("\n\n")[0], rounds=5)
     p.add_argument("--repeats", type=int, default=5, help="calls per sample (the fastest counts)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args.before, args.threads, args.repeats)
         return
-    procs = []
-    for build in (args.before, args.after):
-        proc = subprocess.Popen([sys.executable, __file__, build, build, "--worker",
-                                 "--threads", str(args.threads), "--repeats", str(args.repeats)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        print(proc.stdout.readline().strip(), flush=True)
-        procs.append(proc)
-    samples = [[], []]
-    for _ in range(args.rounds):
-        for i, proc in enumerate(procs):
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            samples[i].append([float(x) for x in proc.stdout.readline().split()])
-    for proc in procs:
-        proc.stdin.close()
-        proc.wait()
+    answers = alternate_builds(__file__, {"before": args.before, "after": args.after},
+                               ["--threads", str(args.threads), "--repeats", str(args.repeats)],
+                               args.rounds, "go")
+    samples = [[[float(x) for x in line.split()] for line in answers[name]]
+               for name in ("before", "after")]
     print(f"threads {args.threads}, {args.rounds} alternating rounds; GFLOP/s, median of rounds; "
           f"ratio after / before: median (min-max) over rounds")
     ratios_all = []
