@@ -72,3 +72,35 @@ def test_gemm_benchmark_runs_numpy_in_process_without_threadpoolctl(monkeypatch)
     rows = bench.run_gemm_benchmark(quick=True, threads=[1], out=out)
     assert all(r["numpy"] > 0 for r in rows)
     assert "; in-process" in out.getvalue()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux only")
+def test_the_numpy_worker_lives_apart_and_dies_with_its_parent():
+    # Its own session, so that the parent's process group holds no stopped process (an orphaned
+    # group with one gets a SIGHUP); and it must not outlive a parent killed outright.
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("threadpoolctl")
+    code = ("from rmt import bench; w = bench.NumpyWorker(1); print(w._proc.pid, flush=True); "
+            "import time; time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert os.getsid(pid) != os.getsid(0) and os.getpgid(pid) != os.getpgid(0)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 10
+        while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break   # dead, not yet reaped by init
+            time.sleep(0.05)
+        alive = os.path.exists(f"/proc/{pid}")
+        if alive:
+            with open(f"/proc/{pid}/stat") as f:
+                alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        assert not alive, "the stopped numpy worker outlived its parent"
+    finally:
+        parent.kill()

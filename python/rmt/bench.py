@@ -81,9 +81,12 @@ class NumpyWorker:
         import subprocess
 
         self._signal = signal
+        # Its own session: a stopped process in ours would get our whole process group a SIGHUP
+        # the moment that group is orphaned (a background `rmt bench &` whose shell exits was
+        # killed that way). The worker asks to die with us instead (_numpy_worker_main).
         self._proc = subprocess.Popen([sys.executable, "-m", "rmt.bench", "--numpy-worker",
                                        str(threads)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True)
+                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
             self.description = self._read()
             self._stop()
@@ -151,11 +154,21 @@ class NumpyWorker:
 
 def _numpy_worker_main(threads):
     """The worker's side of NumpyWorker: answers prepare / run requests on stdin."""
+    import os
     import signal
 
     from threadpoolctl import threadpool_limits
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a Ctrl-C is the parent's to handle
+    parent = os.getppid()
+    try:   # Linux: SIGKILL (which ends even a stopped process) when the parent dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:   # the parent died before the request took effect
+        return
 
     rng = np.random.default_rng(0)
     print(_blas_description(), flush=True)
