@@ -12,26 +12,24 @@ namespace {
 std::atomic<int> thread_count{0};   // 0: not set yet
 thread_local int serial_depth = 0;
 
-}  // namespace
-
-void set_num_threads(int n) {
-    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
-    thread_count.store(n);
-}
-
+#ifdef RMT_HAVE_OPENMP
 // OMP_NUM_THREADS (its first number), else the processors this process may run on. Not
 // omp_get_max_threads(): that is the calling thread's setting of the shared runtime, which a
 // torch.set_num_threads before rmt's first use would already have changed.
 int default_thread_count() {
-#ifdef RMT_HAVE_OPENMP
     if (const char* env = std::getenv("OMP_NUM_THREADS")) {
         const long n = std::strtol(env, nullptr, 10);
         if (n >= 1 && n <= 4096) return int(n);
     }
     return std::max(1, omp_get_num_procs());
-#else
-    return 1;
+}
 #endif
+
+}  // namespace
+
+void set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+    thread_count.store(n);
 }
 
 int get_num_threads() {

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 
@@ -77,15 +80,11 @@ class NumpyWorker:
     a call returns the seconds of `calls` matmuls into a preallocated output."""
 
     def __init__(self, threads):
-        import signal
-        import subprocess
-
-        self._signal = signal
         # Its own session: a stopped process in ours would get our whole process group a SIGHUP
         # the moment that group is orphaned (a background `rmt bench &` whose shell exits was
         # killed that way). The worker asks to die with us instead (_numpy_worker_main).
         self._proc = subprocess.Popen([sys.executable, "-m", "rmt.bench", "--numpy-worker",
-                                       str(threads)], stdin=subprocess.PIPE,
+                                       str(threads), str(os.getpid())], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
             self.description = self._read()
@@ -105,7 +104,7 @@ class NumpyWorker:
         raise RuntimeError(f"the numpy worker process ended (exit code {code})")
 
     def _ask(self, request):
-        self._proc.send_signal(self._signal.SIGCONT)
+        self._proc.send_signal(signal.SIGCONT)
         try:
             self._proc.stdin.write(request + "\n")
             self._proc.stdin.flush()
@@ -117,9 +116,7 @@ class NumpyWorker:
 
     def _stop(self):
         # and wait until it has stopped, every thread of it: the signal is asynchronous
-        import os
-
-        self._proc.send_signal(self._signal.SIGSTOP)
+        self._proc.send_signal(signal.SIGSTOP)
         _, status = os.waitpid(self._proc.pid, os.WUNTRACED)
         if not os.WIFSTOPPED(status):   # it had ended: waitpid reaped it, so record how
             self._proc.returncode = os.waitstatus_to_exitcode(status)
@@ -135,8 +132,6 @@ class NumpyWorker:
 
     def close(self):
         """Ends the worker (also one that is stopped or has died); never raises."""
-        import subprocess
-
         if self._proc.returncode is not None:   # ended and reaped already
             try:
                 self._proc.stdin.close()
@@ -144,7 +139,7 @@ class NumpyWorker:
                 pass
             return
         try:
-            self._proc.send_signal(self._signal.SIGCONT)
+            self._proc.send_signal(signal.SIGCONT)
             self._proc.stdin.close()
             self._proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
@@ -152,15 +147,12 @@ class NumpyWorker:
             self._proc.wait()
 
 
-def _numpy_worker_main(threads):
-    """The worker's side of NumpyWorker: answers prepare / run requests on stdin."""
-    import os
-    import signal
-
+def _numpy_worker_main(threads, parent):
+    """The worker's side of NumpyWorker (parent: the pid of the process that started it):
+    answers prepare / run requests on stdin."""
     from threadpoolctl import threadpool_limits
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a Ctrl-C is the parent's to handle
-    parent = os.getppid()
     try:   # Linux: SIGKILL (which ends even a stopped process) when the parent dies
         import ctypes
 
@@ -308,7 +300,6 @@ def run_gemm_benchmark(quick=False, threads=None, out=None):
 def _can_isolate_numpy():
     """numpy in a stopped worker process needs SIGSTOP (POSIX) and threadpoolctl (its threads)."""
     import importlib.util
-    import signal
 
     return hasattr(signal, "SIGSTOP") and importlib.util.find_spec("threadpoolctl") is not None
 
@@ -368,4 +359,4 @@ def _run_table(threads, torch, workers, quick, say):
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--numpy-worker"]:
-    _numpy_worker_main(int(sys.argv[2]))
+    _numpy_worker_main(int(sys.argv[2]), int(sys.argv[3]))
