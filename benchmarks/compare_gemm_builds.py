@@ -33,7 +33,21 @@ def model_shapes():
     return shapes
 
 
-def worker(python_dir: str, threads: int, repeats: int) -> None:
+# The large products of `rmt bench` where we trailed the BLAS most: a linear C -> 4C on M rows.
+def large_shapes():
+    shapes = []
+    for M, C in ((2048, 1024), (8192, 512), (8192, 128)):
+        shapes += [(f"lin{M}x{C}.fwd", M, 4 * C, C, False, True),
+                   (f"lin{M}x{C}.dX", M, C, 4 * C, False, False),
+                   (f"lin{M}x{C}.dW", 4 * C, C, M, True, False)]
+    return shapes
+
+
+SHAPE_SETS = {"models": model_shapes, "large": large_shapes,
+              "all": lambda: model_shapes() + large_shapes()}
+
+
+def worker(python_dir: str, threads: int, repeats: int, shape_set: str) -> None:
     import numpy as np
 
     sys.path.insert(0, str(Path(python_dir).resolve()))
@@ -42,7 +56,7 @@ def worker(python_dir: str, threads: int, repeats: int) -> None:
     rmt.set_num_threads(threads)
     g = np.random.default_rng(0)
     cases = []
-    for label, M, N, K, ta, tb in model_shapes():
+    for label, M, N, K, ta, tb in SHAPE_SETS[shape_set]():
         a = g.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
         b = g.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
         c = np.empty((M, N), np.float32)
@@ -64,19 +78,22 @@ def worker(python_dir: str, threads: int, repeats: int) -> None:
 def main(argv=None) -> None:
     p = build_pair_parser(__doc__.split("\n\n")[0], rounds=5)
     p.add_argument("--repeats", type=int, default=5, help="calls per sample (the fastest counts)")
+    p.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="models",
+                   help="the models' linear-layer products, the large ones of `rmt bench`, or both")
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.before, args.threads, args.repeats)
+        worker(args.before, args.threads, args.repeats, args.shapes)
         return
     answers = alternate_builds(__file__, {"before": args.before, "after": args.after},
-                               ["--threads", str(args.threads), "--repeats", str(args.repeats)],
+                               ["--threads", str(args.threads), "--repeats", str(args.repeats),
+                                "--shapes", args.shapes],
                                args.rounds, "go")
     samples = [[[float(x) for x in line.split()] for line in answers[name]]
                for name in ("before", "after")]
     print(f"threads {args.threads}, {args.rounds} alternating rounds; GFLOP/s, median of rounds; "
           f"ratio after / before: median (min-max) over rounds")
     ratios_all = []
-    for j, (label, M, N, K, ta, tb) in enumerate(model_shapes()):
+    for j, (label, M, N, K, ta, tb) in enumerate(SHAPE_SETS[args.shapes]()):
         before = [r[j] for r in samples[0]]
         after = [r[j] for r in samples[1]]
         ratios = [y / x for x, y in zip(before, after)]

@@ -38,6 +38,13 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
     using batch = xsimd::batch<T, Arch>;
     constexpr int W = int(batch::size);
     constexpr int NR = NV * W;
+    // Ask for the C tile's lines now, with intent to write: the k loop below hides their
+    // latency, where a tile of a large C (far out of L2) would otherwise stall at the store.
+    constexpr int kLineElems = 64 / int(sizeof(T));
+    for (int r = 0; r < m; ++r) {
+        for (int q = 0; q < NR; q += kLineElems) __builtin_prefetch(c + r * ldc + q, 1, 3);
+        __builtin_prefetch(c + r * ldc + NR - 1, 1, 3);   // an unaligned row's last line
+    }
     batch acc[MR][NV];
     for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v) acc[r][v] = batch(T(0));
