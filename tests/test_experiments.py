@@ -270,6 +270,30 @@ def test_with_steps_changes_the_budget_and_the_intervals_that_followed_it(capsys
     assert capsys.readouterr().out.strip().endswith("-b16-st300-seed0")
 
 
+def test_with_memory_changes_the_memory_of_every_kind_that_has_one(capsys):
+    grid = ex.get_grid("p1-copy")
+    for spec in grid:
+        changed = ex.with_memory(spec, 6)
+        assert changed["memory"] == (0 if spec["kind"] == "transformer" else 6)
+        assert {k: v for k, v in changed.items() if k != "memory"} == \
+            {k: v for k, v in spec.items() if k != "memory"}
+    rmt6 = ex.with_memory(next(s for s in grid if s["kind"] == "rmt" and s["num_segments"] == 6), 6)
+    assert "-rmt-m6-" in ex.run_id(rmt6)
+    assert ex.build_model(rmt6).config.num_mem_tokens == 6
+    txl6 = ex.with_memory(next(s for s in grid if s["kind"] == "txl"), 6)
+    assert ex.build_model(txl6).config.mem_len == 6
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="memory must be an int"):
+            ex.with_memory(grid[0], bad)
+    assert ex.main(["p1-copy", "--out", "unused", "--segments", "6", "--kinds", "rmt", "txl",
+                    "transformer", "--memory", "6", "--list"]) == 0
+    ids = sorted(capsys.readouterr().out.split())
+    assert [i.split("-")[2:4] for i in ids] == [["rmt", "m6"], ["transformer", "m0"], ["txl", "m6"]]
+    with pytest.raises(SystemExit):
+        ex.main(["p1-copy", "--out", "unused", "--memory", "0", "--list"])
+    assert "--memory must be >= 1" in capsys.readouterr().err
+
+
 def test_cli_runs_every_selected_run_once_per_seed(capsys):
     assert ex.main(["p1-copy", "--out", "unused", "--segments", "6", "--kinds", "rmt", "txl",
                     "--seeds", "1", "2", "--list"]) == 0

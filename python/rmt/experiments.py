@@ -617,6 +617,18 @@ def select(specs: Sequence[Dict[str, Any]], kinds: Optional[Sequence[str]] = Non
     return out
 
 
+def with_memory(spec: Dict[str, Any], memory: int) -> Dict[str, Any]:
+    """The spec with `memory` memory tokens (RMT, MemTr, Tr-XL + RMT) or cached positions
+    (Transformer-XL) instead of its grid's: a different run (m<memory> in its run id). The
+    baseline has no memory and comes back unchanged."""
+    if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
+        raise ValueError(f"memory must be an int >= 1, got {memory!r}")
+    s = normalize_spec(spec)
+    if s["kind"] != "transformer":
+        s["memory"] = memory
+    return normalize_spec(s)
+
+
 def with_steps(spec: Dict[str, Any], steps: int) -> Dict[str, Any]:
     """The spec trained for `steps` steps instead (a different run: st<steps> in its run id);
     an evaluation and checkpoint interval that was the default (steps / 10) follows the new
@@ -858,6 +870,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help="train every selected run for this many steps instead of its "
                              "grid's (a different run: st<N> in the run id)")
+    parser.add_argument("--memory", type=int, default=None,
+                        help="memory tokens (rmt, memtr, txl_rmt) or cached positions (txl) of "
+                             "every selected run instead of its grid's (m<N> in the run id; the "
+                             "baseline has none)")
     parser.add_argument("--padded-stages", action="store_true",
                         help="with --curriculum: a stage for every shorter number of segments, "
                              "left-padded (curriculum_stages' \"padded\" rule)")
@@ -881,9 +897,13 @@ def main(argv=None) -> int:
     if args.seeds is not None and (any(x < 0 for x in args.seeds)
                                    or len(set(args.seeds)) != len(args.seeds)):
         parser.error("--seeds must be distinct integers >= 0")
+    if args.memory is not None and args.memory < 1:
+        parser.error("--memory must be >= 1")
     grid = get_grid(args.grid)
     if args.steps is not None:
         grid = [with_steps(s, args.steps) for s in grid]
+    if args.memory is not None:
+        grid = [with_memory(s, args.memory) for s in grid]
     specs = select(grid, args.kinds, args.segments, curriculum)
     if not specs:
         parser.error("no run of the grid matches --kinds / --segments")
