@@ -53,9 +53,14 @@ double grad_norm(const T* grad, int64_t n) {
 #pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
     for (int64_t c = 0; c < n_chunks; ++c) {
         const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
-        double s = 0;
-        for (int64_t i = i0; i < i1; ++i) s += double(grad[i]) * double(grad[i]);
-        partial[c] = s;
+        // Eight running sums, added in a fixed order: one sum is a chain of dependent double
+        // adds, 4 cycles each, which made this pass 5x slower than reading the gradients.
+        double s[8] = {};
+        int64_t i = i0;
+        for (; i + 8 <= i1; i += 8)
+            for (int j = 0; j < 8; ++j) s[j] += double(grad[i + j]) * double(grad[i + j]);
+        for (; i < i1; ++i) s[0] += double(grad[i]) * double(grad[i]);
+        partial[c] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     }
     double total = 0;
     for (double s : partial) total += s;
@@ -63,16 +68,24 @@ double grad_norm(const T* grad, int64_t n) {
 }
 
 template <typename T>
-double clip_grad_norm(T* grad, int64_t n, double max_norm) {
-    const double norm = grad_norm(grad, n);
+void clip_grad_norm_given(T* grad, int64_t n, double max_norm, double norm) {
     // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1.
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0) {
         const T s = T(coef);
+        const auto& vec = kernels::vec<T>();
+        const int64_t n_chunks = (n + kChunk - 1) / kChunk;
         const bool parallel = kernels::worth_threads(n, 4 * kChunk);
 #pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
-        for (int64_t i = 0; i < n; ++i) grad[i] *= s;
+        for (int64_t c = 0; c < n_chunks; ++c)
+            vec.scale(grad + c * kChunk, s, std::min(kChunk, n - c * kChunk));
     }
+}
+
+template <typename T>
+double clip_grad_norm(T* grad, int64_t n, double max_norm) {
+    const double norm = grad_norm(grad, n);
+    clip_grad_norm_given(grad, n, max_norm, norm);
     return norm;
 }
 
@@ -88,6 +101,8 @@ template double grad_norm<float>(const float*, int64_t);
 template double grad_norm<double>(const double*, int64_t);
 template double clip_grad_norm<float>(float*, int64_t, double);
 template double clip_grad_norm<double>(double*, int64_t, double);
+template void clip_grad_norm_given<float>(float*, int64_t, double, double);
+template void clip_grad_norm_given<double>(double*, int64_t, double, double);
 template void clip_grad_value<float>(float*, int64_t, double);
 template void clip_grad_value<double>(double*, int64_t, double);
 

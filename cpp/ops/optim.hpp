@@ -24,6 +24,11 @@ double grad_norm(const T* grad, int64_t n);
 template <typename T>
 double clip_grad_norm(T* grad, int64_t n, double max_norm);
 
+// The same with grad's norm already known (grad_norm's result): the trainer measures it for its
+// step statistics first, and a second pass over every gradient to find it again cost as much.
+template <typename T>
+void clip_grad_norm_given(T* grad, int64_t n, double max_norm, double norm);
+
 // Clamps every gradient to [-clip_value, clip_value].
 template <typename T>
 void clip_grad_value(T* grad, int64_t n, double clip_value);

@@ -76,7 +76,7 @@ void Trainer::finish_step(StepStats& stats, double lr) {
     if (!stats.finite) return;   // the caller decides; the parameters are untouched
     if (clip_norm > 0) {
         RMT_PROFILE_SCOPE("optim.clip_norm");
-        ops::clip_grad_norm<float>(grads, n, clip_norm);
+        ops::clip_grad_norm_given<float>(grads, n, clip_norm, stats.grad_norm);
     }
     if (clip_value > 0) {
         RMT_PROFILE_SCOPE("optim.clip_value");
