@@ -141,6 +141,45 @@ def test_gemm_bias_is_added_once_to_every_row(isa, threads, rng, dtype):
         rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias.astype(np.int32))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_relu_applies_to_the_finished_sums(isa, threads, rng, dtype):
+    # Three K slices: a ReLU applied to a partial sum (any slice but the last) would clip values
+    # that later slices bring back above zero, so a wrong slice shows as a mismatch. Over beta,
+    # bias, full and partial tiles, for the fast path and the reference.
+    blk = rmt.gemm_blocking(dtype)
+    M, N, K = blk["mc"] + blk["mr"] + 1, 2 * blk["nr"] + 3, 2 * blk["kc"] + 5
+    for trans_a, trans_b in ORIENTATIONS:
+        a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        c0 = rng.standard_normal((M, N)).astype(dtype)
+        for beta, with_bias in ((0.0, True), (-0.5, True), (0.0, False)):
+            want = exact(a, b, trans_a, trans_b, 0.75, beta, c0) + (bias if with_bias else 0)
+            assert 0.3 < (want > 0).mean() < 0.7   # both sides of the ReLU are exercised
+            want = np.maximum(want, 0.0)
+            for fn in (rmt.gemm, rmt.gemm_reference):
+                c = c0.copy() if beta else np.full((M, N), np.nan, dtype)
+                fn(a, b, c, trans_a, trans_b, alpha=0.75, beta=beta,
+                   bias=bias if with_bias else None, relu=True)
+                np.testing.assert_allclose(c, want, **tol(dtype, K))
+    # nothing to multiply (alpha = 0): C = relu(beta C + bias); a NaN becomes 0, as
+    # rmt.ops.relu_forward does
+    c_nan = c0.copy()
+    c_nan[0, 0] = np.nan
+    c = rmt.gemm(a, b, c_nan, trans_a, trans_b, alpha=0.0, beta=2.0, bias=bias, relu=True)
+    want = np.maximum(2.0 * c0 + bias, 0.0)
+    want[0, 0] = 0.0
+    np.testing.assert_allclose(c, want, rtol=1e-6)
+
+
+def test_gemm_relu_turns_nan_into_zero_like_relu_forward(isa, rng):
+    a = rng.standard_normal((20, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 70)).astype(np.float32)
+    a[3, 5] = np.nan
+    fused = rmt.gemm(a, b, relu=True)
+    np.testing.assert_array_equal(fused, rmt.ops.relu_forward(rmt.gemm(a, b)))
+    assert (fused[3] == 0).all() and np.isfinite(fused).all()
+
+
 def test_gemm_wide_n_crosses_nc_blocks(isa, rng):
     # N > NC (3072): more than one column block of packed B.
     for trans_a, trans_b in ORIENTATIONS:

@@ -196,6 +196,45 @@ def test_dropout_same_seed_same_result_and_different_seed_differs():
     assert results[0][0] != results[2][0]
 
 
+def test_gradients_with_dropout_match_finite_differences():
+    # With dropout on, the feed-forward ReLU's backward masks by the stored activation after its
+    # dropout (the GEMM applies the ReLU, and no pre-activation is kept): a dropped unit has no
+    # gradient and a kept one keeps its sign. Directional derivatives of the loss under a fixed
+    # dropout seed against central differences (float32, so a loose tolerance; a step of 1e-4
+    # rarely crosses a ReLU's kink, 1e-3 did; a wrong mask is off by far more).
+    cfg = dict(BASE, kind="rmt", num_mem_tokens=2, dropout=0.3, d_ff=40)
+    model, _ = make_pair(cfg)
+    model.training = True
+    tokens, targets = random_batch(cfg, 2)
+    theta = model.flat_parameters
+
+    def loss():
+        model.set_dropout_seed(11)
+        model.zero_grad()
+        return model.loss_and_grad(tokens, targets)[0]
+
+    loss()
+    grad = model.flat_grads.copy()
+    base = theta.copy()
+    gen = np.random.default_rng(3)
+    params = model.parameters()
+    for trial in range(5):
+        direction = np.zeros_like(base)
+        for name, view in params.items():   # the feed-forward weights, which the mask gates
+            if ".ff." in name:
+                lo = (view.ctypes.data - theta.ctypes.data) // theta.itemsize
+                direction[lo:lo + view.size] = gen.standard_normal(view.size)
+        eps = 1e-4
+        theta[...] = base + eps * direction
+        up = loss()
+        theta[...] = base - eps * direction
+        down = loss()
+        theta[...] = base
+        fd = (up - down) / (2 * eps)
+        an = float(grad.astype(np.float64) @ direction)
+        assert abs(fd - an) <= 1e-2 * abs(an) + 5e-3, (trial, fd, an)
+
+
 @pytest.mark.parametrize("extra", [dict(kind="rmt", num_mem_tokens=2),
                                    dict(kind="txl", mem_len=3),
                                    dict(kind="rmt", num_mem_tokens=2, mem_len=3)],

@@ -50,7 +50,7 @@ py::array_t<T> embedding_backward(py::handle dout_obj, py::handle ids_obj, int64
 }
 
 template <typename T>
-py::array_t<T> linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj) {
+py::array_t<T> linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, bool relu) {
     auto w = checked<T>(w_obj, "weight", 2);
     const int64_t OC = dim(w, 0), IC = dim(w, 1);
     auto x = checked<T>(x_obj, "x", -1);
@@ -66,7 +66,7 @@ py::array_t<T> linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_o
     const int64_t N = int64_t(x.size()) / IC;
     {
         py::gil_scoped_release release;
-        ops::linear_forward<T>(o, x.data(), w.data(), bias, N, IC, OC);
+        ops::linear_forward<T>(o, x.data(), w.data(), bias, N, IC, OC, relu);
     }
     return out;
 }
@@ -119,12 +119,14 @@ void register_ops_dense(py::module_& ops) {
         });
     }, py::arg("dout"), py::arg("ids"), py::arg("vocab_size"), py::arg("scale") = py::none(),
        "dtable (vocab_size, C): dout scattered to the rows of ids, times scale.");
-    ops.def("linear_forward", [](py::handle x, py::handle weight, py::handle bias) -> py::array {
+    ops.def("linear_forward", [](py::handle x, py::handle weight, py::handle bias,
+                                 bool relu) -> py::array {
         return dispatch_float(x, "x", [&](auto tag) -> py::array {
-            return linear_forward<decltype(tag)>(x, weight, bias);
+            return linear_forward<decltype(tag)>(x, weight, bias, relu);
         });
-    }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
-       "y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features).");
+    }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("relu") = false,
+       "y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features). "
+       "relu=True: y = relu(x @ weight.T + bias) in the same pass (the feed-forward layers' fc1).");
     ops.def("linear_backward", [](py::handle dout, py::handle x, py::handle weight, bool bias,
                                   bool overwrite_dx) -> py::tuple {
         return dispatch_float(x, "x", [&](auto tag) -> py::tuple {

@@ -15,7 +15,8 @@ namespace {
 // when c is None).
 template <typename T>
 py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans_a, bool trans_b,
-                            double alpha, double beta, py::handle bias, bool reference) {
+                            double alpha, double beta, py::handle bias, bool relu,
+                            bool reference) {
     auto A = checked<T>(a, "a", 2);
     auto B = checked<T>(b, "b", 2);
     const int64_t M = trans_a ? dim(A, 1) : dim(A, 0), K = trans_a ? dim(A, 0) : dim(A, 1);
@@ -39,7 +40,7 @@ py::array_t<T> gemm_binding(py::handle a, py::handle b, py::handle c, bool trans
         py::gil_scoped_release release;
         auto fn = reference ? &kernels::gemm_reference<T> : &kernels::gemm<T>;
         fn(trans_a, trans_b, M, N, K, T(alpha), A.data(), dim(A, 1), B.data(), dim(B, 1), T(beta), C, N,
-           bias_data);
+           bias_data, relu);
     }
     return out;
 }
@@ -128,23 +129,25 @@ void register_runtime(py::module_& core) {
 
     auto gemm = [](bool reference) {
         return [reference](py::handle a, py::handle b, py::handle c, bool trans_a, bool trans_b,
-                           double alpha, double beta, py::handle bias) -> py::array {
+                           double alpha, double beta, py::handle bias, bool relu) -> py::array {
             return dispatch_float(a, "a", [&](auto tag) -> py::array {
                 using T = decltype(tag);
-                return gemm_binding<T>(a, b, c, trans_a, trans_b, alpha, beta, bias, reference);
+                return gemm_binding<T>(a, b, c, trans_a, trans_b, alpha, beta, bias, relu,
+                                       reference);
             });
         };
     };
     const char* doc =
         "C = alpha * op(a) @ op(b) + beta * c + bias, with op(x) = x.T when trans_x and bias (N,) "
-        "added to every row (None: no bias). Returns c (a new array when c is None). a, b, c, "
-        "bias: C-contiguous arrays of one float dtype.";
+        "added to every row (None: no bias); relu=True stores max(C, 0) instead (NaN -> 0), the "
+        "fused bias + ReLU of a feed-forward layer. Returns c (a new array when c is None). a, b, "
+        "c, bias: C-contiguous arrays of one float dtype.";
     core.def("gemm", gemm(false), py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
              py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
-             py::arg("beta") = 0.0, py::arg("bias") = py::none(), doc);
+             py::arg("beta") = 0.0, py::arg("bias") = py::none(), py::arg("relu") = false, doc);
     core.def("gemm_reference", gemm(true), py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
              py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
-             py::arg("beta") = 0.0, py::arg("bias") = py::none(),
+             py::arg("beta") = 0.0, py::arg("bias") = py::none(), py::arg("relu") = false,
              "The scalar reference GEMM (same arguments as gemm).");
 }
 

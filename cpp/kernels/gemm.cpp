@@ -164,7 +164,8 @@ void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias) {
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias,
+          bool relu) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == T(0)) {
         // Nothing to multiply: C = beta * C + bias (beta == 0 overwrites, even NaN).
@@ -172,6 +173,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
             for (int64_t j = 0; j < N; ++j) {
                 T& c = C[i * ldc + j];
                 c = (beta == T(0) ? T(0) : beta * c) + (bias ? bias[j] : T(0));
+                if (relu) c = c > T(0) ? c : T(0);
             }
         return;
     }
@@ -211,6 +213,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 const int64_t kc = std::min<int64_t>(KC, K - k0);
                 const T beta_slice = k0 == 0 ? beta : T(1);
                 const T* bias_slice = k0 == 0 && bias ? bias + j0 : nullptr;   // added once
+                const bool relu_slice = relu && k0 + kc >= K;   // on the finished sums only
                 if (split_panels) {
                     for (int64_t panel = p_begin; panel < p_end; ++panel) {
                         const int64_t jp = panel * NR;
@@ -253,10 +256,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                             if (ip < full_rows)
                                 micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1,
                                           b_packed + jp * kc_max, c_tile, ldc, alpha, beta_slice,
-                                          m, n, bias_tile);
+                                          m, n, bias_tile, relu_slice);
                             else
                                 micro.run(kc, a_packed + ip * kc, 1, MR, b_packed + jp * kc_max,
-                                          c_tile, ldc, alpha, beta_slice, m, n, bias_tile);
+                                          c_tile, ldc, alpha, beta_slice, m, n, bias_tile,
+                                          relu_slice);
                         }
                     }
                 }
@@ -273,8 +277,9 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 int64_t gemm_nc() { return NC; }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                          const float*, int64_t, float, float*, int64_t, const float*);
+                          const float*, int64_t, float, float*, int64_t, const float*, bool);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                           const double*, int64_t, double, double*, int64_t, const double*);
+                           const double*, int64_t, double, double*, int64_t, const double*,
+                           bool);
 
 }  // namespace rmt::kernels

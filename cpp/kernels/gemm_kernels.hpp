@@ -14,7 +14,7 @@ namespace {  // internal linkage, see vector_reference.hpp
 // GemmMicroKernel in isa.hpp).
 template <typename T, int MR, int NR>
 void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
-                int64_t ldc, T alpha, T beta, int m, int n, const T* bias) {
+                int64_t ldc, T alpha, T beta, int m, int n, const T* bias, bool relu) {
     T acc[MR][NR] = {};
     for (int64_t p = 0; p < kc; ++p)
         for (int r = 0; r < MR; ++r)
@@ -24,6 +24,7 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
             T& out = c[r * ldc + q];
             out = (beta == T(0) ? alpha * acc[r][q] : alpha * acc[r][q] + beta * out) +
                   (bias ? bias[q] : T(0));
+            if (relu) out = out > T(0) ? out : T(0);
         }
 }
 }  // namespace
@@ -34,7 +35,7 @@ namespace simd {
 // may be a packed panel or MR rows of a row-major matrix read in place.
 template <class Arch, typename T, int MR, int NV>
 void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
-                int64_t ldc, T alpha, T beta, int m, int n, const T* bias) {
+                int64_t ldc, T alpha, T beta, int m, int n, const T* bias, bool relu) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int W = int(batch::size);
     constexpr int NR = NV * W;
@@ -66,6 +67,7 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
                 T* out = c + r * ldc + v * W;
                 batch res = xsimd::fma(acc[r][v], valpha, vbias[v]);
                 if (beta != T(0)) res = xsimd::fma(vbeta, batch::load_unaligned(out), res);
+                if (relu) res = xsimd::select(res > batch(T(0)), res, batch(T(0)));   // NaN -> 0
                 res.store_unaligned(out);
             }
         return;
@@ -78,6 +80,7 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
             T& out = c[r * ldc + q];
             out = (beta == T(0) ? alpha * tile[r * NR + q] : alpha * tile[r * NR + q] + beta * out) +
                   (bias ? bias[q] : T(0));
+            if (relu) out = out > T(0) ? out : T(0);
         }
 }
 

@@ -5,7 +5,7 @@ namespace rmt::kernels {
 template <typename T>
 void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                     const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                    const T* bias) {
+                    const T* bias, bool relu) {
     for (int64_t i = 0; i < M; ++i) {
         for (int64_t j = 0; j < N; ++j) {
             double s = 0;
@@ -17,15 +17,16 @@ void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
             T& c = C[i * ldc + j];
             const double b = bias ? double(bias[j]) : 0.0;
             c = beta == T(0) ? T(alpha * s + b) : T(alpha * s + beta * double(c) + b);
+            if (relu) c = c > T(0) ? c : T(0);
         }
     }
 }
 
 template void gemm_reference<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
                                     int64_t, const float*, int64_t, float, float*, int64_t,
-                                    const float*);
+                                    const float*, bool);
 template void gemm_reference<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                                      int64_t, const double*, int64_t, double, double*, int64_t,
-                                     const double*);
+                                     const double*, bool);
 
 }  // namespace rmt::kernels

@@ -59,8 +59,10 @@ template <typename T>
 struct GemmMicroKernel {
     int mr = 0;
     int nr = 0;
+    // relu: store max(result, 0) (NaN -> 0, as ops::relu_forward), for the last K slice of a
+    // product whose ReLU the GEMM applies itself
     void (*run)(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_panel, T* c,
-                int64_t ldc, T alpha, T beta, int m, int n, const T* bias) = nullptr;
+                int64_t ldc, T alpha, T beta, int m, int n, const T* bias, bool relu) = nullptr;
     int64_t kc = 256;
     int64_t mc = 144;
 };

@@ -167,18 +167,23 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
                                   w.ln1_w, w.ln1_b, NQ, C, d.eps);
     }
     // act = dropout(relu or gelu(o W1^T + b1)); res2 = o + dropout(act W2^T + b2); out = LN2(res2)
-    {
-    RMT_PROFILE_SCOPE_FLOPS("fwd.linear.fc1", 2 * NQ * C * F);
-    a.fc1.resize(NQ * F);
-    ops::linear_forward<float>(a.fc1.data(), a.o.data(), w.fc1_w, w.fc1_b, NQ, C, F);
-    }
     a.act.resize(NQ * F);
     if (d.gelu) {
+        {
+        RMT_PROFILE_SCOPE_FLOPS("fwd.linear.fc1", 2 * NQ * C * F);
+        a.fc1.resize(NQ * F);
+        ops::linear_forward<float>(a.fc1.data(), a.o.data(), w.fc1_w, w.fc1_b, NQ, C, F);
+        }
         RMT_PROFILE_SCOPE("fwd.gelu");
         ops::gelu_forward<float>(a.act.data(), a.fc1.data(), NQ * F, false);
     } else {
-        RMT_PROFILE_SCOPE("fwd.relu");
-        ops::relu_forward<float>(a.act.data(), a.fc1.data(), NQ * F);
+        // The GEMM applies the ReLU as it stores act; no pre-activation is kept, since the
+        // backward's mask fc1 > 0 is act > 0 (and after the dropout below too: it scales the kept
+        // values by 1 / (1 - p) > 0, and a dropped one has no gradient to mask).
+        RMT_PROFILE_SCOPE_FLOPS("fwd.linear.fc1", 2 * NQ * C * F);
+        a.fc1.clear();
+        ops::linear_forward<float>(a.act.data(), a.o.data(), w.fc1_w, w.fc1_b, NQ, C, F,
+                                   /*relu=*/true);
     }
     dropout_inplace(a.act, a.keep_act, drop);
     {
@@ -236,7 +241,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                   /*overwrite=*/true);
     } else {
         RMT_PROFILE_SCOPE("bwd.relu");
-        ops::relu_backward<float>(dfc1.data(), dact_pre, a.fc1.data(), NQ * F, /*overwrite=*/true);
+        ops::relu_backward<float>(dfc1.data(), dact_pre, a.act.data(), NQ * F, /*overwrite=*/true);
     }
     {
     RMT_PROFILE_SCOPE_FLOPS("bwd.linear.fc1", 4 * NQ * C * F);

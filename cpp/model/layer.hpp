@@ -58,7 +58,7 @@ struct LayerActivations {
     Buffer res1;      // (B, Q, C)   h + dropout(attn W_o^T), input of LN1
     Buffer ln1_mean, ln1_rstd;   // (B*Q)
     Buffer o;         // (B, Q, C)   LN1 output
-    Buffer fc1;       // (B, Q, F)   pre-activation
+    Buffer fc1;       // (B, Q, F)   pre-activation (GELU only: the ReLU's backward masks by act > 0)
     Buffer act;       // (B, Q, F)   dropout(relu or gelu(fc1))
     std::vector<uint8_t> keep_act;
     std::vector<uint8_t> keep_ff;

@@ -8,10 +8,10 @@ namespace rmt::ops {
 
 template <typename T>
 void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int64_t N, int64_t IC,
-                    int64_t OC) {
+                    int64_t OC, bool relu) {
     // out = inp W^T + bias: the GEMM adds the bias as it stores its first K slice (the broadcast
     // pass it replaced wrote and re-read the whole output: 10 MB at the LM model's fc1)
-    kernels::gemm<T>(false, true, N, OC, IC, T(1), inp, IC, weight, IC, T(0), out, OC, bias);
+    kernels::gemm<T>(false, true, N, OC, IC, T(1), inp, IC, weight, IC, T(0), out, OC, bias, relu);
 }
 
 template <typename T>
@@ -32,8 +32,8 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                       });
 }
 
-template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t);
-template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t, int64_t, int64_t);
+template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, bool);
+template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t, int64_t, int64_t, bool);
 template void linear_backward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, bool);
 template void linear_backward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, int64_t, bool);
 

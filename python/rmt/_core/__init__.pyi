@@ -202,15 +202,15 @@ def fma_peak_gflops(threads: typing.Any = None, seconds: typing.SupportsFloat | 
     """
     Measured float32 FMA peak in GFLOP/s of `threads` threads (default: the current number) running a register-only FMA loop of the active ISA at once; best of 5 runs after a warm-up, about `seconds` in all.
     """
-def gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0, bias: typing.Any = None) -> numpy.ndarray:
+def gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0, bias: typing.Any = None, relu: bool = False) -> numpy.ndarray:
     """
-    C = alpha * op(a) @ op(b) + beta * c + bias, with op(x) = x.T when trans_x and bias (N,) added to every row (None: no bias). Returns c (a new array when c is None). a, b, c, bias: C-contiguous arrays of one float dtype.
+    C = alpha * op(a) @ op(b) + beta * c + bias, with op(x) = x.T when trans_x and bias (N,) added to every row (None: no bias); relu=True stores max(C, 0) instead (NaN -> 0), the fused bias + ReLU of a feed-forward layer. Returns c (a new array when c is None). a, b, c, bias: C-contiguous arrays of one float dtype.
     """
 def gemm_blocking(dtype: typing.Any = None) -> dict:
     """
     The active GEMM's register tile and cache blocking for float32 (or dtype): a dict of mr, nr (the tile), kc (K slice), mc (rows of op(A) per packed block), nc (columns of op(B) per packed slice).
     """
-def gemm_reference(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0, bias: typing.Any = None) -> numpy.ndarray:
+def gemm_reference(a: typing.Any, b: typing.Any, c: typing.Any = None, trans_a: bool = False, trans_b: bool = False, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, beta: typing.SupportsFloat | typing.SupportsIndex = 0.0, bias: typing.Any = None, relu: bool = False) -> numpy.ndarray:
     """
     The scalar reference GEMM (same arguments as gemm).
     """

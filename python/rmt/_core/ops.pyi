@@ -78,9 +78,9 @@ def linear_backward(dout: typing.Any, x: typing.Any, weight: typing.Any, bias: b
     """
     (dx, dweight, dbias) of y = x @ weight.T + bias (dbias is None when bias=False). overwrite_dx: dx is written over a NaN-filled buffer instead of accumulated into zeros (the engine's path for fresh buffers; the result is the same).
     """
-def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any = None) -> numpy.ndarray:
+def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any = None, relu: bool = False) -> numpy.ndarray:
     """
-    y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features).
+    y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features). relu=True: y = relu(x @ weight.T + bias) in the same pass (the feed-forward layers' fc1).
     """
 def masked_softmax_backward(dprobs: typing.Any, probs: typing.Any) -> numpy.ndarray:
     """
