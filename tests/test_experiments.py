@@ -183,6 +183,43 @@ def test_padded_curriculum_stages_cover_every_shorter_number_of_segments():
         spec("copy", 9, "some")
 
 
+def test_fine_curriculum_stages_halve_the_steps_between_the_padded_ones():
+    def spec(task, S, rule="fine"):
+        return ex.make_spec(task, S, "rmt", task_args={"length": 24},
+                            curriculum={"stages": rule})
+
+    def stages(task, S, rule="fine"):
+        return [(st["task_args"]["length"], st["num_segments"])
+                for st in ex.curriculum_stages(spec(task, S, rule))]
+
+    assert stages("copy", 6) == [(2, 1), (4, 1), (6, 2), (8, 2), (10, 3), (12, 3), (14, 4),
+                                 (16, 4), (18, 5), (20, 5), (22, 6)]
+    assert stages("reverse", 4) == [(3, 1), (6, 1), (9, 2), (12, 2), (15, 3), (18, 3), (21, 4)]
+    for task, S in [("copy", 3), ("copy", 6), ("copy", 9), ("reverse", 4), ("reverse", 6)]:
+        fine, padded = stages(task, S), stages(task, S, "padded")
+        assert set(padded) <= set(fine) and len(fine) == 2 * len(padded) + 1
+        assert fine == sorted(fine) and len(set(fine)) == len(fine)
+        final = ex.make_task(spec(task, S))
+        for st in ex.curriculum_stages(spec(task, S)):
+            t = ex.make_task({**spec(task, S), **st})
+            # the stage's own number of segments, all needed, of the run's length
+            assert t.segment_len == final.segment_len and 0 <= t.left_pad < t.segment_len
+            assert t.seq_len == st["num_segments"] * t.segment_len
+    assert ex.run_id(spec("copy", 6)).endswith("-curfine-seed0")
+    assert ex.main(["p1-copy", "--out", "unused", "--segments", "6", "--kinds", "rmt",
+                    "--curriculum", "--fine-stages", "--list"]) == 0
+
+
+def test_cli_rejects_two_stage_rules(capsys):
+    with pytest.raises(SystemExit):
+        ex.main(["p1-copy", "--out", "unused", "--curriculum", "--padded-stages",
+                 "--fine-stages", "--list"])
+    assert "pick one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ex.main(["p1-copy", "--out", "unused", "--fine-stages", "--list"])
+    assert "need --curriculum" in capsys.readouterr().err
+
+
 def test_a_padded_curriculum_run_trains_left_padded_stages(tmp_path):
     s = tiny("rmt", num_segments=3, task_args={"length": 5},
              curriculum={"stages": "padded", "max_steps": 2, "eval_every": 1, "n_val": 8})
@@ -196,6 +233,16 @@ def test_a_padded_curriculum_run_trains_left_padded_stages(tmp_path):
     # (tiny runs train 8 steps, not the grid's 2000: the label says so)
     assert [(row["label"], row["stages"]) for row in rows] == [("RMT +cur, 8 steps", "exact"),
                                                                ("RMT +curpad2, 8 steps", "padded")]
+
+
+def test_a_fine_curriculum_run_trains_its_halfway_stages(tmp_path):
+    s = tiny("rmt", num_segments=3, task_args={"length": 5},
+             curriculum={"stages": "fine", "max_steps": 2, "eval_every": 1, "n_val": 8})
+    r = ex.run_grid([s], tmp_path)[0]
+    # padded stages copy-1 in 1 and copy-3 in 2, each after its halfway stage, then copy-4 in 3
+    assert [(st["task_args"]["length"], st["num_segments"], st["steps"])
+            for st in r["curriculum"]] == [(1, 1, 2), (2, 2, 2), (3, 2, 2), (4, 3, 2)]
+    assert ex.summary_table([r])[0]["label"] == "RMT +curfine2, 8 steps"
 
 
 def test_the_summary_keeps_task_lengths_and_stage_budgets_apart(tmp_path):

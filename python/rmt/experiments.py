@@ -118,10 +118,10 @@ QUICK_OVERRIDES = {
 # A length curriculum (off unless a spec asks for it): before the run proper, the model trains on
 # the shorter copies / reversals that fill 1, 2, ... of its segments, each stage until its own
 # validation accuracy reaches target_accuracy or max_steps pass. A curriculum dict may also hold
-# "stages": "padded" (see curriculum_stages); without it the stages are "exact" (files written
-# before the option have no such key, and mean "exact").
+# "stages": "padded" or "fine" (see curriculum_stages); without it the stages are "exact" (files
+# written before the option have no such key, and mean "exact").
 CURRICULUM_DEFAULTS = {"max_steps": 500, "target_accuracy": 0.99, "n_val": 200, "eval_every": 50}
-CURRICULUM_STAGE_RULES = ("exact", "padded")
+CURRICULUM_STAGE_RULES = ("exact", "padded", "fine")
 
 # ---- specs ----
 
@@ -311,14 +311,27 @@ def curriculum_stages(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     - "padded" stages: for every k < S, the longest L' whose input fits in k segments
       (3 L' <= k T), left-padded to k T like any sample (SPEC section 1); copy-24 in 9 segments
       gets copy-2 in 1, copy-5 in 2, copy-8 in 3, ... copy-21 in 8. Where T is a multiple of 3
-      (2 for reverse) the two rules give the same stages."""
+      (2 for reverse) the two rules give the same stages.
+    - "fine" stages: the padded ones and, before each of them and before the run proper, the
+      length halfway from the previous one, in as many segments as it needs (left-padded):
+      copy-24 in 6 segments of 12 gets copy-2 in 1, copy-4 in 1, copy-6 in 2, copy-8 in 2, ...
+      copy-20 in 5, copy-22 in 6. Each stage adds half as many symbols to remember."""
     s = normalize_spec(spec)
     if s["curriculum"] is None or s["task"] not in ("copy", "reverse"):
         return []
-    padded = s["curriculum"].get("stages", "exact") == "padded"
+    rule = s["curriculum"].get("stages", "exact")
+    padded = rule in ("padded", "fine")
     task = make_task(s)
     per_symbol = 3 if s["task"] == "copy" else 2   # model input tokens per input symbol
     T, L = task.segment_len, task.length
+    if rule == "fine":
+        whole = [k * T // per_symbol for k in range(1, s["num_segments"])] + [L]
+        lengths = sorted({x for prev, cur in zip([0] + whole, whole)
+                          for x in ((prev + cur) // 2, cur) if 0 < x < L})
+        # in the fewest segments that hold the stage's input, left-padded like any sample
+        return [{"task_args": {**s["task_args"], "length": x, "vocab_size": task.vocab_size,
+                               "segment_len": T},
+                 "num_segments": -(-(per_symbol * x) // T)} for x in lengths]
     stages = []
     for k in range(1, s["num_segments"]):
         length = k * T // per_symbol
@@ -758,7 +771,7 @@ def load_results(out_dir) -> List[Dict[str, Any]]:
 def _curriculum_tag(s: Dict[str, Any]) -> str:
     # "cur" / "curpad", with the stage budget when it is not the default ("cur200")
     c = s["curriculum"]
-    tag = "curpad" if c.get("stages") == "padded" else "cur"
+    tag = {"padded": "curpad", "fine": "curfine"}.get(c.get("stages"), "cur")
     default_steps = 10 if s["quick"] else CURRICULUM_DEFAULTS["max_steps"]
     if int(c["max_steps"]) != default_steps:
         tag += str(int(c["max_steps"]))
@@ -768,8 +781,9 @@ def _curriculum_tag(s: Dict[str, Any]) -> str:
 def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per (task, task length, num_segments, kind, curriculum): mean test accuracy over
     seeds, number of runs. Rows carry "length" (copy / reverse: the task length, else None),
-    "curriculum" (whether the runs had a length curriculum), "stages" (its rule, "exact" or
-    "padded", or None) and "curriculum_tag" (as in the run id: "cur", "curpad", "cur200", ...;
+    "curriculum" (whether the runs had a length curriculum), "stages" (its rule, "exact",
+    "padded" or "fine", or None) and "curriculum_tag" (as in the run id: "cur", "curpad",
+    "curfine", "cur200", ...;
     None without one). Runs with a curriculum are labelled "<kind> +<tag>". Runs of another
     step budget than their task's default (FULL_STEPS; quick runs: the quick budget) are another
     variant too, not another seed: "steps" is part of the cell and the label says it
@@ -877,12 +891,18 @@ def main(argv=None) -> int:
     parser.add_argument("--padded-stages", action="store_true",
                         help="with --curriculum: a stage for every shorter number of segments, "
                              "left-padded (curriculum_stages' \"padded\" rule)")
+    parser.add_argument("--fine-stages", action="store_true",
+                        help="with --curriculum: the padded stages and one halfway before each "
+                             "(curriculum_stages' \"fine\" rule; -curfine- in the run id)")
     parser.add_argument("--stage-steps", type=int, default=None,
                         help=f"with --curriculum: at most this many steps per stage (default "
                              f"{CURRICULUM_DEFAULTS['max_steps']})")
     args = parser.parse_args(argv)
-    if (args.padded_stages or args.stage_steps is not None) and not args.curriculum:
-        parser.error("--padded-stages and --stage-steps need --curriculum")
+    if (args.padded_stages or args.fine_stages or args.stage_steps is not None) \
+            and not args.curriculum:
+        parser.error("--padded-stages, --fine-stages and --stage-steps need --curriculum")
+    if args.padded_stages and args.fine_stages:
+        parser.error("--padded-stages and --fine-stages are two different stage rules: pick one")
     if args.stage_steps is not None and args.stage_steps < 1:
         parser.error("--stage-steps must be >= 1")
     curriculum = None
@@ -890,6 +910,8 @@ def main(argv=None) -> int:
         curriculum = {}
         if args.padded_stages:
             curriculum["stages"] = "padded"
+        if args.fine_stages:
+            curriculum["stages"] = "fine"
         if args.stage_steps is not None:
             curriculum["max_steps"] = args.stage_steps
     if args.steps is not None and args.steps < 1:
