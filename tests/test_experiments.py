@@ -245,6 +245,21 @@ def test_a_fine_curriculum_run_trains_its_halfway_stages(tmp_path):
     assert ex.summary_table([r])[0]["label"] == "RMT +curfine2, 8 steps"
 
 
+def test_the_summary_keeps_another_memory_apart():
+    def result(spec, acc):
+        return {"spec": spec, "metrics": {"test_accuracy": acc}}
+
+    grid = ex.get_grid("p1-copy")
+    rmt6 = next(s for s in grid if s["kind"] == "rmt" and s["num_segments"] == 6)
+    rows = ex.summary_table([result(rmt6, 0.5), result(ex.with_memory(rmt6, 6), 0.1),
+                             result(ex.with_memory(rmt6, 12), 0.7)])   # 12 is the grid's own
+    assert [(r["label"], r["test_accuracy"], r["runs"]) for r in rows] == \
+        [("RMT", 0.6, 2), ("RMT, memory 6", 0.1, 1)]
+    # copy-120's fixed memories (60 / 30 / 40, not the segment lengths) are its grid's: no label
+    assert all("memory" not in r["label"] for r in ex.summary_table(
+        [result(s, 0.1) for s in ex.get_grid("p1-copy120")]))
+
+
 def test_the_summary_keeps_task_lengths_and_stage_budgets_apart(tmp_path):
     short, longer = tiny("txl", task_args={"length": 3}), tiny("txl", task_args={"length": 4})
     rows = ex.summary_table(ex.run_grid([short, longer], tmp_path))

@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -778,6 +779,26 @@ def _curriculum_tag(s: Dict[str, Any]) -> str:
     return tag
 
 
+@functools.lru_cache(maxsize=None)
+def _grid_memories() -> Dict[tuple, int]:
+    # (task, task length, num_segments, kind) -> the memory the algorithmic grids give that cell
+    out = {}
+    for name in ("p1-copy", "p1-reverse", "p1-retrieval", "p1-copy120", "p1-quadratic"):
+        for s in GRIDS[name]():
+            length = make_task(s).length if s["task"] in ("copy", "reverse") else None
+            out[(s["task"], length, s["num_segments"], s["kind"])] = s["memory"]
+    return out
+
+
+def _default_memory(s: Dict[str, Any], length: Optional[int]) -> int:
+    """The memory of a (normalized) spec's cell in its grid; without such a cell, the convention
+    (the segment length; the baseline: 0)."""
+    known = _grid_memories().get((s["task"], length, s["num_segments"], s["kind"]))
+    if known is not None:
+        return known
+    return 0 if s["kind"] == "transformer" else make_task(s).segment_len
+
+
 def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per (task, task length, num_segments, kind, curriculum): mean test accuracy over
     seeds, number of runs. Rows carry "length" (copy / reverse: the task length, else None),
@@ -787,7 +808,8 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     None without one). Runs with a curriculum are labelled "<kind> +<tag>". Runs of another
     step budget than their task's default (FULL_STEPS; quick runs: the quick budget) are another
     variant too, not another seed: "steps" is part of the cell and the label says it
-    ("RMT +cur1500, 4000 steps"); "variant" is what the label adds to the kind's name
+    ("RMT +cur1500, 4000 steps"), and so are runs with another memory than their grid's cell
+    (--memory: "RMT +cur, memory 6"); "variant" is what the label adds to the kind's name
     (" +cur1500, 4000 steps"; None for the default variant). Rows also carry "test_sequence_accuracy", the mean whole-answer accuracy
     (the quadratic task's headline figure; None when a run's file predates it)."""
     cells: Dict[tuple, List[float]] = {}
@@ -800,17 +822,19 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         rule = None if s["curriculum"] is None else s["curriculum"].get("stages", "exact")
         tag = None if s["curriculum"] is None else _curriculum_tag(s)
         length = make_task(s).length if s["task"] in ("copy", "reverse") else None
+        memory = s["memory"] if s["memory"] != _default_memory(s, length) else None
         key = (s["task"], length or 0, s["num_segments"], s["kind"], tag or "", s["steps"],
-               bool(s["quick"]))
+               bool(s["quick"]), memory or 0)
         cells.setdefault(key, []).append(r["metrics"]["test_accuracy"])
         whole.setdefault(key, []).append(r["metrics"].get("test_sequence_accuracy"))
         rules[key] = rule
     rows = []
     for key, v in sorted(cells.items()):
-        t, length, n, k, tag, steps, quick = key
+        t, length, n, k, tag, steps, quick, memory = key
         default_steps = QUICK_OVERRIDES["steps"] if quick else FULL_STEPS.get(t)
         variant = (f" +{tag}" if tag else "") + \
-            (f", {steps} steps" if steps != default_steps else "")
+            (f", {steps} steps" if steps != default_steps else "") + \
+            (f", memory {memory}" if memory else "")
         rows.append({"task": t, "length": length or None, "num_segments": n, "kind": k,
                      "curriculum": bool(tag), "stages": rules[key], "curriculum_tag": tag or None,
                      "steps": steps, "variant": variant or None,
