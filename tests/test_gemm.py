@@ -117,35 +117,13 @@ def test_gemm_beta_zero_overwrites_nan(isa, threads, rng, M, N, K, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_bias_is_added_once_to_every_row(isa, threads, rng, dtype):
+@pytest.mark.parametrize("relu", [False, True])
+def test_gemm_epilogue_adds_the_bias_once_and_relus_the_finished_sums(isa, threads, rng, dtype,
+                                                                       relu):
     # Sizes past the active blocking (two MC blocks, three K slices, partial tiles): the bias is
-    # added by the first K slice only, on full and partial tiles, over any beta and over NaN.
-    blk = rmt.gemm_blocking(dtype)
-    M, N, K = blk["mc"] + blk["mr"] + 1, 2 * blk["nr"] + 3, 2 * blk["kc"] + 5
-    for trans_a, trans_b in ORIENTATIONS:
-        a, b = operands(rng, M, N, K, trans_a, trans_b, dtype)
-        bias = rng.standard_normal(N).astype(dtype)
-        c0 = rng.standard_normal((M, N)).astype(dtype)
-        for beta in (0.0, -0.5):
-            want = exact(a, b, trans_a, trans_b, 0.75, beta, c0) + bias
-            for fn in (rmt.gemm, rmt.gemm_reference):
-                c = c0.copy() if beta else np.full((M, N), np.nan, dtype)
-                fn(a, b, c, trans_a, trans_b, alpha=0.75, beta=beta, bias=bias)
-                np.testing.assert_allclose(c, want, **tol(dtype, K))
-    # nothing to multiply (alpha = 0): C = beta C + bias
-    c = rmt.gemm(a, b, c0.copy(), trans_a, trans_b, alpha=0.0, beta=2.0, bias=bias)
-    np.testing.assert_allclose(c, 2.0 * c0 + bias, rtol=1e-6)
-    with pytest.raises(ValueError, match=r"bias has shape \(3,\), expected \(%d,\)" % N):
-        rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias[:3])
-    with pytest.raises(TypeError, match="bias must have dtype"):
-        rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias.astype(np.int32))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_relu_applies_to_the_finished_sums(isa, threads, rng, dtype):
-    # Three K slices: a ReLU applied to a partial sum (any slice but the last) would clip values
-    # that later slices bring back above zero, so a wrong slice shows as a mismatch. Over beta,
-    # bias, full and partial tiles, for the fast path and the reference.
+    # added by the first K slice only, on full and partial tiles, over any beta and over NaN; the
+    # ReLU by the last only (on a partial sum it would clip values that later slices bring back
+    # above zero). The fast path and the reference.
     blk = rmt.gemm_blocking(dtype)
     M, N, K = blk["mc"] + blk["mr"] + 1, 2 * blk["nr"] + 3, 2 * blk["kc"] + 5
     for trans_a, trans_b in ORIENTATIONS:
@@ -154,21 +132,28 @@ def test_gemm_relu_applies_to_the_finished_sums(isa, threads, rng, dtype):
         c0 = rng.standard_normal((M, N)).astype(dtype)
         for beta, with_bias in ((0.0, True), (-0.5, True), (0.0, False)):
             want = exact(a, b, trans_a, trans_b, 0.75, beta, c0) + (bias if with_bias else 0)
-            assert 0.3 < (want > 0).mean() < 0.7   # both sides of the ReLU are exercised
-            want = np.maximum(want, 0.0)
+            if relu:
+                assert 0.3 < (want > 0).mean() < 0.7   # both sides of the ReLU are exercised
+                want = np.maximum(want, 0.0)
             for fn in (rmt.gemm, rmt.gemm_reference):
                 c = c0.copy() if beta else np.full((M, N), np.nan, dtype)
                 fn(a, b, c, trans_a, trans_b, alpha=0.75, beta=beta,
-                   bias=bias if with_bias else None, relu=True)
+                   bias=bias if with_bias else None, relu=relu)
                 np.testing.assert_allclose(c, want, **tol(dtype, K))
-    # nothing to multiply (alpha = 0): C = relu(beta C + bias); a NaN becomes 0, as
-    # rmt.ops.relu_forward does
-    c_nan = c0.copy()
-    c_nan[0, 0] = np.nan
-    c = rmt.gemm(a, b, c_nan, trans_a, trans_b, alpha=0.0, beta=2.0, bias=bias, relu=True)
-    want = np.maximum(2.0 * c0 + bias, 0.0)
-    want[0, 0] = 0.0
+    # nothing to multiply (alpha = 0): C = beta C + bias, then the ReLU; a NaN becomes 0 there,
+    # as in rmt.ops.relu_forward
+    c_in = c0.copy()
+    c_in[0, 0] = np.nan
+    c = rmt.gemm(a, b, c_in, trans_a, trans_b, alpha=0.0, beta=2.0, bias=bias, relu=relu)
+    want = 2.0 * c0 + bias
+    want[0, 0] = np.nan
+    if relu:
+        want = np.where(want > 0, want, 0.0)
     np.testing.assert_allclose(c, want, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\), expected \(%d,\)" % N):
+        rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias[:3], relu=relu)
+    with pytest.raises(TypeError, match="bias must have dtype"):
+        rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias.astype(np.int32), relu=relu)
 
 
 def test_gemm_relu_turns_nan_into_zero_like_relu_forward(isa, rng):
