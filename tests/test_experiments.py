@@ -354,6 +354,10 @@ def test_with_memory_changes_the_memory_of_every_kind_that_has_one(capsys):
     with pytest.raises(SystemExit):
         ex.main(["p1-copy", "--out", "unused", "--memory", "0", "--list"])
     assert "--memory must be >= 1" in capsys.readouterr().err
+    # the LM grid has several memories per kind: one --memory would merge them
+    with pytest.raises(SystemExit):
+        ex.main(["p1-lm", "--out", "unused", "--memory", "6", "--list"])
+    assert "one and the same run" in capsys.readouterr().err
 
 
 def test_cli_runs_every_selected_run_once_per_seed(capsys):

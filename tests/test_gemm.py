@@ -166,11 +166,18 @@ def test_gemm_relu_turns_nan_into_zero_like_relu_forward(isa, rng):
 
 
 def test_gemm_wide_n_crosses_nc_blocks(isa, rng):
-    # N > NC (3072): more than one column block of packed B.
+    # N > NC (3072): more than one column block of packed B; then with the epilogue over two K
+    # slices, whose bias and ReLU every column block applies on its own first / last slice.
     for trans_a, trans_b in ORIENTATIONS:
         a, b = operands(rng, 9, 3100, 17, trans_a, trans_b, np.float32)
         c = rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
         np.testing.assert_allclose(c, exact(a, b, trans_a, trans_b), **tol(np.float32, 17))
+    K = rmt.gemm_blocking()["kc"] + 7
+    a, b = operands(rng, 9, 3100, K, False, True, np.float32)
+    bias = rng.standard_normal(3100).astype(np.float32)
+    c = rmt.gemm(a, b, trans_b=True, bias=bias, relu=True)
+    np.testing.assert_allclose(c, np.maximum(exact(a, b, False, True) + bias, 0),
+                               **tol(np.float32, K))
 
 
 def test_gemm_leaves_inputs_unchanged(rng):

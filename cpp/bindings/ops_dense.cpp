@@ -126,7 +126,8 @@ void register_ops_dense(py::module_& ops) {
         });
     }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("relu") = false,
        "y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features). "
-       "relu=True: y = relu(x @ weight.T + bias) in the same pass (the feed-forward layers' fc1).");
+       "relu=True: y = relu(x @ weight.T + bias) in the same pass (the feed-forward fc1 of the "
+       "ReLU models).");
     ops.def("linear_backward", [](py::handle dout, py::handle x, py::handle weight, bool bias,
                                   bool overwrite_dx) -> py::tuple {
         return dispatch_float(x, "x", [&](auto tag) -> py::tuple {

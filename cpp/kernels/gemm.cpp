@@ -4,7 +4,7 @@
 // only broadcasts A's elements: an untransposed A is read in place (MR rows at a time), a
 // transposed one is packed per block into MR-tall panels. Threads split the (MC block x NR panel)
 // tiles of one KC slice. The first KC slice applies beta and adds the bias; later slices
-// accumulate (beta = 1).
+// accumulate (beta = 1); the last one applies the ReLU when asked (the finished sums only).
 #include "kernels/gemm.hpp"
 
 #include <algorithm>

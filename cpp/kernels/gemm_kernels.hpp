@@ -42,9 +42,11 @@ void gemm_micro(int64_t kc, const T* a, int64_t a_rs, int64_t a_cs, const T* b_p
     // Ask for the C tile's lines now, with intent to write: the k loop below hides their
     // latency, where a tile of a large C (far out of L2) would otherwise stall at the store.
     constexpr int kLineElems = 64 / int(sizeof(T));
+    // Only the m x n elements the tile stores: on a right-edge tile, lines past n may be
+    // another thread's tile, or past the end of C.
     for (int r = 0; r < m; ++r) {
-        for (int q = 0; q < NR; q += kLineElems) __builtin_prefetch(c + r * ldc + q, 1, 3);
-        __builtin_prefetch(c + r * ldc + NR - 1, 1, 3);   // an unaligned row's last line
+        for (int q = 0; q < n; q += kLineElems) __builtin_prefetch(c + r * ldc + q, 1, 3);
+        __builtin_prefetch(c + r * ldc + n - 1, 1, 3);   // an unaligned row's last line
     }
     batch acc[MR][NV];
     for (int r = 0; r < MR; ++r)

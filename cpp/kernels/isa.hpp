@@ -50,7 +50,8 @@ constexpr int64_t pad_elements() { return int64_t(64 / sizeof(T)); }
 // a_cs = 1). Bpanel is packed NR-interleaved (kc rows of NR values). m <= MR and n <= NR describe
 // a partial edge tile. beta == 0 overwrites C (never reads it, so NaN garbage in C does not leak).
 // bias, when not nullptr, holds the tile's NR column biases (n of them meaningful), added to every
-// row as the tile is stored.
+// row as the tile is stored; relu then stores max(result, 0) instead (NaN -> 0). The kernel
+// prefetches the m x n part of C it stores (for writing) before its k loop.
 //
 // kc and mc are the cache blocking that goes with the tile (kernels/gemm.cpp): the K slice and the
 // rows of op(A) packed per block. The NR x kc micro-panel of B should stay in L1 and the mc x kc

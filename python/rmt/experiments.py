@@ -770,7 +770,7 @@ def load_results(out_dir) -> List[Dict[str, Any]]:
 
 
 def _curriculum_tag(s: Dict[str, Any]) -> str:
-    # "cur" / "curpad", with the stage budget when it is not the default ("cur200")
+    # "cur" / "curpad" / "curfine", with the stage budget when it is not the default ("cur200")
     c = s["curriculum"]
     tag = {"padded": "curpad", "fine": "curfine"}.get(c.get("stages"), "cur")
     default_steps = 10 if s["quick"] else CURRICULUM_DEFAULTS["max_steps"]
@@ -781,22 +781,25 @@ def _curriculum_tag(s: Dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _grid_memories() -> Dict[tuple, int]:
-    # (task, task length, num_segments, kind) -> the memory the algorithmic grids give that cell
+    # (task, task length, num_segments, segment length, kind) -> the memory the algorithmic
+    # grids give that cell
     out = {}
     for name in ("p1-copy", "p1-reverse", "p1-retrieval", "p1-copy120", "p1-quadratic"):
         for s in GRIDS[name]():
-            length = make_task(s).length if s["task"] in ("copy", "reverse") else None
-            out[(s["task"], length, s["num_segments"], s["kind"])] = s["memory"]
+            task = make_task(s)
+            length = task.length if s["task"] in ("copy", "reverse") else None
+            out[(s["task"], length, s["num_segments"], task.segment_len, s["kind"])] = s["memory"]
     return out
 
 
 def _default_memory(s: Dict[str, Any], length: Optional[int]) -> int:
     """The memory of a (normalized) spec's cell in its grid; without such a cell, the convention
     (the segment length; the baseline: 0)."""
-    known = _grid_memories().get((s["task"], length, s["num_segments"], s["kind"]))
+    T = make_task(s).segment_len
+    known = _grid_memories().get((s["task"], length, s["num_segments"], T, s["kind"]))
     if known is not None:
         return known
-    return 0 if s["kind"] == "transformer" else make_task(s).segment_len
+    return 0 if s["kind"] == "transformer" else T
 
 
 def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -809,7 +812,8 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     step budget than their task's default (FULL_STEPS; quick runs: the quick budget) are another
     variant too, not another seed: "steps" is part of the cell and the label says it
     ("RMT +cur1500, 4000 steps"), and so are runs with another memory than their grid's cell
-    (--memory: "RMT +cur, memory 6"); "variant" is what the label adds to the kind's name
+    (--memory: "RMT +cur, memory 6"; "memory" is then 6, else None); "variant" is what the
+    label adds to the kind's name
     (" +cur1500, 4000 steps"; None for the default variant). Rows also carry "test_sequence_accuracy", the mean whole-answer accuracy
     (the quadratic task's headline figure; None when a run's file predates it)."""
     cells: Dict[tuple, List[float]] = {}
@@ -836,6 +840,7 @@ def summary_table(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             (f", {steps} steps" if steps != default_steps else "") + \
             (f", memory {memory}" if memory else "")
         rows.append({"task": t, "length": length or None, "num_segments": n, "kind": k,
+                     "memory": memory or None,   # None: the cell's own (the grid's) memory
                      "curriculum": bool(tag), "stages": rules[key], "curriculum_tag": tag or None,
                      "steps": steps, "variant": variant or None,
                      "label": KIND_LABELS.get(k, k) + variant,
@@ -953,6 +958,13 @@ def main(argv=None) -> int:
     specs = select(grid, args.kinds, args.segments, curriculum)
     if not specs:
         parser.error("no run of the grid matches --kinds / --segments")
+    if args.memory is not None:
+        ids = [run_id(s) for s in specs]
+        same = sorted({i for i in ids if ids.count(i) > 1})
+        if same:
+            parser.error(f"--memory {args.memory} makes runs of {args.grid} that differed only "
+                         f"in their memory one and the same run ({', '.join(same)}); it is for "
+                         f"grids with one memory per cell")
     if args.seeds is not None:
         specs = [normalize_spec({**spec, "seed": seed}) for spec in specs for seed in args.seeds]
     if args.list:

@@ -80,7 +80,7 @@ def linear_backward(dout: typing.Any, x: typing.Any, weight: typing.Any, bias: b
     """
 def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any = None, relu: bool = False) -> numpy.ndarray:
     """
-    y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features). relu=True: y = relu(x @ weight.T + bias) in the same pass (the feed-forward layers' fc1).
+    y = x @ weight.T + bias; weight (out_features, in_features), x (..., in_features). relu=True: y = relu(x @ weight.T + bias) in the same pass (the feed-forward fc1 of the ReLU models).
     """
 def masked_softmax_backward(dprobs: typing.Any, probs: typing.Any) -> numpy.ndarray:
     """
