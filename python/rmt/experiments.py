@@ -325,14 +325,6 @@ def curriculum_stages(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     task = make_task(s)
     per_symbol = 3 if s["task"] == "copy" else 2   # model input tokens per input symbol
     T, L = task.segment_len, task.length
-    if rule == "fine":
-        whole = [k * T // per_symbol for k in range(1, s["num_segments"])] + [L]
-        lengths = sorted({x for prev, cur in zip([0] + whole, whole)
-                          for x in ((prev + cur) // 2, cur) if 0 < x < L})
-        # in the fewest segments that hold the stage's input, left-padded like any sample
-        return [{"task_args": {**s["task_args"], "length": x, "vocab_size": task.vocab_size,
-                               "segment_len": T},
-                 "num_segments": -(-(per_symbol * x) // T)} for x in lengths]
     stages = []
     for k in range(1, s["num_segments"]):
         length = k * T // per_symbol
@@ -343,6 +335,14 @@ def curriculum_stages(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
             if padded:
                 args["segment_len"] = T
             stages.append({"task_args": args, "num_segments": k})
+    if rule == "fine":   # the padded stages, each after the length halfway from the one before
+        whole = [st["task_args"]["length"] for st in stages] + [L]
+        halfway = [(prev + cur) // 2 for prev, cur in zip([0] + whole, whole)]
+        lengths = sorted({x for x in whole[:-1] + halfway if 0 < x < L})
+        # each in the fewest segments that hold its input, left-padded like any sample
+        stages = [{"task_args": {**s["task_args"], "length": x, "vocab_size": task.vocab_size,
+                                 "segment_len": T},
+                   "num_segments": -(-(per_symbol * x) // T)} for x in lengths]
     return stages
 
 
