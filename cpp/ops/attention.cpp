@@ -65,6 +65,31 @@ void zero_head(T* x, int64_t rows, int64_t hs, int64_t C) {
     for (int64_t i = 0; i < rows; ++i) std::fill(x + i * C, x + i * C + hs, T(0));
 }
 
+// Asks for one head's slice (rows x hs, row stride C) in cache ahead of its use: a pair reads
+// its q, k, v (and dout) slices once, a row of C apart, and those rows come from buffers of the
+// whole batch (several MB, out of L2) that the hardware prefetchers follow poorly across pages.
+// Issued for the pair this thread takes next, they arrive while the current pair computes.
+// Gradient slices, which the pair reads and writes, are asked for with intent to write.
+template <bool kForWrite = false, typename T>
+void prefetch_head(const T* x, int64_t rows, int64_t hs, int64_t C) {
+    constexpr int64_t kLineElems = 64 / int64_t(sizeof(T));
+    constexpr int kWrite = kForWrite ? 1 : 0;
+    for (int64_t i = 0; i < rows; ++i) {
+        const T* row = x + i * C;
+        for (int64_t d = 0; d < hs; d += kLineElems) __builtin_prefetch(row + d, kWrite, 2);
+        __builtin_prefetch(row + hs - 1, kWrite, 2);   // an unaligned row's last line
+    }
+}
+
+// The pair this thread takes after bh, assuming the dynamic schedule hands the pairs out in turn.
+inline int64_t next_pair(int64_t bh) {
+#ifdef RMT_HAVE_OPENMP
+    return bh + omp_get_num_threads();
+#else
+    return bh + 1;
+#endif
+}
+
 // Per-thread scratch that only grows: after the first step no product allocates. SLOT_B and
 // SLOT_C_TAIL hold head_gemm's transposed or padded operands; SLOT_DBD and SLOT_DBD_SUMS the
 // relative attention backward's whole-call buffers (dBD of every (batch, head) pair, a few MB,
@@ -246,9 +271,19 @@ int64_t score_columns(int64_t hi, int64_t K) {
 template <typename T>
 void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int64_t Kp,
                     int64_t hs, int64_t C) {
+    // Sixteen rows of x at a time, each read along its hs elements: a column of x walks lines a
+    // row (C elements) apart, which at a power-of-two C fall into a few L1 sets and evict each
+    // other before the next column comes back to them.
+    constexpr int64_t kRows = 16;
+    int64_t m0 = 0;
+    for (; m0 + kRows <= K; m0 += kRows)
+        for (int64_t d = 0; d < hs; ++d) {
+            T* row = out + d * Kp + m0;
+            for (int64_t r = 0; r < kRows; ++r) row[r] = x[(m0 + r) * C + d];
+        }
     for (int64_t d = 0; d < hs; ++d) {
         T* row = out + d * Kp;
-        for (int64_t m = 0; m < K; ++m) row[m] = x[m * C + d];
+        for (int64_t m = m0; m < K; ++m) row[m] = x[m * C + d];
         std::fill(row + K, row + Kp, T(0));
     }
 }
@@ -321,6 +356,12 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             const int64_t* ends = key_end.data() + (mask_sets > 1 ? b * nblk : 0);
             T* oh = out + b * Q * C + h * hs;
             T* p = probs + (b * NH + h) * Q * K;
+            if (const int64_t nb = next_pair(bh); nb < B * NH) {
+                const int64_t h2 = nb / B, b2 = nb % B;
+                prefetch_head(q + b2 * Q * C + h2 * hs, Q, hs, C);
+                prefetch_head(k + b2 * K * C + h2 * hs, K, hs, C);
+                prefetch_head(v + b2 * K * C + h2 * hs, K, hs, C);
+            }
             {
                 T* __restrict__ qu_out = qu.data();
                 T* __restrict__ qv_out = qv.data();
@@ -419,6 +460,16 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             T* dvh = dv + b * K * C + h * hs;
             T* duh = (B > 1 ? du_parts.data() + b * C : du_bias) + h * hs;
             T* dbd = dbd_all + (h * B + b) * Q * K;
+            if (const int64_t nb = next_pair(bh); nb < B * NH) {
+                const int64_t h2 = nb / B, b2 = nb % B;
+                prefetch_head(q + b2 * Q * C + h2 * hs, Q, hs, C);
+                prefetch_head(k + b2 * K * C + h2 * hs, K, hs, C);
+                prefetch_head(v + b2 * K * C + h2 * hs, K, hs, C);
+                prefetch_head(dout + b2 * Q * C + h2 * hs, Q, hs, C);
+                prefetch_head<true>(dq + b2 * Q * C + h2 * hs, Q, hs, C);
+                prefetch_head<true>(dk + b2 * K * C + h2 * hs, K, hs, C);
+                prefetch_head<true>(dv + b2 * K * C + h2 * hs, K, hs, C);
+            }
             if (overwrite) {
                 zero_head(dqh, Q, hs, C);
                 zero_head(dkh, K, hs, C);
