@@ -8,7 +8,9 @@ step (a third of the copy step) would drown in the machine's drift.
 
 Each shape is one layer's call of a segment in the model of benchmarks/train_step.py: batch B,
 Q = K = 2M + T rows ([read memory | tokens | write memory]), the RMT decoder mask, C = heads x
-head size. A sample is the fastest of --repeats calls; the ratio is after / before speed.
+head size. A sample is the fastest of --repeats calls; the ratio is after / before speed. A call
+goes through the Python binding, so it also allocates its outputs (the backward fills its dq, dk,
+dv with NaN first): that part is the same in both builds and pulls the ratios towards 1.
 """
 from __future__ import annotations
 

@@ -273,7 +273,8 @@ void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int
                     int64_t hs, int64_t C) {
     // Sixteen rows of x at a time, each read along its hs elements: a column of x walks lines a
     // row (C elements) apart, which at a power-of-two C fall into a few L1 sets and evict each
-    // other before the next column comes back to them.
+    // other before the next column comes back to them. Sixteen lines fit the sets they share up
+    // to C = 512 floats (an 8-way L1); at C >= 1024 they would share one set and thrash again.
     constexpr int64_t kRows = 16;
     int64_t m0 = 0;
     for (; m0 + kRows <= K; m0 += kRows)
