@@ -200,6 +200,12 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
         T* const a_packed = a_pack_buffer<T>(MC * kc_max);
         const int64_t m_blocks = (M + MC - 1) / MC;
         for (int64_t j0 = 0; j0 < N; j0 += NC) {
+            // A new column block hands the panels out afresh: a thread's first panels may be ones
+            // another thread is still multiplying with from the last block (N > NC at 2 threads
+            // gave wrong columns, intermittently), so all wait here first.
+            if (j0 > 0) {
+#pragma omp barrier
+            }
             const int64_t nc = std::min<int64_t>(NC, N - j0);
             const int64_t n_panels = (nc + NR - 1) / NR;
             // Each thread owns a contiguous range of B panels when there are enough of them: it
