@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Optional
 
 
 def timed(fn, min_time: float) -> float:
@@ -35,9 +36,19 @@ def median_ratio(ours, theirs):
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def build_pair_parser(description: str, rounds: int):
+def fastest(fn, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of fn: a sample of the per-call comparisons."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def build_pair_parser(description: str, rounds: int, repeats: Optional[int] = None):
     """The command line shared by the two-build comparisons: before, after, --threads,
-    --rounds and the hidden --worker."""
+    --rounds, the hidden --worker and, given a default for it, --repeats."""
     import argparse
 
     p = argparse.ArgumentParser(description=description)
@@ -46,6 +57,9 @@ def build_pair_parser(description: str, rounds: int):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    if repeats is not None:
+        p.add_argument("--repeats", type=int, default=repeats,
+                       help="calls per sample (the fastest counts)")
     return p
 
 

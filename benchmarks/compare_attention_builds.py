@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from alternating import alternate_builds, build_pair_parser
+from alternating import alternate_builds, build_pair_parser, fastest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import MODELS  # noqa: E402
@@ -65,18 +64,12 @@ def worker(python_dir: str, threads: int, repeats: int) -> None:
     for _ in sys.stdin:
         out = []
         for fn in cases:
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            out.append(f"{best * 1e3:.4f}")
+            out.append(f"{fastest(fn, repeats) * 1e3:.4f}")
         print(" ".join(out), flush=True)
 
 
 def main(argv=None) -> None:
-    p = build_pair_parser(__doc__.split("\n\n")[0], rounds=15)
-    p.add_argument("--repeats", type=int, default=5, help="calls per sample (the fastest counts)")
+    p = build_pair_parser(__doc__.split("\n\n")[0], rounds=15, repeats=5)
     args = p.parse_args(argv)
     if args.worker:
         worker(args.before, args.threads, args.repeats)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from alternating import alternate_builds, build_pair_parser
+from alternating import alternate_builds, build_pair_parser, fastest
 
 # (label, M, N, K, trans_a, trans_b) for C[M, N] = op(A) op(B): the three products of each linear
 # of the training-step models (benchmarks/train_step.py: rows = batch x (segment + 2 x memory),
@@ -66,18 +65,13 @@ def worker(python_dir: str, threads: int, repeats: int, shape_set: str) -> None:
     for _ in sys.stdin:
         out = []
         for a, b, c, ta, tb, flops in cases:
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                rmt.gemm(a, b, c, trans_a=ta, trans_b=tb)
-                best = min(best, time.perf_counter() - t0)
+            best = fastest(lambda: rmt.gemm(a, b, c, trans_a=ta, trans_b=tb), repeats)
             out.append(f"{flops / best / 1e9:.2f}")
         print(" ".join(out), flush=True)
 
 
 def main(argv=None) -> None:
-    p = build_pair_parser(__doc__.split("\n\n")[0], rounds=5)
-    p.add_argument("--repeats", type=int, default=5, help="calls per sample (the fastest counts)")
+    p = build_pair_parser(__doc__.split("\n\n")[0], rounds=5, repeats=5)
     p.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="models",
                    help="the models' linear-layer products, the large ones of `rmt bench`, or both")
     args = p.parse_args(argv)
