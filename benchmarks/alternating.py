@@ -46,6 +46,21 @@ def fastest(fn, repeats: int) -> float:
     return best
 
 
+def sample_columns(answers: dict, times: bool):
+    """The per-round answer lines of alternate_builds (numbers separated by spaces, one per case)
+    as one column per case: a list of (before values, after values, after / before speed per
+    round). `times`: the numbers are times (lower is faster), else rates (higher is faster)."""
+    rows = {name: [[float(x) for x in line.split()] for line in answers[name]]
+            for name in ("before", "after")}
+    columns = []
+    for j in range(len(rows["before"][0])):
+        before = [r[j] for r in rows["before"]]
+        after = [r[j] for r in rows["after"]]
+        ratios = [x / y if times else y / x for x, y in zip(before, after)]
+        columns.append((before, after, ratios))
+    return columns
+
+
 def build_pair_parser(description: str, rounds: int, repeats: Optional[int] = None):
     """The command line shared by the two-build comparisons: before, after, --threads,
     --rounds, the hidden --worker and, given a default for it, --repeats."""

@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from alternating import alternate_builds, build_pair_parser, fastest
+from alternating import alternate_builds, build_pair_parser, fastest, sample_columns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import MODELS  # noqa: E402
@@ -77,17 +77,13 @@ def main(argv=None) -> None:
     answers = alternate_builds(__file__, {"before": args.before, "after": args.after},
                                ["--threads", str(args.threads), "--repeats", str(args.repeats)],
                                args.rounds, "go")
-    samples = [[[float(x) for x in line.split()] for line in answers[name]]
-               for name in ("before", "after")]
     print(f"threads {args.threads}, {args.rounds} alternating rounds; ms per call, median of "
           f"rounds; speed ratio after / before: median (min-max) over rounds")
     ratios_all = []
     labels = [(f"{name}.{d}", B, 2 * M + T, NH, hs) for name, B, M, T, NH, hs in shapes()
               for d in ("fwd", "bwd")]
-    for j, (label, B, Q, NH, hs) in enumerate(labels):
-        before = [r[j] for r in samples[0]]
-        after = [r[j] for r in samples[1]]
-        ratios = [x / y for x, y in zip(before, after)]
+    for (label, B, Q, NH, hs), (before, after, ratios) in zip(
+            labels, sample_columns(answers, times=True)):
         ratios_all.append(statistics.median(ratios))
         print(f"{label:>11}  B {B:>2} Q=K {Q:>3} heads {NH} x {hs:<3} before "
               f"{statistics.median(before):8.3f}  after {statistics.median(after):8.3f}  ratio "

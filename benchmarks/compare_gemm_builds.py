@@ -14,7 +14,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from alternating import alternate_builds, build_pair_parser, fastest
+from alternating import alternate_builds, build_pair_parser, fastest, sample_columns
 
 # (label, M, N, K, trans_a, trans_b) for C[M, N] = op(A) op(B): the three products of each linear
 # of the training-step models (benchmarks/train_step.py: rows = batch x (segment + 2 x memory),
@@ -82,15 +82,11 @@ def main(argv=None) -> None:
                                ["--threads", str(args.threads), "--repeats", str(args.repeats),
                                 "--shapes", args.shapes],
                                args.rounds, "go")
-    samples = [[[float(x) for x in line.split()] for line in answers[name]]
-               for name in ("before", "after")]
     print(f"threads {args.threads}, {args.rounds} alternating rounds; GFLOP/s, median of rounds; "
           f"ratio after / before: median (min-max) over rounds")
     ratios_all = []
-    for j, (label, M, N, K, ta, tb) in enumerate(SHAPE_SETS[args.shapes]()):
-        before = [r[j] for r in samples[0]]
-        after = [r[j] for r in samples[1]]
-        ratios = [y / x for x, y in zip(before, after)]
+    for (label, M, N, K, ta, tb), (before, after, ratios) in zip(
+            SHAPE_SETS[args.shapes](), sample_columns(answers, times=False)):
         ratios_all.append(statistics.median(ratios))
         print(f"{label:>18} {M:>5}x{N:<5}x{K:<5} before {statistics.median(before):7.1f}  "
               f"after {statistics.median(after):7.1f}  ratio {statistics.median(ratios):.3f} "
