@@ -185,13 +185,17 @@ def test_gemm_wide_n_at_two_threads_is_right_every_time(isa, rng):
     # panels can be ones the other thread is still multiplying with: without a barrier between
     # the blocks 4% of these products had wrong columns (13 of 300 on the avx2 kernel, a Zen 4
     # machine). Many repeats of a small, fast product give the race its chances.
-    rmt.set_num_threads(2)
     K = rmt.gemm_blocking()["kc"] + 7
     a = rng.standard_normal((9, K)).astype(np.float32)
     b = rng.standard_normal((3100, K)).astype(np.float32)
     want = exact(a, b, False, True)
-    for _ in range(300):
-        np.testing.assert_allclose(rmt.gemm(a, b, trans_b=True), want, **tol(np.float32, K))
+    previous = rmt.get_num_threads()
+    rmt.set_num_threads(2)
+    try:
+        for _ in range(300):
+            np.testing.assert_allclose(rmt.gemm(a, b, trans_b=True), want, **tol(np.float32, K))
+    finally:
+        rmt.set_num_threads(previous)
 
 
 def test_gemm_leaves_inputs_unchanged(rng):

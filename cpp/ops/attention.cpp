@@ -81,6 +81,13 @@ void prefetch_head(const T* x, int64_t rows, int64_t hs, int64_t C) {
     }
 }
 
+// prefetch_head of pair bh's slice of x, a (B, rows, C) buffer whose head h is columns
+// [h * hs, (h + 1) * hs); the pairs are taken head-major (bh = h * B + b).
+template <bool kForWrite = false, typename T>
+void prefetch_pair(const T* x, int64_t bh, int64_t B, int64_t rows, int64_t hs, int64_t C) {
+    prefetch_head<kForWrite>(x + (bh % B) * rows * C + (bh / B) * hs, rows, hs, C);
+}
+
 // The pair this thread takes after bh, assuming the dynamic schedule hands the pairs out in turn.
 inline int64_t next_pair(int64_t bh) {
 #ifdef RMT_HAVE_OPENMP
@@ -358,10 +365,9 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             T* oh = out + b * Q * C + h * hs;
             T* p = probs + (b * NH + h) * Q * K;
             if (const int64_t nb = next_pair(bh); nb < B * NH) {
-                const int64_t h2 = nb / B, b2 = nb % B;
-                prefetch_head(q + b2 * Q * C + h2 * hs, Q, hs, C);
-                prefetch_head(k + b2 * K * C + h2 * hs, K, hs, C);
-                prefetch_head(v + b2 * K * C + h2 * hs, K, hs, C);
+                prefetch_pair(q, nb, B, Q, hs, C);
+                prefetch_pair(k, nb, B, K, hs, C);
+                prefetch_pair(v, nb, B, K, hs, C);
             }
             {
                 T* __restrict__ qu_out = qu.data();
@@ -462,14 +468,13 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
             T* duh = (B > 1 ? du_parts.data() + b * C : du_bias) + h * hs;
             T* dbd = dbd_all + (h * B + b) * Q * K;
             if (const int64_t nb = next_pair(bh); nb < B * NH) {
-                const int64_t h2 = nb / B, b2 = nb % B;
-                prefetch_head(q + b2 * Q * C + h2 * hs, Q, hs, C);
-                prefetch_head(k + b2 * K * C + h2 * hs, K, hs, C);
-                prefetch_head(v + b2 * K * C + h2 * hs, K, hs, C);
-                prefetch_head(dout + b2 * Q * C + h2 * hs, Q, hs, C);
-                prefetch_head<true>(dq + b2 * Q * C + h2 * hs, Q, hs, C);
-                prefetch_head<true>(dk + b2 * K * C + h2 * hs, K, hs, C);
-                prefetch_head<true>(dv + b2 * K * C + h2 * hs, K, hs, C);
+                prefetch_pair(q, nb, B, Q, hs, C);
+                prefetch_pair(k, nb, B, K, hs, C);
+                prefetch_pair(v, nb, B, K, hs, C);
+                prefetch_pair(dout, nb, B, Q, hs, C);
+                prefetch_pair<true>(dq, nb, B, Q, hs, C);
+                prefetch_pair<true>(dk, nb, B, K, hs, C);
+                prefetch_pair<true>(dv, nb, B, K, hs, C);
             }
             if (overwrite) {
                 zero_head(dqh, Q, hs, C);
