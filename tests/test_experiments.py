@@ -413,6 +413,53 @@ def test_a_curriculum_run_trains_the_stages_first_and_resumes(tmp_path):
     np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
 
 
+def test_a_run_killed_in_its_curriculum_resumes_at_the_stage_it_was_in(tmp_path):
+    # copy-6 in 3 segments of 6: stages copy-2 in 1 segment and copy-4 in 2
+    spec = tiny("rmt", num_segments=3, task_args={"length": 6},
+                curriculum={"max_steps": 4, "eval_every": 2, "n_val": 8, "target_accuracy": None})
+    straight = ex.run_grid([spec], tmp_path / "a")[0]
+    assert [st["task_args"]["length"] for st in straight["curriculum"]] == [2, 4]
+
+    def kill_in_stage_2(rec):
+        if rec.get("curriculum_stage") == 1 and rec.get("step") == 3 and "loss" in rec:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        ex.run_grid([spec], tmp_path / "b", callback=kill_in_stage_2)
+    ckpt = tmp_path / "b" / "_checkpoints" / ex.run_id(spec)
+    assert (ckpt / ex.CURRICULUM_CHECKPOINT).exists() and not (ckpt / "last.safetensors").exists()
+    records, messages = [], []
+    resumed = ex.run_grid([spec], tmp_path / "b", log=messages.append,
+                          callback=lambda r: records.append(
+                              (r.get("curriculum_stage"), r["step"])) if "loss" in r else None)[0]
+    # the first stage is not trained again; the second starts over from its first step
+    assert records[:4] == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert records[4:] == [(None, k) for k in range(1, 9)]
+    assert any("resuming after stage 1/2" in m for m in messages)
+    assert any("curriculum stage 2/2, copy-4 in 2 segments: 4 steps" in m for m in messages)
+    no_time = lambda cur: [{k: v for k, v in st.items() if k != "wall_time"} for st in cur]
+    assert no_time(resumed["curriculum"]) == no_time(straight["curriculum"])
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
+    for k, v in straight["metrics"].items():
+        assert resumed["metrics"][k] == pytest.approx(v, rel=1e-6), k
+    assert not (tmp_path / "b" / "_checkpoints").exists()
+
+
+def test_a_curriculum_checkpoint_of_other_stages_is_a_clear_error(tmp_path):
+    spec = tiny("rmt", num_segments=3, task_args={"length": 6},
+                curriculum={"max_steps": 2, "eval_every": 2, "n_val": 8, "target_accuracy": None})
+    ckpt = tmp_path / "_checkpoints" / ex.run_id(spec)
+    ckpt.mkdir(parents=True)
+    model = ex.build_model(spec)
+    other = [{"task_args": {"length": 3}, "num_segments": 1, "steps": 2, "val_accuracy": 0.5}]
+    model.save(ckpt / ex.CURRICULUM_CHECKPOINT, {"curriculum": json.dumps(other)})
+    with pytest.raises(ValueError, match="other curriculum stages"):
+        ex.run_grid([spec], tmp_path)
+    model.save(ckpt / ex.CURRICULUM_CHECKPOINT)   # no record of the stages at all
+    with pytest.raises(ValueError, match="not a curriculum checkpoint"):
+        ex.run_grid([spec], tmp_path)
+
+
 def test_select_filters_kinds_and_segments_and_adds_the_curriculum():
     specs = ex.select(ex.get_grid("p1-copy"), kinds=["rmt", "txl"], segments=[1, 9],
                       curriculum={})

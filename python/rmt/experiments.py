@@ -16,7 +16,10 @@ evaluations and checkpoints included), the engine's git commit (or the package v
 date; the file is written atomically (temporary file + os.replace). A run whose results file
 exists is skipped, so a grid can be restarted (an existing file of a different spec with the
 same run_id is an error, never silently taken for the run); a run killed midway resumes from the checkpoint
-in `<out>/_checkpoints/<run_id>/` (removed once the results are written).
+in `<out>/_checkpoints/<run_id>/` (removed once the results are written): from its last
+checkpoint in the run proper, or, killed during its curriculum, at the stage it was in (the
+model is saved after every stage, so a 17-stage curriculum of an hour loses at most one stage).
+With a `log` (the CLI prints it) a curriculum run reports each stage as it finishes.
 
 Memory conventions (SPEC section 4: memory size = segment length): RMT and MemTr get
 num_mem_tokens = segment length, Transformer-XL mem_len = segment length, the baseline neither.
@@ -346,12 +349,53 @@ def curriculum_stages(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     return stages
 
 
-def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None) -> List[Dict]:
+#: The model after the last finished curriculum stage, with the stages' summary in its metadata:
+#: one file, so that the weights and the record of how far they got are written (atomically)
+#: together, and a run killed midway through a long curriculum resumes at the stage it was in.
+CURRICULUM_CHECKPOINT = "curriculum_stage.safetensors"
+
+
+def _stage_name(s: Dict[str, Any], st: Dict[str, Any]) -> str:
+    length = st["task_args"].get("length")
+    n = st["num_segments"]
+    where = f"in {n} segment{'s' if n != 1 else ''}"
+    return f"{s['task']}-{length} {where}" if length is not None else f"{s['task']} {where}"
+
+
+def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
+                    ckpt_dir: Optional[Path] = None,
+                    log: Optional[Callable[[str], None]] = None) -> List[Dict]:
+    """Trains `model` through the curriculum stages of spec `s` and returns their summary. With
+    `ckpt_dir`, the model is saved there after every stage (CURRICULUM_CHECKPOINT), and a
+    checkpoint found there is loaded and its stages skipped: a stage killed midway starts again
+    from the weights the stage before it left, which gives the same stage as an uninterrupted
+    run (each stage has a fresh optimizer, its own seed, and dropout masks that depend on the
+    seed and step only)."""
+    from .checkpoint import read_tensors
     from .trainer import evaluate
 
     c = s["curriculum"]
-    summary = []
-    for i, st in enumerate(curriculum_stages(s)):
+    stages = curriculum_stages(s)
+    summary: List[Dict] = []
+    stage_file = None if ckpt_dir is None else Path(ckpt_dir) / CURRICULUM_CHECKPOINT
+    if stage_file is not None and stage_file.exists():
+        _, metadata = read_tensors(stage_file)
+        try:
+            summary = json.loads(metadata["curriculum"])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{stage_file} is not a curriculum checkpoint of this runner "
+                             f"(no readable 'curriculum' metadata); remove it to restart the "
+                             f"curriculum") from e
+        done = [{"task_args": st["task_args"], "num_segments": st["num_segments"]}
+                for st in summary]
+        if json.loads(json.dumps(done)) != json.loads(json.dumps(stages[:len(done)])):
+            raise ValueError(f"{stage_file} holds other curriculum stages than this run's; "
+                             f"remove it to restart the curriculum")
+        model.load_weights(stage_file)
+        if log:
+            log(f"  curriculum: resuming after stage {len(summary)}/{len(stages)}")
+    for i in range(len(summary), len(stages)):
+        st = stages[i]
         stage_spec = {**s, "task_args": st["task_args"], "num_segments": st["num_segments"]}
         task = make_task(stage_spec)
         if task.segment_len != segment_len:
@@ -373,6 +417,13 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None) -
         summary.append({**st, "steps": trainer.step_count,
                         "val_accuracy": evaluate(model, val)["accuracy"],
                         "wall_time": time.perf_counter() - t0})
+        if stage_file is not None:
+            stage_file.parent.mkdir(parents=True, exist_ok=True)
+            model.save(stage_file, {"curriculum": json.dumps(summary), "run_id": run_id(s)})
+        if log:
+            log(f"  curriculum stage {i + 1}/{len(stages)}, {_stage_name(s, st)}: "
+                f"{summary[-1]['steps']} steps, val acc {summary[-1]['val_accuracy']:.3f}, "
+                f"{summary[-1]['wall_time']:.0f} s")
     return summary
 
 
@@ -419,12 +470,14 @@ EVAL_BATCH = 250
 
 def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = None,
             progress: bool = False, keep_checkpoints: bool = False,
-            save_model: bool = False) -> Dict[str, Any]:
+            save_model: bool = False,
+            log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Trains and evaluates one run and writes <out_dir>/<run_id>.json (returned as a dict).
     Resumes from <out_dir>/_checkpoints/<run_id>/ if a previous attempt was killed. `callback`
     is passed to Trainer.fit (called with every history record; during a curriculum the
     records carry "curriculum_stage"). ``save_model``: also write the reported model (the best
-    checkpoint's weights) to <out_dir>/models/<run_id>.safetensors, e.g. for attention maps."""
+    checkpoint's weights) to <out_dir>/models/<run_id>.safetensors, e.g. for attention maps.
+    ``log``: called with a line per finished curriculum stage (and on resuming one)."""
     from .trainer import evaluate
 
     s = normalize_spec(spec)
@@ -449,7 +502,8 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
         if curriculum_file.exists():
             curriculum = json.loads(curriculum_file.read_text())
     elif s["curriculum"] is not None:
-        curriculum = _run_curriculum(s, model, task.segment_len, callback=callback)
+        curriculum = _run_curriculum(s, model, task.segment_len, callback=callback,
+                                     ckpt_dir=ckpt_dir, log=log)
         _write_json_atomic(curriculum_file, curriculum)
     t_train = time.perf_counter()
     trainer.fit(task.train_batches(s["batch_size"]), steps=s["steps"], eval_data=val,
@@ -717,7 +771,8 @@ def _run_grid(grid, out_dir, quick, progress, log, callback, save_models=False):
             continue
         if log:
             log(f"[{i + 1}/{len(specs)}] {rid}: running")
-        r = run_one(s, out_dir, callback=callback, progress=progress, save_model=save_models)
+        r = run_one(s, out_dir, callback=callback, progress=progress, save_model=save_models,
+                    log=log)
         if log:
             m = r["metrics"]
             bpc = f" ({m['test_bpc']:.3f} bpc)" if "test_bpc" in m else ""
