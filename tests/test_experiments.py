@@ -445,6 +445,45 @@ def test_a_run_killed_in_its_curriculum_resumes_at_the_stage_it_was_in(tmp_path)
     assert not (tmp_path / "b" / "_checkpoints").exists()
 
 
+def test_a_run_killed_between_its_curriculum_and_its_first_checkpoint_skips_the_stages(tmp_path):
+    spec = tiny("rmt", num_segments=3, task_args={"length": 6},
+                curriculum={"max_steps": 4, "eval_every": 2, "n_val": 8, "target_accuracy": None})
+    straight = ex.run_grid([spec], tmp_path / "a")[0]
+
+    def kill_at_proper_step_1(rec):
+        if rec.get("step") == 1 and "loss" in rec and "curriculum_stage" not in rec:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        ex.run_grid([spec], tmp_path / "b", callback=kill_at_proper_step_1)
+    records = []
+    resumed = ex.run_grid([spec], tmp_path / "b", callback=lambda r: records.append(
+        (r.get("curriculum_stage"), r["step"])) if "loss" in r else None)[0]
+    assert records == [(None, k) for k in range(1, 9)]   # no stage trained again
+    assert resumed["resumed_from_step"] == 0
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
+
+
+def test_checkpoints_of_another_spec_with_the_same_run_id_are_not_resumed(tmp_path):
+    # dropout is not in the run_id, and a checkpoint loads into a model of any dropout
+    spec = tiny("rmt", num_segments=3, task_args={"length": 6},
+                curriculum={"max_steps": 4, "eval_every": 2, "n_val": 8, "target_accuracy": None})
+    other = tiny("rmt", num_segments=3, task_args={"length": 6},
+                 curriculum={"max_steps": 4, "eval_every": 2, "n_val": 8, "target_accuracy": None},
+                 model=dict(n_layers=1, n_heads=2, d_model=16, d_head=None, d_ff=32, dropout=0.0))
+    assert ex.run_id(other) == ex.run_id(spec)
+
+    def kill_in_stage_2(rec):
+        if rec.get("curriculum_stage") == 1 and "loss" in rec:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        ex.run_grid([spec], tmp_path, callback=kill_in_stage_2)
+    with pytest.raises(ValueError, match="different spec with the same run_id.*model"):
+        ex.run_grid([other], tmp_path)
+    assert len(ex.run_grid([spec], tmp_path)) == 1   # its own spec still resumes
+
+
 def test_a_curriculum_checkpoint_of_other_stages_is_a_clear_error(tmp_path):
     spec = tiny("rmt", num_segments=3, task_args={"length": 6},
                 curriculum={"max_steps": 2, "eval_every": 2, "n_val": 8, "target_accuracy": None})

@@ -19,6 +19,8 @@ same run_id is an error, never silently taken for the run); a run killed midway 
 in `<out>/_checkpoints/<run_id>/` (removed once the results are written): from its last
 checkpoint in the run proper, or, killed during its curriculum, at the stage it was in (the
 model is saved after every stage, so a 17-stage curriculum of an hour loses at most one stage).
+Checkpoints left by another spec with the same run_id are an error too (the spec is recorded
+beside them).
 With a `log` (the CLI prints it) a curriculum run reports each stage as it finishes.
 
 Memory conventions (SPEC section 4: memory size = segment length): RMT and MemTr get
@@ -56,11 +58,14 @@ PyTorch (tests/torch_reference.py: Transformer-XL relative attention, post-norm)
 torch autograd on the same batches (batch 128, lr 1e-3), was still at loss 1.51 after 800 steps,
 while torch's nn.TransformerEncoder with learned absolute positions (2 layers pre- or post-norm,
 6 layers pre-norm) reached 0.98-1.0 validation accuracy within 500 steps. Four times the steps
-do not get past the plateau either (40000 steps: validation loss 1.39-1.44 at every evaluation);
-what it depends on is the number of pairs (`task_args={"pairs": p}`): with 2 pairs the copy
-model (4 layers, C = 128) reached 0.978 and a 2-layer, dropout-free version of the retrieval model
-0.997 within 3000 steps, while the paper's 6-layer model stayed on the ln 2 plateau (0.52 after
-5000 steps) and every model stayed on the ln 4 one with 4 pairs (6000 steps). One seed per cell (the paper: 1-8 seeds),
+did not get past the plateau either (40000 steps: validation loss 1.39-1.44 at every
+evaluation). Probes with fewer pairs (`task_args={"pairs": p}`, one seed each) point at the
+number of pairs: with 2 pairs the copy model (4 layers, C = 128) reached 0.978 test accuracy and
+a 2-layer, dropout-free version of the retrieval model 0.997 within 3000 steps, while the paper's
+6-layer model stayed on the ln 2 plateau (0.52 after 5000 steps); with 4 pairs all three stayed
+on the ln 4 one (6000 steps). A curriculum on the number of pairs did not help: the 2-layer
+model's 2-pair stage, in a 10-token segment and with another seed, stayed on its plateau for
+4000 steps. One seed per cell (the paper: 1-8 seeds),
 but two for RMT +cur at copy-24 in 3 and 6 segments and reverse-24 in 4 (`--seeds`).
 Short training is the main expected difference: cells where the paper's models needed long
 training (Transformer-XL at many segments, RMT at 9 segments, retrieval) may come out lower here.
@@ -361,10 +366,8 @@ CURRICULUM_CHECKPOINT = "curriculum_stage.safetensors"
 
 
 def _stage_name(s: Dict[str, Any], st: Dict[str, Any]) -> str:
-    length = st["task_args"].get("length")
     n = st["num_segments"]
-    where = f"in {n} segment{'s' if n != 1 else ''}"
-    return f"{s['task']}-{length} {where}" if length is not None else f"{s['task']} {where}"
+    return f"{s['task']}-{st['task_args']['length']} in {n} segment{'s' if n != 1 else ''}"
 
 
 def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
@@ -387,12 +390,12 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
         _, metadata = read_tensors(stage_file)
         try:
             summary = json.loads(metadata["curriculum"])
-        except (KeyError, ValueError) as e:
+            done = [{"task_args": st["task_args"], "num_segments": st["num_segments"]}
+                    for st in summary]
+        except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{stage_file} is not a curriculum checkpoint of this runner "
                              f"(no readable 'curriculum' metadata); remove it to restart the "
                              f"curriculum") from e
-        done = [{"task_args": st["task_args"], "num_segments": st["num_segments"]}
-                for st in summary]
         if json.loads(json.dumps(done)) != json.loads(json.dumps(stages[:len(done)])):
             raise ValueError(f"{stage_file} holds other curriculum stages than this run's; "
                              f"remove it to restart the curriculum")
@@ -423,8 +426,7 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
                         "val_accuracy": evaluate(model, val)["accuracy"],
                         "wall_time": time.perf_counter() - t0})
         if stage_file is not None:
-            stage_file.parent.mkdir(parents=True, exist_ok=True)
-            model.save(stage_file, {"curriculum": json.dumps(summary), "run_id": run_id(s)})
+            model.save(stage_file, {"curriculum": json.dumps(summary)})
         if log:
             log(f"  curriculum stage {i + 1}/{len(stages)}, {_stage_name(s, st)}: "
                 f"{summary[-1]['steps']} steps, val acc {summary[-1]['val_accuracy']:.3f}, "
@@ -473,6 +475,28 @@ def _build_trainer(spec, model):
 EVAL_BATCH = 250
 
 
+def _claim_checkpoints(ckpt_dir: Path, s: Dict[str, Any]) -> None:
+    """Records the spec beside a run's checkpoints, or checks the one recorded there. The run_id
+    that names the folder leaves out parts of the spec (dropout, the schedule, the curriculum's
+    evaluation settings, ...), and a checkpoint loads into any model of the same shapes, so
+    without this check a killed run of another spec with the same run_id would be resumed
+    silently. A folder without the record (written before it existed) is taken as it is."""
+    record = ckpt_dir / "spec.json"
+    if record.exists():
+        try:
+            recorded = json.loads(record.read_text())
+        except ValueError as e:
+            raise ValueError(f"{record} is not readable JSON; remove {ckpt_dir} to restart "
+                             f"the run") from e
+        if recorded != json.loads(json.dumps(s)):
+            diff = sorted(k for k in set(recorded) | set(s) if recorded.get(k) != s.get(k))
+            raise ValueError(f"{ckpt_dir} holds checkpoints of a different spec with the same "
+                             f"run_id (differs in: {', '.join(diff)}); remove it to start this "
+                             f"run afresh")
+    else:
+        _write_json_atomic(record, s)
+
+
 def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = None,
             progress: bool = False, keep_checkpoints: bool = False,
             save_model: bool = False,
@@ -482,7 +506,7 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
     is passed to Trainer.fit (called with every history record; during a curriculum the
     records carry "curriculum_stage"). ``save_model``: also write the reported model (the best
     checkpoint's weights) to <out_dir>/models/<run_id>.safetensors, e.g. for attention maps.
-    ``log``: called with a line per finished curriculum stage (and on resuming one)."""
+    ``log``: called with a line per finished curriculum stage (and on resuming after one)."""
     from .trainer import evaluate
 
     s = normalize_spec(spec)
@@ -497,6 +521,7 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
     test = _chunks(splits["test"], EVAL_BATCH)
     model = build_model(s, task)
     trainer = _build_trainer(s, model)
+    _claim_checkpoints(ckpt_dir, s)
     resumed_from = 0
     last = ckpt_dir / "last.safetensors"
     curriculum_file = ckpt_dir / "curriculum.json"
