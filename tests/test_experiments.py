@@ -436,6 +436,7 @@ def test_a_run_killed_in_its_curriculum_resumes_at_the_stage_it_was_in(tmp_path)
     assert records[:4] == [(1, 1), (1, 2), (1, 3), (1, 4)]
     assert records[4:] == [(None, k) for k in range(1, 9)]
     assert any("resuming after stage 1/2" in m for m in messages)
+    assert resumed["resumed_after_stage"] == 1 and straight["resumed_after_stage"] == 0
     assert any("curriculum stage 2/2, copy-4 in 2 segments: 4 steps" in m for m in messages)
     no_time = lambda cur: [{k: v for k, v in st.items() if k != "wall_time"} for st in cur]
     assert no_time(resumed["curriculum"]) == no_time(straight["curriculum"])

@@ -57,9 +57,8 @@ the paper's architecture, not our engine: a 2-layer (C = 64) version of the mode
 PyTorch (tests/torch_reference.py: Transformer-XL relative attention, post-norm), trained by
 torch autograd on the same batches (batch 128, lr 1e-3), was still at loss 1.51 after 800 steps,
 while torch's nn.TransformerEncoder with learned absolute positions (2 layers pre- or post-norm,
-6 layers pre-norm) reached 0.98-1.0 validation accuracy within 500 steps. Four times the steps
-did not get past the plateau either (40000 steps: validation loss 1.39-1.44 at every
-evaluation). Probes with fewer pairs (`task_args={"pairs": p}`, one seed each) point at the
+6 layers pre-norm) reached 0.98-1.0 validation accuracy within 500 steps. A 40000-step run, stopped
+at 32000, did not get past the plateau either (validation loss 1.39-1.44 at every evaluation). Probes with fewer pairs (`task_args={"pairs": p}`, one seed each) point at the
 number of pairs: with 2 pairs the copy model (4 layers, C = 128) reached 0.978 test accuracy and
 a 2-layer, dropout-free version of the retrieval model 0.997 within 3000 steps, while the paper's
 6-layer model stayed on the ln 2 plateau (0.52 after 5000 steps); with 4 pairs all three stayed
@@ -372,8 +371,9 @@ def _stage_name(s: Dict[str, Any], st: Dict[str, Any]) -> str:
 
 def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
                     ckpt_dir: Optional[Path] = None,
-                    log: Optional[Callable[[str], None]] = None) -> List[Dict]:
-    """Trains `model` through the curriculum stages of spec `s` and returns their summary. With
+                    log: Optional[Callable[[str], None]] = None) -> tuple:
+    """Trains `model` through the curriculum stages of spec `s` and returns their summary and
+    how many of them were restored from a checkpoint rather than trained here. With
     `ckpt_dir`, the model is saved there after every stage (CURRICULUM_CHECKPOINT), and a
     checkpoint found there is loaded and its stages skipped: a stage killed midway starts again
     from the weights the stage before it left, which gives the same stage as an uninterrupted
@@ -402,7 +402,8 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
         model.load_weights(stage_file)
         if log:
             log(f"  curriculum: resuming after stage {len(summary)}/{len(stages)}")
-    for i in range(len(summary), len(stages)):
+    restored = len(summary)
+    for i in range(restored, len(stages)):
         st = stages[i]
         stage_spec = {**s, "task_args": st["task_args"], "num_segments": st["num_segments"]}
         task = make_task(stage_spec)
@@ -431,7 +432,7 @@ def _run_curriculum(s: Dict[str, Any], model, segment_len: int, callback=None,
             log(f"  curriculum stage {i + 1}/{len(stages)}, {_stage_name(s, st)}: "
                 f"{summary[-1]['steps']} steps, val acc {summary[-1]['val_accuracy']:.3f}, "
                 f"{summary[-1]['wall_time']:.0f} s")
-    return summary
+    return summary, restored
 
 
 def model_path(out_dir, rid: str) -> Path:
@@ -483,10 +484,10 @@ def _claim_checkpoints(ckpt_dir: Path, s: Dict[str, Any]) -> None:
     silently. A folder without the record (written before it existed) is taken as it is."""
     record = ckpt_dir / "spec.json"
     if record.exists():
-        try:
-            recorded = json.loads(record.read_text())
-        except ValueError as e:
-            raise ValueError(f"{record} is not readable JSON; remove {ckpt_dir} to restart "
+        try:   # normalized: a record written before a spec key existed lacks it
+            recorded = json.loads(json.dumps(normalize_spec(json.loads(record.read_text()))))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{record} is not a readable spec; remove {ckpt_dir} to restart "
                              f"the run") from e
         if recorded != json.loads(json.dumps(s)):
             diff = sorted(k for k in set(recorded) | set(s) if recorded.get(k) != s.get(k))
@@ -526,14 +527,17 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
     last = ckpt_dir / "last.safetensors"
     curriculum_file = ckpt_dir / "curriculum.json"
     curriculum = None
+    restored_stages = 0
     if last.exists():
         trainer.load_checkpoint(last)   # the weights after the curriculum, and further
         resumed_from = trainer.step_count
         if curriculum_file.exists():
             curriculum = json.loads(curriculum_file.read_text())
+            restored_stages = len(curriculum)
     elif s["curriculum"] is not None:
-        curriculum = _run_curriculum(s, model, task.segment_len, callback=callback,
-                                     ckpt_dir=ckpt_dir, log=log)
+        curriculum, restored_stages = _run_curriculum(s, model, task.segment_len,
+                                                      callback=callback, ckpt_dir=ckpt_dir,
+                                                      log=log)
         _write_json_atomic(curriculum_file, curriculum)
     t_train = time.perf_counter()
     trainer.fit(task.train_batches(s["batch_size"]), steps=s["steps"], eval_data=val,
@@ -581,6 +585,9 @@ def run_one(spec: Dict[str, Any], out_dir, *, callback: Optional[Callable] = Non
         "steps_taken": steps_taken,
         "curriculum": curriculum,
         "resumed_from_step": resumed_from,
+        # curriculum stages taken from a killed attempt's checkpoint (their wall times are that
+        # attempt's, and not in this file's wall_time)
+        "resumed_after_stage": restored_stages,
         "wall_time": time.perf_counter() - t0,
         "train_time": train_time,
         "steps_per_second": (steps_taken - resumed_from) / train_time if train_time > 0 else None,
