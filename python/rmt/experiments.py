@@ -57,8 +57,9 @@ the paper's architecture, not our engine: a 2-layer (C = 64) version of the mode
 PyTorch (tests/torch_reference.py: Transformer-XL relative attention, post-norm), trained by
 torch autograd on the same batches (batch 128, lr 1e-3), was still at loss 1.51 after 800 steps,
 while torch's nn.TransformerEncoder with learned absolute positions (2 layers pre- or post-norm,
-6 layers pre-norm) reached 0.98-1.0 validation accuracy within 500 steps. A 40000-step run, stopped
-at 32000, did not get past the plateau either (validation loss 1.39-1.44 at every evaluation). Probes with fewer pairs (`task_args={"pairs": p}`, one seed each) point at the
+6 layers pre-norm) reached 0.98-1.0 validation accuracy within 500 steps. A 40000-step run,
+stopped at 32000, did not get past the plateau either (validation loss 1.39-1.44 at every
+evaluation). Probes with fewer pairs (`task_args={"pairs": p}`, one seed each) point at the
 number of pairs: with 2 pairs the copy model (4 layers, C = 128) reached 0.978 test accuracy and
 a 2-layer, dropout-free version of the retrieval model 0.997 within 3000 steps, while the paper's
 6-layer model stayed on the ln 2 plateau (0.52 after 5000 steps); with 4 pairs all three stayed
@@ -476,6 +477,18 @@ def _build_trainer(spec, model):
 EVAL_BATCH = 250
 
 
+def _spec_differences(recorded: Dict[str, Any], s: Dict[str, Any]) -> List[str]:
+    """The top-level keys in which a spec recorded on disk differs from the normalized spec
+    `s` (none: the same run). The record is normalized first: one written before a spec key
+    existed lacks it."""
+    try:
+        recorded = normalize_spec(recorded)
+    except (KeyError, TypeError, ValueError):
+        pass   # not a spec this version can normalize: compared as it is, so it differs
+    recorded, s = json.loads(json.dumps(recorded)), json.loads(json.dumps(s))
+    return sorted(k for k in set(recorded) | set(s) if recorded.get(k) != s.get(k))
+
+
 def _claim_checkpoints(ckpt_dir: Path, s: Dict[str, Any]) -> None:
     """Records the spec beside a run's checkpoints, or checks the one recorded there. The run_id
     that names the folder leaves out parts of the spec (dropout, the schedule, the curriculum's
@@ -484,13 +497,13 @@ def _claim_checkpoints(ckpt_dir: Path, s: Dict[str, Any]) -> None:
     silently. A folder without the record (written before it existed) is taken as it is."""
     record = ckpt_dir / "spec.json"
     if record.exists():
-        try:   # normalized: a record written before a spec key existed lacks it
-            recorded = json.loads(json.dumps(normalize_spec(json.loads(record.read_text()))))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{record} is not a readable spec; remove {ckpt_dir} to restart "
+        try:
+            recorded = json.loads(record.read_text())
+        except ValueError as e:
+            raise ValueError(f"{record} is not readable JSON; remove {ckpt_dir} to restart "
                              f"the run") from e
-        if recorded != json.loads(json.dumps(s)):
-            diff = sorted(k for k in set(recorded) | set(s) if recorded.get(k) != s.get(k))
+        diff = _spec_differences(recorded if isinstance(recorded, dict) else {}, s)
+        if diff:
             raise ValueError(f"{ckpt_dir} holds checkpoints of a different spec with the same "
                              f"run_id (differs in: {', '.join(diff)}); remove it to start this "
                              f"run afresh")
@@ -793,13 +806,8 @@ def _run_grid(grid, out_dir, quick, progress, log, callback, save_models=False):
         path = out_dir / f"{rid}.json"
         if path.exists():
             done = json.loads(path.read_text())
-            # Files written before a spec key existed lack it: compare normalized specs.
-            try:
-                old = normalize_spec(done["spec"])
-            except (KeyError, TypeError, ValueError):
-                old = done.get("spec") or {}
-            if json.loads(json.dumps(old)) != json.loads(json.dumps(s)):
-                diff = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
+            diff = _spec_differences(done.get("spec") or {}, s)
+            if diff:
                 raise ValueError(f"{path} holds a run of a different spec with the same run_id "
                                  f"(differs in: {', '.join(diff)}); move it away to rerun")
             if log:
