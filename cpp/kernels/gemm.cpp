@@ -2,9 +2,10 @@
 // columns of op(B) into NC blocks; each slice of op(B) is packed once into NR-wide panels, so the
 // micro-kernel streams B from cache with unit stride whatever its orientation. The micro-kernel
 // only broadcasts A's elements: an untransposed A is read in place (MR rows at a time), a
-// transposed one is packed per block into MR-tall panels. Threads split the (MC block x NR panel)
-// tiles of one KC slice. The first KC slice applies beta and adds the bias; later slices
-// accumulate (beta = 1); the last one applies the ReLU when asked (the finished sums only).
+// transposed one is packed per block into MR-tall panels. Threads split the B panels of a slice
+// (or, for a tall transposed A, its rows: see split_rows). The first KC slice applies beta and
+// adds the bias; later slices accumulate (beta = 1); the last one applies the ReLU when asked
+// (the finished sums only).
 #include "kernels/gemm.hpp"
 
 #include <algorithm>
@@ -188,8 +189,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     const bool parallel = !in_parallel_region() && get_num_threads() > 1 &&
                           double(M) * double(N) * double(K) >= 5e5;
 
-    // One parallel region per call: inside it, each (NC, KC) slice packs B cooperatively
-    // (panels split across threads), then walks the (MC block, NR panel) tiles.
+    // One parallel region per call. Inside it the threads split the work one of two ways (below);
+    // both multiply an MC block of op(A) rows, in MR-row tiles, with a range of packed B panels.
 #pragma omp parallel if (parallel) num_threads(kernels::get_num_threads())
     {
 #ifdef RMT_HAVE_OPENMP
@@ -198,83 +199,117 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
         const int nthreads = 1, tid = 0;
 #endif
         T* const a_packed = a_pack_buffer<T>(MC * kc_max);
-        const int64_t m_blocks = (M + MC - 1) / MC;
-        for (int64_t j0 = 0; j0 < N; j0 += NC) {
-            // A new column block hands the panels out afresh: a thread's first panels may be ones
-            // another thread is still multiplying with from the last block (N > NC at 2 threads
-            // gave wrong columns, intermittently), so all wait here first.
-            if (j0 > 0) {
-#pragma omp barrier
+        // Rows [i0, i0 + mc) of op(A) against panels [p_begin, p_end) of the B slice packed at
+        // b_slice (columns j0.., depth k0 .. k0 + kc).
+        auto multiply_block = [&](const T* b_slice, int64_t i0, int64_t mc, int64_t p_begin,
+                                  int64_t p_end, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
+            const T beta_slice = k0 == 0 ? beta : T(1);
+            const T* bias_slice = k0 == 0 && bias ? bias + j0 : nullptr;   // added once
+            const bool relu_slice = relu && k0 + kc >= K;   // on the finished sums only
+            // Against few B panels an untransposed A is read in place: packing it is a pass over
+            // the block that those few panels do not amortise (up to a sixth of the time at N =
+            // 128). Against many, the packed block wins back more than that: each panel re-reads
+            // it from L2 as one stream rather than MR. Only a partial last panel is packed then
+            // (zero rows past M). A transposed A is always packed: its MR values of one k are a
+            // row of A apart (read in place, the models' dW products ran at 0.75-0.9x).
+            const bool a_in_place = !trans_a && p_end - p_begin <= kMaxPanelsForUnpackedA;
+            const int64_t full_rows = a_in_place ? mc / MR * MR : 0;
+            if (full_rows < mc)
+                pack_a(A, lda, trans_a, i0 + full_rows, mc - full_rows, k0, kc, MR,
+                       a_packed + full_rows * kc);
+            for (int64_t panel = p_begin; panel < p_end; ++panel) {
+                const int64_t jp = panel * NR;
+                const int n = int(std::min<int64_t>(NR, nc - jp));
+                for (int64_t ip = 0; ip < mc; ip += MR) {
+                    const int m = int(std::min<int64_t>(MR, mc - ip));
+                    T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
+                    const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
+                    if (ip < full_rows)
+                        micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1, b_slice + jp * kc_max,
+                                  c_tile, ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
+                    else
+                        micro.run(kc, a_packed + ip * kc, 1, MR, b_slice + jp * kc_max, c_tile,
+                                  ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
+                }
             }
-            const int64_t nc = std::min<int64_t>(NC, N - j0);
-            const int64_t n_panels = (nc + NR - 1) / NR;
-            // Each thread owns a contiguous range of B panels when there are enough of them: it
-            // packs those panels itself and multiplies every A block with them only, so the
-            // panels it reads stay in its own L2 (reading panels packed by the other core halved
-            // the 2-thread speed). With fewer panels than threads, the M blocks are split.
-            const bool split_panels = n_panels >= nthreads;
-            const int64_t p_begin = split_panels ? n_panels * tid / nthreads : 0;
-            const int64_t p_end = split_panels ? n_panels * (tid + 1) / nthreads : n_panels;
-            for (int64_t k0 = 0; k0 < K; k0 += KC) {
-                const int64_t kc = std::min<int64_t>(KC, K - k0);
-                const T beta_slice = k0 == 0 ? beta : T(1);
-                const T* bias_slice = k0 == 0 && bias ? bias + j0 : nullptr;   // added once
-                const bool relu_slice = relu && k0 + kc >= K;   // on the finished sums only
-                if (split_panels) {
-                    for (int64_t panel = p_begin; panel < p_end; ++panel) {
-                        const int64_t jp = panel * NR;
-                        pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                               b_packed + jp * kc_max);
-                    }
-                } else {
-#pragma omp barrier
-#pragma omp for schedule(static)
+        };
+        // Split by rows, for a transposed A with more rows of op(A) than columns of B (the
+        // models' weight gradients dW = dY^T X: C .. 4C rows against C columns, B x T deep):
+        // each thread takes a contiguous range of the rows and packs the whole B slice into a
+        // buffer of its own. What both threads then do twice is the packing of B, the smaller
+        // operand; split by panels, each thread packed all of A (a transposed A is always
+        // packed), and the copy model's dW products ran 1.1-1.25x slower at 2 threads. An
+        // untransposed A is read in place, so there a panel split costs only a second read of A
+        // and measured as fast. No thread reads what another wrote, so no barriers.
+        const bool split_rows = trans_a && nthreads > 1 && M > nc_max && M >= 2 * nthreads * MR;
+        if (split_rows) {
+            T* const b_own = b_pack_buffer<T>(nc_max * kc_max);   // this thread's own
+            const int64_t row_begin = M * tid / nthreads / MR * MR;
+            const int64_t row_end = tid + 1 == nthreads ? M : M * (tid + 1) / nthreads / MR * MR;
+            for (int64_t j0 = 0; j0 < N; j0 += NC) {
+                const int64_t nc = std::min<int64_t>(NC, N - j0);
+                const int64_t n_panels = (nc + NR - 1) / NR;
+                for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                    const int64_t kc = std::min<int64_t>(KC, K - k0);
                     for (int64_t panel = 0; panel < n_panels; ++panel) {
                         const int64_t jp = panel * NR;
                         pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                               b_packed + jp * kc_max);
+                               b_own + jp * kc_max);
                     }
+                    for (int64_t i0 = row_begin; i0 < row_end; i0 += MC)
+                        multiply_block(b_own, i0, std::min<int64_t>(MC, row_end - i0), 0,
+                                       n_panels, j0, nc, k0, kc);
                 }
-                const int64_t b_begin = split_panels ? 0 : m_blocks * tid / nthreads;
-                const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
-                for (int64_t block = b_begin; block < b_end; ++block) {
-                    const int64_t i0 = block * MC, mc = std::min<int64_t>(MC, M - i0);
-                    // Against few B panels an untransposed A is read in place: packing it is a
-                    // pass over the block that those few panels do not amortise (up to a sixth of
-                    // the time at N = 128). Against many, the packed block wins back more than
-                    // that: each panel re-reads it from L2 as one stream rather than MR. Only a
-                    // partial last panel is packed then (zero rows past M). A transposed A is
-                    // always packed: its MR values of one k are a row of A apart (read in place,
-                    // the models' dW products ran at 0.75-0.9x).
-                    const bool a_in_place =
-                        !trans_a && p_end - p_begin <= kMaxPanelsForUnpackedA;
-                    const int64_t full_rows = a_in_place ? mc / MR * MR : 0;
-                    if (full_rows < mc)
-                        pack_a(A, lda, trans_a, i0 + full_rows, mc - full_rows, k0, kc, MR,
-                               a_packed + full_rows * kc);
-                    for (int64_t panel = p_begin; panel < p_end; ++panel) {
-                        const int64_t jp = panel * NR;
-                        const int n = int(std::min<int64_t>(NR, nc - jp));
-                        for (int64_t ip = 0; ip < mc; ip += MR) {
-                            const int m = int(std::min<int64_t>(MR, mc - ip));
-                            T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
-                            const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
-                            if (ip < full_rows)
-                                micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1,
-                                          b_packed + jp * kc_max, c_tile, ldc, alpha, beta_slice,
-                                          m, n, bias_tile, relu_slice);
-                            else
-                                micro.run(kc, a_packed + ip * kc, 1, MR, b_packed + jp * kc_max,
-                                          c_tile, ldc, alpha, beta_slice, m, n, bias_tile,
-                                          relu_slice);
+            }
+        } else {
+            // Split by panels: each (NC, KC) slice of B is packed once, cooperatively, into the
+            // calling thread's buffer.
+            const int64_t m_blocks = (M + MC - 1) / MC;
+            for (int64_t j0 = 0; j0 < N; j0 += NC) {
+                // A new column block hands the panels out afresh: a thread's first panels may be
+                // ones another thread is still multiplying with from the last block (N > NC at 2
+                // threads gave wrong columns, intermittently), so all wait here first.
+                if (j0 > 0) {
+#pragma omp barrier
+                }
+                const int64_t nc = std::min<int64_t>(NC, N - j0);
+                const int64_t n_panels = (nc + NR - 1) / NR;
+                // Each thread owns a contiguous range of B panels when there are enough of them:
+                // it packs those panels itself and multiplies every A block with them only, so the
+                // panels it reads stay in its own L2 (reading panels packed by the other core
+                // halved the 2-thread speed). With fewer panels than threads, the M blocks are
+                // split.
+                const bool split_panels = n_panels >= nthreads;
+                const int64_t p_begin = split_panels ? n_panels * tid / nthreads : 0;
+                const int64_t p_end = split_panels ? n_panels * (tid + 1) / nthreads : n_panels;
+                for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                    const int64_t kc = std::min<int64_t>(KC, K - k0);
+                    if (split_panels) {
+                        for (int64_t panel = p_begin; panel < p_end; ++panel) {
+                            const int64_t jp = panel * NR;
+                            pack_b(B, ldb, trans_b, k0, kc, j0 + jp,
+                                   std::min<int64_t>(NR, nc - jp), NR, b_packed + jp * kc_max);
+                        }
+                    } else {
+#pragma omp barrier
+#pragma omp for schedule(static)
+                        for (int64_t panel = 0; panel < n_panels; ++panel) {
+                            const int64_t jp = panel * NR;
+                            pack_b(B, ldb, trans_b, k0, kc, j0 + jp,
+                                   std::min<int64_t>(NR, nc - jp), NR, b_packed + jp * kc_max);
                         }
                     }
+                    const int64_t b_begin = split_panels ? 0 : m_blocks * tid / nthreads;
+                    const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
+                    for (int64_t block = b_begin; block < b_end; ++block)
+                        multiply_block(b_packed, block * MC, std::min<int64_t>(MC, M - block * MC),
+                                       p_begin, p_end, j0, nc, k0, kc);
+                    // Panels sit at a fixed stride (kc_max) whatever this slice's kc, so a panel
+                    // owner repacking its part for the next slice never touches another thread's
+                    // panels. Panel owners reuse only their own part of b_packed in the next
+                    // slice, so no barrier is needed there; the block split shares b_packed and
+                    // waits (above and at the end of the omp for) before repacking it.
                 }
-                // Panels sit at a fixed stride (kc_max) whatever this slice's kc, so a panel owner
-                // repacking its part for the next slice never touches another thread's panels.
-                // Panel owners reuse only their own part of b_packed in the next slice, so no
-                // barrier is needed there; the block split shares b_packed and waits (above and
-                // at the end of the omp for) before repacking it.
             }
         }
     }
