@@ -75,6 +75,9 @@ inline T a_at(const T* A, int64_t lda, bool trans_a, int64_t i, int64_t k) {
 // Pack rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall panels, zero-padding the edge.
 // MR_FIXED > 0 is MR known at compile time (the register tiles of the ISAs), so the per-k copies
 // of MR values become fixed-length moves; 0 takes MR at run time.
+// How far past its own tile (in elements of a row of A) the transposed-A packing prefetches.
+constexpr int64_t kPackAheadElems = 16;
+
 template <typename T, int MR_FIXED>
 void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0,
                   int64_t kc, int mr, T* out) {
@@ -88,8 +91,13 @@ void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc,
                 for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = src[p];
             }
         } else if (rows == MR) {
+            // The tile's kc rows are lda apart, so each is a new line and the hardware prefetcher
+            // does not follow; ask for the line of the tiles that come after this one's (within
+            // the block) while this one is copied.
+            const int64_t ahead = ip + MR + kPackAheadElems < mc ? MR + kPackAheadElems : 0;
             for (int64_t p = 0; p < kc; ++p) {
                 const T* src = A + (k0 + p) * lda + i0 + ip;
+                if (ahead) __builtin_prefetch(src + ahead, 0, 3);
                 for (int r = 0; r < MR; ++r) panel[p * MR + r] = src[r];
             }
         } else {
