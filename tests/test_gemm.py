@@ -200,10 +200,12 @@ def test_gemm_wide_n_at_two_threads_is_right_every_time(isa, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_row_split_at_two_threads_crosses_blocks_slices_and_column_blocks(isa, rng, dtype):
-    # With more rows than columns, two threads split op(A)'s rows (each packs all of B itself).
-    # Each thread's rows here cross an MC block boundary and end in a ragged MR tile, over three K
-    # slices, with the epilogue (bias once, ReLU on the finished sums) and beta != 0; then rows
-    # past NC against more than NC columns, so each thread walks two column blocks of its own.
+    # A transposed A with more rows than B has columns: two threads split op(A)'s rows (each
+    # packs all of B itself). Each thread's rows cross an MC block boundary (the second thread's
+    # end in a ragged MR tile), over three K slices, with the epilogue (bias once, ReLU on the
+    # finished sums) and beta != 0; then rows past NC against more than NC columns, so each
+    # thread walks two column blocks of its own, the second with its part of the bias. The
+    # untransposed orientations take the panel split on the same operands.
     blk = rmt.gemm_blocking(dtype)
     M, N, K = 2 * blk["mc"] + 3 * blk["mr"] + 5, 2 * blk["nr"] + 3, 2 * blk["kc"] + 5
     previous = rmt.get_num_threads()
@@ -218,10 +220,11 @@ def test_gemm_row_split_at_two_threads_crosses_blocks_slices_and_column_blocks(i
             want = np.maximum(exact(a, b, trans_a, trans_b, 0.75, -0.5, c0) + bias, 0.0)
             np.testing.assert_allclose(c, want, **tol(dtype, K))
         nc = blk["nc"]
-        for trans_a, trans_b in ORIENTATIONS:
-            a, b = operands(rng, nc + 41, nc + 29, 3, trans_a, trans_b, dtype)
-            c = rmt.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
-            np.testing.assert_allclose(c, exact(a, b, trans_a, trans_b), **tol(dtype, 3))
+        for trans_b in (False, True):
+            a, b = operands(rng, nc + 41, nc + 29, 3, True, trans_b, dtype)
+            bias = rng.standard_normal(nc + 29).astype(dtype)
+            c = rmt.gemm(a, b, trans_a=True, trans_b=trans_b, bias=bias)
+            np.testing.assert_allclose(c, exact(a, b, True, trans_b) + bias, **tol(dtype, 3))
     finally:
         rmt.set_num_threads(previous)
 

@@ -9,6 +9,7 @@
 #include "kernels/gemm.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <new>
 #include <type_traits>
@@ -53,8 +54,9 @@ private:
     int64_t capacity_ = 0;
 };
 
-// The packed B slice of the calling thread (shared with its team) and each thread's packed A
-// block: two buffers, since the calling thread also packs A blocks as a team member.
+// The packed B slice of the calling thread (shared with its team when the threads split the
+// panels; each thread's own when they split the rows) and each thread's packed A block: two
+// buffers, since the calling thread also packs A blocks as a team member.
 template <typename T>
 T* b_pack_buffer(int64_t count) {
     thread_local PackBuffer<T> buffer;
@@ -72,11 +74,12 @@ inline T a_at(const T* A, int64_t lda, bool trans_a, int64_t i, int64_t k) {
     return trans_a ? A[k * lda + i] : A[i * lda + k];
 }
 
+// How far past its own tile (in elements of a row of A) the transposed-A packing prefetches.
+constexpr int64_t kPackAheadElems = 16;
+
 // Pack rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall panels, zero-padding the edge.
 // MR_FIXED > 0 is MR known at compile time (the register tiles of the ISAs), so the per-k copies
 // of MR values become fixed-length moves; 0 takes MR at run time.
-// How far past its own tile (in elements of a row of A) the transposed-A packing prefetches.
-constexpr int64_t kPackAheadElems = 16;
 
 template <typename T, int MR_FIXED>
 void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0,
@@ -197,6 +200,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     const bool parallel = !in_parallel_region() && get_num_threads() > 1 &&
                           double(M) * double(N) * double(K) >= 5e5;
 
+    std::atomic<bool> out_of_memory{false};
     // One parallel region per call. Inside it the threads split the work one of two ways (below);
     // both multiply an MC block of op(A) rows, in MR-row tiles, with a range of packed B panels.
 #pragma omp parallel if (parallel) num_threads(kernels::get_num_threads())
@@ -241,20 +245,28 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 }
             }
         };
-        // Split by rows, for a transposed A with more rows of op(A) than columns of B (the
-        // models' weight gradients dW = dY^T X: C .. 4C rows against C columns, B x T deep):
-        // each thread takes a contiguous range of the rows and packs the whole B slice into a
-        // buffer of its own. What both threads then do twice is the packing of B, the smaller
-        // operand; split by panels, each thread packed all of A (a transposed A is always
-        // packed), and the copy model's dW products ran 1.1-1.25x slower at 2 threads. An
-        // untransposed A is read in place, so there a panel split costs only a second read of A
-        // and measured as fast. No thread reads what another wrote, so no barriers.
+        // Split by rows, for a transposed A with more rows of op(A) than a column block of B has
+        // columns (the models' weight gradients dW = dY^T X: C .. 4C rows against C columns,
+        // B x T deep): each thread takes a contiguous range of the rows and packs the whole B
+        // slice into a buffer of its own. What every thread then does again is the packing of
+        // B, the smaller operand; split by panels, each thread packed all of A (a transposed A
+        // is always packed), and the copy model's dW products ran 1.1-1.25x slower at 2
+        // threads. An untransposed A against at most kMaxPanelsForUnpackedA panels a thread is
+        // read in place, so there a panel split costs only a second read of A, and measured as
+        // fast. No thread reads what another wrote, so no barriers.
         const bool split_rows = trans_a && nthreads > 1 && M > nc_max && M >= 2 * nthreads * MR;
         if (split_rows) {
-            T* const b_own = b_pack_buffer<T>(nc_max * kc_max);   // this thread's own
+            // this thread's own; an allocation that fails is reported after the region (an
+            // exception must not leave it), and with no barriers here the thread can just stop
+            T* b_own = nullptr;
+            try {
+                b_own = b_pack_buffer<T>(nc_max * kc_max);
+            } catch (const std::bad_alloc&) {
+                out_of_memory.store(true);
+            }
             const int64_t row_begin = M * tid / nthreads / MR * MR;
             const int64_t row_end = tid + 1 == nthreads ? M : M * (tid + 1) / nthreads / MR * MR;
-            for (int64_t j0 = 0; j0 < N; j0 += NC) {
+            for (int64_t j0 = 0; b_own && j0 < N; j0 += NC) {
                 const int64_t nc = std::min<int64_t>(NC, N - j0);
                 const int64_t n_panels = (nc + NR - 1) / NR;
                 for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -321,6 +333,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
             }
         }
     }
+    if (out_of_memory.load()) throw std::bad_alloc();
 }
 
 int64_t gemm_nc() { return NC; }
