@@ -80,7 +80,6 @@ constexpr int64_t kPackAheadElems = 16;
 // Pack rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall panels, zero-padding the edge.
 // MR_FIXED > 0 is MR known at compile time (the register tiles of the ISAs), so the per-k copies
 // of MR values become fixed-length moves; 0 takes MR at run time.
-
 template <typename T, int MR_FIXED>
 void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0,
                   int64_t kc, int mr, T* out) {
@@ -211,6 +210,14 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
         const int nthreads = 1, tid = 0;
 #endif
         T* const a_packed = a_pack_buffer<T>(MC * kc_max);
+        // Panel `panel` of the B slice (columns j0 .., depth k0 .. k0 + kc) packed into buffer,
+        // at the fixed stride kc_max.
+        auto pack_panel = [&](T* buffer, int64_t panel, int64_t j0, int64_t nc, int64_t k0,
+                              int64_t kc) {
+            const int64_t jp = panel * NR;
+            pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
+                   buffer + jp * kc_max);
+        };
         // Rows [i0, i0 + mc) of op(A) against panels [p_begin, p_end) of the B slice packed at
         // b_slice (columns j0.., depth k0 .. k0 + kc).
         auto multiply_block = [&](const T* b_slice, int64_t i0, int64_t mc, int64_t p_begin,
@@ -271,11 +278,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 const int64_t n_panels = (nc + NR - 1) / NR;
                 for (int64_t k0 = 0; k0 < K; k0 += KC) {
                     const int64_t kc = std::min<int64_t>(KC, K - k0);
-                    for (int64_t panel = 0; panel < n_panels; ++panel) {
-                        const int64_t jp = panel * NR;
-                        pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                               b_own + jp * kc_max);
-                    }
+                    for (int64_t panel = 0; panel < n_panels; ++panel)
+                        pack_panel(b_own, panel, j0, nc, k0, kc);
                     for (int64_t i0 = row_begin; i0 < row_end; i0 += MC)
                         multiply_block(b_own, i0, std::min<int64_t>(MC, row_end - i0), 0,
                                        n_panels, j0, nc, k0, kc);
@@ -305,19 +309,13 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 for (int64_t k0 = 0; k0 < K; k0 += KC) {
                     const int64_t kc = std::min<int64_t>(KC, K - k0);
                     if (split_panels) {
-                        for (int64_t panel = p_begin; panel < p_end; ++panel) {
-                            const int64_t jp = panel * NR;
-                            pack_b(B, ldb, trans_b, k0, kc, j0 + jp,
-                                   std::min<int64_t>(NR, nc - jp), NR, b_packed + jp * kc_max);
-                        }
+                        for (int64_t panel = p_begin; panel < p_end; ++panel)
+                            pack_panel(b_packed, panel, j0, nc, k0, kc);
                     } else {
 #pragma omp barrier
 #pragma omp for schedule(static)
-                        for (int64_t panel = 0; panel < n_panels; ++panel) {
-                            const int64_t jp = panel * NR;
-                            pack_b(B, ldb, trans_b, k0, kc, j0 + jp,
-                                   std::min<int64_t>(NR, nc - jp), NR, b_packed + jp * kc_max);
-                        }
+                        for (int64_t panel = 0; panel < n_panels; ++panel)
+                            pack_panel(b_packed, panel, j0, nc, k0, kc);
                     }
                     const int64_t b_begin = split_panels ? 0 : m_blocks * tid / nthreads;
                     const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
