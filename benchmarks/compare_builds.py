@@ -4,7 +4,8 @@ drifts by tens of percent from one process to the next (BENCHMARKS.md).
 
 Each build runs in its own worker process (the two cannot share one interpreter) on the same
 model, weights and batch; the workers take turns, one round each, so slow drift of the machine
-hits both alike. A round is the fastest of `--steps` steps.
+hits both alike. A round is the fastest of `--steps` steps; with --model encoder a step is one
+sample of the P2 encoder's stream (benchmarks/encoder_inference.py, inference only).
 
     git worktree add /tmp/before HEAD~1 && (cd /tmp/before && python setup.py build_ext --inplace)
     python benchmarks/compare_builds.py /tmp/before/python python --model copy --threads 1
@@ -30,26 +31,44 @@ def worker(python_dir: str, model: str, threads: int) -> None:
     import rmt
     from train_step import MODELS, our_trainer
 
-    spec = MODELS[model]
-    cfg, _, trainer = our_trainer(spec, threads)
-    B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
     g = np.random.default_rng(0)
-    batch = {"tokens": g.integers(0, cfg["vocab_size"], (B, S * T)),
-             "targets": g.integers(0, cfg["vocab_size"], (B, S * T))}
-    trainer.step(batch)   # warm-up: buffers grown, pages touched
+    if model == "encoder":   # a step: one sample of benchmarks/encoder_inference.py's stream
+        from encoder_inference import DEFAULTS, encoder_config
+
+        rmt.set_num_threads(threads)
+        encoder = rmt.RMTEncoder(rmt.ModelConfig(**encoder_config(**DEFAULTS)), seed=0)
+        encoder.eval()
+        segs = [g.integers(4, DEFAULTS["vocab"], (DEFAULTS["batch"], DEFAULTS["segment_len"]))
+                for _ in range(DEFAULTS["segments"])]
+
+        def step():
+            for _ in encoder.stream(iter(segs)):
+                pass
+    else:
+        spec = MODELS[model]
+        cfg, _, trainer = our_trainer(spec, threads)
+        B, S, T = spec["batch"], spec["segments"], cfg["segment_len"]
+        batch = {"tokens": g.integers(0, cfg["vocab_size"], (B, S * T)),
+                 "targets": g.integers(0, cfg["vocab_size"], (B, S * T))}
+
+        def step():
+            trainer.step(batch)
+    step()   # warm-up: buffers grown, pages touched
     print(f"ready {rmt.__file__}", flush=True)
     for line in sys.stdin:
         best = float("inf")
         for _ in range(int(line)):
             t0 = time.perf_counter()
-            trainer.step(batch)
+            step()
             best = min(best, time.perf_counter() - t0)
         print(f"{best:.6f}", flush=True)
 
 
 def main(argv=None) -> None:
     p = build_pair_parser(__doc__.split("\n\n")[0], rounds=6)
-    p.add_argument("--model", default="copy", choices=["copy", "lm", "enwik8"])
+    p.add_argument("--model", default="copy", choices=["copy", "lm", "enwik8", "encoder"],
+                   help="a training step of train_step.py's models, or (encoder) one inference "
+                        "sample of encoder_inference.py's P2 encoder")
     p.add_argument("--steps", type=int, default=2, help="steps per round (the fastest counts)")
     args = p.parse_args(argv)
     if args.worker:
