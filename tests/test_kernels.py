@@ -75,14 +75,25 @@ def test_exp_shift_sum(isa, rng, n, dtype):
 @pytest.mark.parametrize("n", [n for n in LENGTHS if n > 0] + [76, 140])
 def test_softmax(isa, rng, n, dtype):
     x = vec(rng, n, dtype, scale=5.0)
+    before = x.copy()
     ours, ref = k.vec_softmax(x), k.vec_softmax(x, reference=True)
+    np.testing.assert_array_equal(x, before)    # out of place: the input is left alone
     e = np.exp(x.astype(np.float64) - x.max())
     rtol = 8e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=0)
     np.testing.assert_allclose(ours, e / e.sum(), rtol=rtol, atol=0)
-    big = x.copy()
-    big[-1] = 1e4   # the maximum in the padded tail
-    assert k.vec_softmax(big)[-1] == pytest.approx(1.0)
+    # in place (out = in): the same bits, the ragged end's overlapping vector read before the
+    # whole vectors overwrite the lanes it shares with them
+    np.testing.assert_array_equal(k.vec_softmax(x, in_place=True), ours)
+    np.testing.assert_array_equal(k.vec_softmax(x, reference=True, in_place=True), ref)
+    # the maximum at every position in turn: the tail, the overlap of the last vector with the
+    # whole ones, the first lane
+    for pos in sorted({0, n // 2, max(n - 17, 0), max(n - 9, 0), n - 1}):
+        big = x.copy()
+        big[pos] = 1e4
+        for in_place in (False, True):
+            p = k.vec_softmax(big, in_place=in_place)
+            assert p[pos] == pytest.approx(1.0) and p.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="empty"):
         k.vec_softmax(np.zeros(0, dtype))
 

@@ -109,18 +109,22 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("x"), py::arg("shift"), ref, "Returns (exp(x - shift), its sum).");
 
-    m.def("vec_softmax", [](py::handle x, bool reference) {
+    m.def("vec_softmax", [](py::handle x, bool reference, bool in_place) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);
-            auto out = copy_of<T>(checked<T>(x, "x", 1));   // softmax of nothing: non-empty
+            auto in = checked<T>(x, "x", 1);   // softmax of nothing: non-empty
+            auto out = in_place ? copy_of<T>(in) : py::array_t<T>(py::ssize_t(in.size()));
+            const T* i = in_place ? out.data() : in.data();
             T* o = out.mutable_data();
             {
                 py::gil_scoped_release release;
-                table<T>(reference).softmax(o, int64_t(out.size()));
+                table<T>(reference).softmax(o, i, int64_t(out.size()));
             }
             return std::move(out);
         });
-    }, py::arg("x"), ref, "Returns softmax(x); x must be non-empty.");
+    }, py::arg("x"), ref, py::arg("in_place") = false,
+       "Returns softmax(x); x must be non-empty. in_place: the kernel writes over a copy of x "
+       "(out = in) instead of into a separate array.");
 
     m.def("vec_layernorm_row", [](py::handle x, py::handle weight, py::handle bias, double eps,
                                   bool reference) {

@@ -4,8 +4,9 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/vector_reference.hpp"
@@ -57,60 +58,119 @@ T max(const T* x, int64_t n) {
     return r;
 }
 
+// Lane i of the result is lane (i + Shift) mod W of x: the rotations of the reductions below.
+template <std::size_t Shift>
+struct RotateLanes {
+    static constexpr std::size_t get(std::size_t i, std::size_t n) { return (i + Shift) % n; }
+};
+
+template <class Arch, typename T>
+using lane_index_batch =
+    xsimd::batch<std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>, Arch>;
+
+// The maximum (kSum: the sum) of x's lanes in every lane: log2(W) rotate-and-combine steps, so
+// the dependency chain is 4 steps deep on AVX-512 floats instead of the 15 of a scalar loop over
+// the stored lanes, and the result needs no broadcast (xsimd 8.1 has no horizontal max).
+template <class Arch, typename T, bool kSum, std::size_t Shift = xsimd::batch<T, Arch>::size / 2>
+xsimd::batch<T, Arch> all_lanes_reduce(xsimd::batch<T, Arch> x) {
+    if constexpr (Shift == 0) {
+        return x;
+    } else {
+        const auto rotated = xsimd::swizzle(
+            x, xsimd::make_batch_constant<lane_index_batch<Arch, T>, RotateLanes<Shift>>());
+        x = kSum ? x + rotated : xsimd::max(x, rotated);
+        return all_lanes_reduce<Arch, T, kSum, Shift / 2>(x);
+    }
+}
+
+// Lanes [first, W) of a vector: the lanes of the overlapping last vector of a row that the
+// whole vectors before it have not covered.
+template <class Arch, typename T>
+xsimd::batch_bool<T, Arch> lanes_from(int64_t first) {
+    using batch = xsimd::batch<T, Arch>;
+    alignas(64) T index[batch::size];
+    for (std::size_t l = 0; l < batch::size; ++l) index[l] = T(l);
+    return batch::load_aligned(index) >= batch(T(first));
+}
+
+// The ragged end as softmax's: the overlapping last vector, read before anything is written.
 template <class Arch, typename T>
 T exp_shift_sum(T* x, T shift, int64_t n) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
     const batch vshift(shift);
+    if (n < W) {   // one padded vector (-inf, whose exp is exactly 0)
+        alignas(64) T lanes[W];
+        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
+        std::copy(x, x + n, lanes);
+        const batch e = xsimd::exp(batch::load_aligned(lanes) - vshift);
+        e.store_aligned(lanes);
+        std::copy(lanes, lanes + n, x);
+        return xsimd::hadd(e);
+    }
+    const int64_t whole = n / W * W;
+    const bool ragged = whole < n;
+    const batch e_last = ragged ? xsimd::exp(batch::load_unaligned(x + n - W) - vshift) : batch(T(0));
     batch s(T(0));
-    int64_t i = 0;
-    for (; i + W <= n; i += W) {
-        batch e = xsimd::exp(batch::load_unaligned(x + i) - vshift);
+    for (int64_t i = 0; i < whole; i += W) {
+        const batch e = xsimd::exp(batch::load_unaligned(x + i) - vshift);
         e.store_unaligned(x + i);
         s += e;
     }
-    if (i < n) {
-        // The tail as one padded vector: softmax rows are short (segment plus memory, often
-        // 76 or 140 keys), and a scalar std::exp per tail element cost as much as the rest.
-        // exp(-inf) = 0 exactly, so the padding adds nothing to the sum.
-        alignas(64) T lanes[W];
-        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
-        std::copy(x + i, x + n, lanes);
-        batch e = xsimd::exp(batch::load_aligned(lanes) - vshift);
-        e.store_aligned(lanes);
-        std::copy(lanes, lanes + (n - i), x + i);
-        s += e;
+    if (ragged) {
+        s += xsimd::select(lanes_from<Arch, T>(W - (n - whole)), e_last, batch(T(0)));
+        e_last.store_unaligned(x + n - W);
     }
     return xsimd::hadd(s);
 }
 
-// One row in three vector passes; the partial last vector goes through a padded copy (-inf for
-// the max and the exp, whose exp is exactly 0), so no element takes the scalar std::exp.
+// One row in three vector passes: the max of in, out = exp(in - max) and its sum, out scaled.
+// Reading in and writing out apart lets the attention take its scores from a padded scratch
+// without a copy: a vector load of rows just written by a copy (whose stores have other sizes
+// and offsets) cannot be forwarded from the stores and waits for them, a fifth of the softmax's
+// time. A ragged row of at least one vector ends with the overlapping vector in[n - W, n), read
+// before anything is written (out may be in): its first lanes repeat elements of the last whole
+// vector, which count once in the max (harmlessly twice) and are masked out of the sum; their
+// exp is bitwise what the whole vectors got, so storing it last rewrites those lanes with what
+// they already hold. Attention rows (segment plus memory: 76, 77, 140 keys) are short, and the
+// former scalar copy of the tail into a padded buffer, with its store-forwarding stall and a
+// 16-step scalar max, cost as much as their exps. Rows shorter than a vector go through a
+// padded copy (-inf, whose exp is exactly 0).
 template <class Arch, typename T>
-void softmax(T* x, int64_t n) {
+void softmax(T* out, const T* in, int64_t n) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
+    if (n < W) {
+        alignas(64) T lanes[W];
+        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
+        std::copy(in, in + n, lanes);
+        const batch v = batch::load_aligned(lanes);
+        const batch e = xsimd::exp(v - all_lanes_reduce<Arch, T, false>(v));
+        (e / all_lanes_reduce<Arch, T, true>(e)).store_aligned(lanes);
+        std::copy(lanes, lanes + n, out);
+        return;
+    }
     const int64_t whole = n / W * W;
-    alignas(64) T tail[W];
-    std::fill(tail, tail + W, -std::numeric_limits<T>::infinity());
-    std::copy(x + whole, x + n, tail);
-    batch m = batch::load_aligned(tail);
-    for (int64_t i = 0; i < whole; i += W) m = xsimd::max(m, batch::load_unaligned(x + i));
-    alignas(64) T lanes[W];   // xsimd 8 has no horizontal max
-    m.store_aligned(lanes);
-    const batch mx(*std::max_element(lanes, lanes + W));
+    const bool ragged = whole < n;
+    const batch last = batch::load_unaligned(in + n - W);   // == the last whole vector if !ragged
+    batch m = last;
+    for (int64_t i = 0; i < whole; i += W) m = xsimd::max(m, batch::load_unaligned(in + i));
+    const batch mx = all_lanes_reduce<Arch, T, false>(m);
     batch s(T(0));
     for (int64_t i = 0; i < whole; i += W) {
-        const batch e = xsimd::exp(batch::load_unaligned(x + i) - mx);
-        e.store_unaligned(x + i);
+        const batch e = xsimd::exp(batch::load_unaligned(in + i) - mx);
+        e.store_unaligned(out + i);
         s += e;
     }
-    const batch et = xsimd::exp(batch::load_aligned(tail) - mx);
-    s += et;
-    const batch inv(T(1) / xsimd::hadd(s));
-    for (int64_t i = 0; i < whole; i += W) (batch::load_unaligned(x + i) * inv).store_unaligned(x + i);
-    (et * inv).store_aligned(tail);
-    std::copy(tail, tail + (n - whole), x + whole);
+    batch e_last(T(0));
+    if (ragged) {
+        e_last = xsimd::exp(last - mx);
+        s += xsimd::select(lanes_from<Arch, T>(W - (n - whole)), e_last, batch(T(0)));
+    }
+    const batch inv = batch(T(1)) / all_lanes_reduce<Arch, T, true>(s);
+    for (int64_t i = 0; i < whole; i += W)
+        (batch::load_unaligned(out + i) * inv).store_unaligned(out + i);
+    if (ragged) (e_last * inv).store_unaligned(out + n - W);
 }
 
 template <class Arch, typename T>

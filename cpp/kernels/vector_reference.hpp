@@ -100,18 +100,18 @@ void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T m
     }
 }
 
-// x = softmax(x) over n >= 1 values (max-shifted).
+// out = softmax(in) over n >= 1 values (max-shifted); out may be in.
 template <typename T>
-void softmax(T* x, int64_t n) {
-    T mx = x[0];
-    for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+void softmax(T* out, const T* in, int64_t n) {
+    T mx = in[0];
+    for (int64_t i = 1; i < n; ++i) mx = in[i] > mx ? in[i] : mx;
     T s = 0;
     for (int64_t i = 0; i < n; ++i) {
-        x[i] = std::exp(x[i] - mx);
-        s += x[i];
+        out[i] = std::exp(in[i] - mx);
+        s += out[i];
     }
     const T inv = T(1) / s;
-    for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+    for (int64_t i = 0; i < n; ++i) out[i] *= inv;
 }
 
 // C (M x N, ldc) = alpha * A B (K x N, ldb), or C += that with accumulate; all row-major, with

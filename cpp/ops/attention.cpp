@@ -102,13 +102,28 @@ inline int64_t next_pair(int64_t bh) {
 // relative attention backward's whole-call buffers (dBD of every (batch, head) pair, a few MB,
 // and its column sums per pair: a fresh allocation of that size would be fresh pages, and their
 // page faults, on every call); SLOT_RK_T the forward's transposed position keys.
-constexpr int SLOT_B = 0, SLOT_C_TAIL = 1, SLOT_DBD_SUMS = 2, SLOT_DBD = 3, SLOT_RK_T = 4;
+// SLOT_S the plain attention forward's padded scores.
+constexpr int SLOT_B = 0, SLOT_C_TAIL = 1, SLOT_DBD_SUMS = 2, SLOT_DBD = 3, SLOT_RK_T = 4,
+              SLOT_S = 5;
 template <typename T>
 T* scratch(int slot, size_t n) {
-    thread_local std::vector<T> buffers[5];
+    thread_local std::vector<T> buffers[6];
     std::vector<T>& b = buffers[slot];
     if (b.size() < n) b.resize(n);
     return b.data();
+}
+
+// x (rows x cols, row stride ld) transposed into scratch SLOT_B as cols x Np rows, Np >= rows,
+// the columns past rows zero. A row of x is read whole (a head's slice: one or a few vectors).
+template <typename T>
+const T* transposed_padded(const T* x, int64_t rows, int64_t cols, int64_t ld, int64_t Np) {
+    T* t = scratch<T>(SLOT_B, size_t(cols * Np));
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* row = x + r * ld;
+        for (int64_t c = 0; c < cols; ++c) t[c * Np + r] = row[c];
+    }
+    for (int64_t c = 0; c < cols; ++c) std::fill(t + c * Np + rows, t + (c + 1) * Np, T(0));
+    return t;
 }
 
 // C (M x N, ldc) = alpha op(A) op(B) + beta C, row-major, op = transpose when trans_*; beta is
@@ -130,13 +145,7 @@ void head_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
     const int64_t whole = N / pad * pad;
     if (trans_b) {
         const int64_t Np = round_up(N, pad);
-        T* b = scratch<T>(SLOT_B, size_t(K * Np));
-        for (int64_t k = 0; k < K; ++k) {
-            T* row = b + k * Np;
-            for (int64_t j = 0; j < N; ++j) row[j] = B[j * ldb + k];
-            std::fill(row + N, row + Np, T(0));
-        }
-        B = b;
+        B = transposed_padded(B, N, K, ldb, Np);
         ldb = Np;
     }
     // The whole vectors straight into C; the last, partial one through scratch, its B columns
@@ -186,10 +195,22 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
         const T* vh = v + b * Tk * C + h * hs;
         T* oh = out + b * Tq * C + h * hs;
         T* p = probs + (b * NH + h) * Tq * Tk;
-        // S = q k^T / sqrt(hs), then the masked softmax in place
-        head_gemm<T>(false, true, Tq, Tk, hs, scale, qh, C, kh, C, T(0), p, Tk);
-        masked_softmax_rows<T>(p, p, allowed ? allowed + b * mask_batch_stride : nullptr, Tq, Tk,
-                               Tq);
+        const uint8_t* allowed_b = allowed ? allowed + b * mask_batch_stride : nullptr;
+        // S = q k^T / sqrt(hs), then the masked softmax
+        if (small_product(Tq, Tk, hs)) {
+            // S in scratch with rows padded to whole vectors (the transposed keys' zero
+            // columns), so small_gemm writes every column straight from its registers: written
+            // into probs' Tk-wide rows, a ragged last vector went through a scratch tile and a
+            // copy of its own. The softmax then reads S and writes probs.
+            const int64_t Np = round_up(Tk, kernels::pad_elements<T>());
+            T* s = scratch<T>(SLOT_S, size_t(Tq * Np));
+            kernels::vec<T>().small_gemm(Tq, Np, hs, scale, qh, C, 1,
+                                         transposed_padded(kh, Tk, hs, C, Np), Np, s, Np, false);
+            masked_softmax_rows<T>(p, s, Np, allowed_b, Tq, Tk, Tq);
+        } else {
+            head_gemm<T>(false, true, Tq, Tk, hs, scale, qh, C, kh, C, T(0), p, Tk);
+            masked_softmax_rows<T>(p, p, Tk, allowed_b, Tq, Tk, Tq);
+        }
         // out = P v (a query with nothing allowed has P = 0, so outputs 0)
         head_gemm<T>(false, false, Tq, hs, Tk, T(1), p, Tk, vh, C, T(0), oh, C);
     }
@@ -415,8 +436,8 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                     for (int64_t j = 0; j < jend; ++j) srow[j] += brow[j];
                 }
                 // reads only the allowed keys, all before end; writes zeros after them
-                masked_softmax_rows<T>(pb, pb, allowed ? allowed + b * mask_batch_stride + i0 * K
-                                                       : nullptr,
+                masked_softmax_rows<T>(pb, pb, K,
+                                       allowed ? allowed + b * mask_batch_stride + i0 * K : nullptr,
                                        block_rows, K, block_rows);
                 head_gemm<T>(false, false, block_rows, hs, end, T(1), pb, K, vh, C, T(0), oh + i0 * C, C);
             }

@@ -52,7 +52,7 @@ def vec_scale(x: typing.Any, a: typing.SupportsFloat | typing.SupportsIndex, ref
     """
     Returns x * a.
     """
-def vec_softmax(x: typing.Any, reference: bool = False) -> typing.Any:
+def vec_softmax(x: typing.Any, reference: bool = False, in_place: bool = False) -> typing.Any:
     """
-    Returns softmax(x); x must be non-empty.
+    Returns softmax(x); x must be non-empty. in_place: the kernel writes over a copy of x (out = in) instead of into a separate array.
     """
