@@ -94,6 +94,17 @@ def test_softmax(isa, rng, n, dtype):
         for in_place in (False, True):
             p = k.vec_softmax(big, in_place=in_place)
             assert p[pos] == pytest.approx(1.0) and p.sum() == pytest.approx(1.0)
+    # 7 rows in one call: each row as it is on its own
+    rows = (5.0 * rng.standard_normal((7, n))).astype(dtype)
+    rows[2, -1] = 1e4
+    for in_place in (False, True):
+        p = k.vec_softmax(rows, in_place=in_place)
+        assert p.shape == rows.shape
+        for r in range(7):
+            np.testing.assert_array_equal(p[r], k.vec_softmax(rows[r]))
+    np.testing.assert_allclose(k.vec_softmax(rows, reference=True), p, rtol=rtol, atol=0)
+    with pytest.raises(ValueError, match="1-D"):
+        k.vec_softmax(rows.reshape(7, 1, n))
     with pytest.raises(ValueError, match="empty"):
         k.vec_softmax(np.zeros(0, dtype))
 

@@ -112,19 +112,25 @@ void register_kernels(py::module_& m) {
     m.def("vec_softmax", [](py::handle x, bool reference, bool in_place) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);
-            auto in = checked<T>(x, "x", 1);   // softmax of nothing: non-empty
-            auto out = in_place ? copy_of<T>(in) : py::array_t<T>(py::ssize_t(in.size()));
-            const T* i = in_place ? out.data() : in.data();
+            auto in = checked<T>(x, "x", -1);   // softmax of nothing: non-empty
+            if (in.dimension() > 2)
+                throw py::value_error("x must be 1-D (one row) or 2-D (rows), got " +
+                                      std::to_string(in.dimension()) + " dimensions");
+            const int64_t n = int64_t(in.shape().back()), rows = int64_t(in.size()) / n;
+            std::vector<int64_t> shape(in.shape().begin(), in.shape().end());
+            auto out = new_array<T>(shape, false);
             T* o = out.mutable_data();
+            if (in_place) std::copy(in.data(), in.data() + in.size(), o);
+            const T* i = in_place ? o : in.data();
             {
                 py::gil_scoped_release release;
-                table<T>(reference).softmax(o, i, int64_t(out.size()));
+                table<T>(reference).softmax_rows(o, n, i, n, rows, n);
             }
             return std::move(out);
         });
     }, py::arg("x"), ref, py::arg("in_place") = false,
-       "Returns softmax(x); x must be non-empty. in_place: the kernel writes over a copy of x "
-       "(out = in) instead of into a separate array.");
+       "Returns softmax(x) over its last axis; x (n,) or (rows, n), non-empty. in_place: the "
+       "kernel writes over a copy of x (out = in) instead of into a separate array.");
 
     m.def("vec_layernorm_row", [](py::handle x, py::handle weight, py::handle bias, double eps,
                                   bool reference) {

@@ -31,7 +31,10 @@ struct VectorKernels {
     // is a multiple of pad_elements<T>().
     void (*small_gemm)(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs,
                        int64_t a_cs, const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate);
-    void (*softmax)(T* out, const T* in, int64_t n);          // out may be in; n >= 1
+    // rows x n (n >= 1): out row r (row stride ld_out) = softmax of in row r (ld_in); out may
+    // be in (the same rows and stride).
+    void (*softmax_rows)(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows,
+                         int64_t n);
     // One LayerNorm row (n >= 1) and the input gradient of one row (accumulated into dx).
     void (*layernorm_row)(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps,
                           T* mean, T* rstd);

@@ -10,7 +10,7 @@ static VectorKernels<T> reference_vector_kernels() {
     return VectorKernels<T>{&reference::dot<T>, &reference::axpy<T>, &reference::max<T>,
                             &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>,
                             &reference::gelu<T>, &reference::gelu_backward<T>,
-                            &reference::small_gemm<T>, &reference::softmax<T>,
+                            &reference::small_gemm<T>, &reference::softmax_rows<T>,
                             &reference::layernorm_row<T>, &reference::layernorm_row_backward<T>,
                             &reference::relu_backward<T>};
 }

@@ -124,53 +124,62 @@ T exp_shift_sum(T* x, T shift, int64_t n) {
     return xsimd::hadd(s);
 }
 
-// One row in three vector passes: the max of in, out = exp(in - max) and its sum, out scaled.
-// Reading in and writing out apart lets the attention take its scores from a padded scratch
-// without a copy: a vector load of rows just written by a copy (whose stores have other sizes
-// and offsets) cannot be forwarded from the stores and waits for them, a fifth of the softmax's
-// time. A ragged row of at least one vector ends with the overlapping vector in[n - W, n), read
-// before anything is written (out may be in): its first lanes repeat elements of the last whole
-// vector, which count once in the max (harmlessly twice) and are masked out of the sum; their
-// exp is bitwise what the whole vectors got, so storing it last rewrites those lanes with what
-// they already hold. Attention rows (segment plus memory: 76, 77, 140 keys) are short, and the
-// former scalar copy of the tail into a padded buffer, with its store-forwarding stall and a
-// 16-step scalar max, cost as much as their exps. Rows shorter than a vector go through a
-// padded copy (-inf, whose exp is exactly 0).
+// One row (n >= W) in three vector passes: the max of in, out = exp(in - max) and its sum, out
+// scaled. Reading in and writing out apart lets the attention take its scores from a padded
+// scratch without a copy: a vector load of rows just written by a copy (whose stores have other
+// sizes and offsets) cannot be forwarded from the stores and waits for them. A ragged row ends
+// with the overlapping vector in[n - W, n), read before anything is written (out may be in): its
+// first lanes repeat elements of the last whole vector, which count once in the max (harmlessly
+// twice) and are masked out of the sum; their exp is bitwise what the whole vectors got, so
+// storing it last rewrites those lanes with what they already hold. The former scalar copy of
+// the tail into a padded buffer, with its store-forwarding stall and a 16-step scalar max, cost
+// as much as the exps at the attention's row lengths (segment plus memory: 76, 77, 140 keys).
 template <class Arch, typename T>
-void softmax(T* out, const T* in, int64_t n) {
+void softmax_row(T* out, const T* in, int64_t n) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
-    if (n < W) {
-        alignas(64) T lanes[W];
-        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
-        std::copy(in, in + n, lanes);
-        const batch v = batch::load_aligned(lanes);
-        const batch e = xsimd::exp(v - all_lanes_reduce<Arch, T, false>(v));
-        (e / all_lanes_reduce<Arch, T, true>(e)).store_aligned(lanes);
-        std::copy(lanes, lanes + n, out);
-        return;
-    }
     const int64_t whole = n / W * W;
     const bool ragged = whole < n;
-    const batch last = batch::load_unaligned(in + n - W);   // == the last whole vector if !ragged
+    batch last = batch::load_unaligned(in + n - W);   // the last whole vector if !ragged
     batch m = last;
     for (int64_t i = 0; i < whole; i += W) m = xsimd::max(m, batch::load_unaligned(in + i));
-    const batch mx = all_lanes_reduce<Arch, T, false>(m);
+    m = all_lanes_reduce<Arch, T, false>(m);
     batch s(T(0));
     for (int64_t i = 0; i < whole; i += W) {
-        const batch e = xsimd::exp(batch::load_unaligned(in + i) - mx);
+        const batch e = xsimd::exp(batch::load_unaligned(in + i) - m);
         e.store_unaligned(out + i);
         s += e;
     }
-    batch e_last(T(0));
     if (ragged) {
-        e_last = xsimd::exp(last - mx);
-        s += xsimd::select(lanes_from<Arch, T>(W - (n - whole)), e_last, batch(T(0)));
+        last = xsimd::exp(last - m);
+        s += xsimd::select(lanes_from<Arch, T>(W - (n - whole)), last, batch(T(0)));
     }
     const batch inv = batch(T(1)) / all_lanes_reduce<Arch, T, true>(s);
     for (int64_t i = 0; i < whole; i += W)
         (batch::load_unaligned(out + i) * inv).store_unaligned(out + i);
-    if (ragged) (e_last * inv).store_unaligned(out + n - W);
+    if (ragged) (last * inv).store_unaligned(out + n - W);
+}
+
+// Row by row (four rows interleaved, to overlap one row's reductions and division with the
+// next row's work, measured no faster: the exps set the pace). Rows shorter than a vector go
+// through a padded copy (-inf, whose exp is exactly 0).
+template <class Arch, typename T>
+void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    for (int64_t r = 0; r < rows; ++r) {
+        if (n >= W) {
+            softmax_row<Arch, T>(out + r * ld_out, in + r * ld_in, n);
+            continue;
+        }
+        alignas(64) T lanes[W];
+        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
+        std::copy(in + r * ld_in, in + r * ld_in + n, lanes);
+        const batch v = batch::load_aligned(lanes);
+        const batch e = xsimd::exp(v - all_lanes_reduce<Arch, T, false>(v));
+        (e / all_lanes_reduce<Arch, T, true>(e)).store_aligned(lanes);
+        std::copy(lanes, lanes + n, out + r * ld_out);
+    }
 }
 
 template <class Arch, typename T>
@@ -444,7 +453,7 @@ VectorKernels<T> make_vector_kernels() {
     return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
                             &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
                             &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
-                            &softmax<Arch, T>, &layernorm_row<Arch, T>,
+                            &softmax_rows<Arch, T>, &layernorm_row<Arch, T>,
                             &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>};
 }
 

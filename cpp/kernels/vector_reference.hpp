@@ -100,18 +100,22 @@ void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T m
     }
 }
 
-// out = softmax(in) over n >= 1 values (max-shifted); out may be in.
+// out = softmax(in) over n >= 1 values (max-shifted), row by row; out may be in.
 template <typename T>
-void softmax(T* out, const T* in, int64_t n) {
-    T mx = in[0];
-    for (int64_t i = 1; i < n; ++i) mx = in[i] > mx ? in[i] : mx;
-    T s = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        out[i] = std::exp(in[i] - mx);
-        s += out[i];
+void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* x = in + r * ld_in;
+        T* y = out + r * ld_out;
+        T mx = x[0];
+        for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+        T s = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            y[i] = std::exp(x[i] - mx);
+            s += y[i];
+        }
+        const T inv = T(1) / s;
+        for (int64_t i = 0; i < n; ++i) y[i] *= inv;
     }
-    const T inv = T(1) / s;
-    for (int64_t i = 0; i < n; ++i) out[i] *= inv;
 }
 
 // C (M x N, ldc) = alpha * A B (K x N, ldb), or C += that with accumulate; all row-major, with

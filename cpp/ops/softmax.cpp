@@ -10,53 +10,71 @@
 
 namespace rmt::ops {
 
+namespace {
+
+// Where one mask row's allowed keys lie: all in [lo, hi) (lo == hi: none), and whether some key
+// inside that range is masked. Without a mask: all N keys.
+struct AllowedRange {
+    int64_t lo, hi;
+    bool holes;
+    bool operator==(const AllowedRange& o) const { return lo == o.lo && hi == o.hi && holes == o.holes; }
+};
+
+AllowedRange allowed_range(const uint8_t* a, int64_t N) {
+    if (!a) return {0, N, false};
+    int64_t lo = 0, hi = N;
+    while (lo < N && !a[lo]) ++lo;
+    while (hi > lo && !a[hi - 1]) --hi;
+    // memchr: glibc's vector scan, where a byte loop cost 2% of an encoder stream
+    return {lo, hi, lo < hi && std::memchr(a + lo, 0, size_t(hi - lo)) != nullptr};
+}
+
+}  // namespace
+
 template <typename T>
 void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const uint8_t* allowed,
                          int64_t R, int64_t N, int64_t mask_rows) {
     const auto& vk = kernels::vec<T>();
-    for (int64_t r = 0; r < R; ++r) {
-        const T* s = scores + r * scores_stride;
-        T* p = probs + r * N;
-        const uint8_t* a = allowed ? allowed + (r % mask_rows) * N : nullptr;
-        int64_t lo = 0, hi = N;   // the allowed keys all lie in [lo, hi)
-        if (a) {
-            while (lo < N && !a[lo]) ++lo;
-            while (hi > lo && !a[hi - 1]) --hi;
-        }
-        if (lo == hi) {   // nothing allowed: zeros, not NaN
-            std::fill(p, p + N, T(0));
-            continue;
-        }
-        // (memchr: glibc's vector scan, where a byte loop cost 2% of an encoder stream)
-        if (!a || std::memchr(a + lo, 0, size_t(hi - lo)) == nullptr) {
-            // one allowed range without holes (no mask, causal, padding): one fused kernel call
-            vk.softmax(p + lo, s + lo, hi - lo);
-            std::fill(p, p + lo, T(0));
-            std::fill(p + hi, p + N, T(0));
-            continue;
-        }
-        // Masked keys inside [lo, hi) are set to -inf, whose exp is exactly 0 (scalar and xsimd),
-        // so the vector exp and sum run over the whole range.
-        T mx;
-        bool holes = false;
-        if (a) {
-            mx = s[lo];
-            for (int64_t j = lo; j < hi; ++j) {
-                if (a[j]) mx = std::max(mx, s[j]);
-                else holes = true;
+    auto mask_row = [&](int64_t r) { return allowed ? allowed + (r % mask_rows) * N : nullptr; };
+    int64_t r = 0;
+    AllowedRange range = allowed_range(mask_row(0), N);
+    while (r < R) {
+        const int64_t lo = range.lo, hi = range.hi;
+        // the rows after r with the same range (a padding mask: all of them) go with it
+        // (rows with holes go one at a time)
+        int64_t end = r + 1;
+        AllowedRange next{};
+        if (!range.holes)
+            for (; end < R; ++end) {
+                next = mask_row(end) == mask_row(r) ? range : allowed_range(mask_row(end), N);
+                if (!(next == range)) break;
             }
-        } else {
-            mx = vk.max(s, N);
+        for (int64_t i = r; i < end; ++i) {
+            T* p = probs + i * N;
+            std::fill(p, p + lo, T(0));   // nothing allowed (lo == hi): zeros, not NaN
+            std::fill(p + hi, p + N, T(0));
         }
-        if (p != s) std::copy(s + lo, s + hi, p + lo);
-        if (holes) {
+        if (lo < hi && !range.holes) {
+            // one allowed range without holes (no mask, causal, padding): one kernel call, whose
+            // rows interleave
+            vk.softmax_rows(probs + r * N + lo, N, scores + r * scores_stride + lo, scores_stride,
+                            end - r, hi - lo);
+        } else if (lo < hi) {
+            // Masked keys inside [lo, hi) are set to -inf, whose exp is exactly 0 (scalar and
+            // xsimd), so the vector exp and sum run over the whole range.
+            const uint8_t* a = mask_row(r);
+            const T* s = scores + r * scores_stride;
+            T* p = probs + r * N;
+            T mx = s[lo];
             for (int64_t j = lo; j < hi; ++j)
-                if (!a[j]) p[j] = -std::numeric_limits<T>::infinity();
+                if (a[j]) mx = std::max(mx, s[j]);
+            for (int64_t j = lo; j < hi; ++j)
+                p[j] = a[j] ? s[j] : -std::numeric_limits<T>::infinity();
+            const T sum = vk.exp_shift_sum(p + lo, mx, hi - lo);
+            vk.scale(p + lo, T(1) / sum, hi - lo);
         }
-        const T sum = vk.exp_shift_sum(p + lo, mx, hi - lo);
-        vk.scale(p + lo, T(1) / sum, hi - lo);
-        std::fill(p, p + lo, T(0));
-        std::fill(p + hi, p + N, T(0));
+        if (end < R) range = range.holes ? allowed_range(mask_row(end), N) : next;
+        r = end;
     }
 }
 
