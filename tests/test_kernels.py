@@ -136,6 +136,20 @@ def test_layernorm_row_and_its_backward(isa, rng, n, dtype):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 64, 77])
+def test_layernorm_rows_are_each_row_alone(isa, rng, n, dtype):
+    # 39 rows: the op's blocks of 32 rows, the kernel's groups of four interleaved rows and the
+    # rows left; every row the same bits as the kernel gives it on its own
+    x = (3 * rng.standard_normal((39, n)) + 5).astype(dtype)
+    w, b = vec(rng, n, dtype), vec(rng, n, dtype)
+    out, mean, rstd = rmt.ops.layernorm_forward(x, w, b, eps=1e-5)
+    for r in range(39):
+        row, m, s = k.vec_layernorm_row(x[r], w, b, 1e-5)
+        np.testing.assert_array_equal(out[r], row)
+        assert (mean[r], rstd[r]) == (dtype(m), dtype(s))
+
+
 # (M, N, K): row blocks of 8 / 6 / 4 / 1, column blocks of four (AVX-512) or two vectors, then one
 # block of the 1-3 whole vectors left, then scalar tails (N = 88: 5 float vectors + 8 on AVX-512,
 # 11 double vectors = 4 + 4 + 3)

@@ -145,8 +145,8 @@ void register_kernels(py::module_& m) {
             T* o = out.mutable_data();
             {
                 py::gil_scoped_release release;
-                table<T>(reference).layernorm_row(o, X.data(), Wt.data(), Bs.data(), n, T(eps),
-                                                  &mean, &rstd);
+                table<T>(reference).layernorm_rows(o, X.data(), Wt.data(), Bs.data(), 1, n,
+                                                   T(eps), &mean, &rstd);
             }
             return py::make_tuple(std::move(out), double(mean), double(rstd));
         });

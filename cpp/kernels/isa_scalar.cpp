@@ -11,7 +11,7 @@ static VectorKernels<T> reference_vector_kernels() {
                             &reference::exp_shift_sum<T>, &reference::scale<T>, &reference::adamw<T>,
                             &reference::gelu<T>, &reference::gelu_backward<T>,
                             &reference::small_gemm<T>, &reference::softmax_rows<T>,
-                            &reference::layernorm_row<T>, &reference::layernorm_row_backward<T>,
+                            &reference::layernorm_rows<T>, &reference::layernorm_row_backward<T>,
                             &reference::relu_backward<T>};
 }
 

@@ -370,47 +370,81 @@ void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_
                                           C + i * ldc, ldc, accumulate);
 }
 
-// LayerNorm rows in T lanes: each lane sums its own elements (W partial sums, two accumulators),
-// so the rounding error stays well below the serial float sum's; the second pass sums squares of
-// (x - mean), which do not cancel. The scalar tail joins the lane sums before the reduction.
-template <class Arch, typename T>
-void layernorm_row(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps, T* mean,
-                   T* rstd) {
+// LayerNorm of R rows (n >= W, row stride n) at once: each lane sums its own elements (W partial
+// sums), so the rounding error stays well below the serial float sum's; the second pass sums
+// squares of (x - mean), which do not cancel. A ragged row ends with the overlapping vector
+// x[n - W, n), its lanes already counted masked out of the sums. The rows are interleaved: one
+// row alone is a chain of latencies (two lane reductions, a square root and a division) several
+// times longer than its arithmetic at the models' widths (64 to 512), and R independent chains
+// overlap.
+template <class Arch, typename T, int R>
+void layernorm_row_group(T* out, const T* x, const T* weight, const T* bias, int64_t n, T eps,
+                         T* mean, T* rstd) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
     const int64_t whole = n / W * W;
-    batch s0(T(0)), s1(T(0));
-    int64_t i = 0;
-    for (; i + 2 * W <= whole; i += 2 * W) {
-        s0 += batch::load_unaligned(x + i);
-        s1 += batch::load_unaligned(x + i + W);
+    const bool ragged = whole < n;
+    const auto tail = lanes_from<Arch, T>(W - (n - whole));
+    const batch zero(T(0)), inv_n(T(1) / T(n));
+    batch m[R], q[R];
+    for (int r = 0; r < R; ++r) {
+        const T* xr = x + r * n;
+        batch s = ragged ? xsimd::select(tail, batch::load_unaligned(xr + n - W), zero) : zero;
+        for (int64_t i = 0; i < whole; i += W) s += batch::load_unaligned(xr + i);
+        m[r] = all_lanes_reduce<Arch, T, true>(s) * inv_n;
     }
-    if (i < whole) s0 += batch::load_unaligned(x + i);
-    T tail = 0;
-    for (int64_t c = whole; c < n; ++c) tail += x[c];
-    const T m = (xsimd::hadd(s0 + s1) + tail) / T(n);
-    const batch vm(m);
-    batch q0(T(0)), q1(T(0));
-    for (i = 0; i + 2 * W <= whole; i += 2 * W) {
-        const batch d0 = batch::load_unaligned(x + i) - vm;
-        const batch d1 = batch::load_unaligned(x + i + W) - vm;
-        q0 = xsimd::fma(d0, d0, q0);
-        q1 = xsimd::fma(d1, d1, q1);
+    for (int r = 0; r < R; ++r) {
+        const T* xr = x + r * n;
+        batch s = zero;
+        if (ragged) {
+            const batch d = xsimd::select(tail, batch::load_unaligned(xr + n - W) - m[r], zero);
+            s = d * d;
+        }
+        for (int64_t i = 0; i < whole; i += W) {
+            const batch d = batch::load_unaligned(xr + i) - m[r];
+            s = xsimd::fma(d, d, s);
+        }
+        q[r] = batch(T(1)) / xsimd::sqrt(xsimd::fma(all_lanes_reduce<Arch, T, true>(s), inv_n,
+                                                    batch(eps)));
     }
-    if (i < whole) {
-        const batch d0 = batch::load_unaligned(x + i) - vm;
-        q0 = xsimd::fma(d0, d0, q0);
+    for (int r = 0; r < R; ++r) {
+        const T* xr = x + r * n;
+        T* yr = out + r * n;
+        // the overlapping last vector first: the whole vectors then rewrite its shared lanes
+        // with the same values (out may not alias x, so the order is free)
+        if (ragged)
+            xsimd::fma((batch::load_unaligned(xr + n - W) - m[r]) * q[r],
+                       batch::load_unaligned(weight + n - W), batch::load_unaligned(bias + n - W))
+                .store_unaligned(yr + n - W);
+        for (int64_t i = 0; i < whole; i += W)
+            xsimd::fma((batch::load_unaligned(xr + i) - m[r]) * q[r],
+                       batch::load_unaligned(weight + i), batch::load_unaligned(bias + i))
+                .store_unaligned(yr + i);
+        alignas(64) T lanes[W];
+        m[r].store_aligned(lanes);
+        mean[r] = lanes[0];
+        q[r].store_aligned(lanes);
+        rstd[r] = lanes[0];
     }
-    T tail_sq = 0;
-    for (int64_t c = whole; c < n; ++c) tail_sq += (x[c] - m) * (x[c] - m);
-    const T r = T(1) / std::sqrt((xsimd::hadd(q0 + q1) + tail_sq) / T(n) + eps);
-    const batch vr(r);
-    for (i = 0; i < whole; i += W)
-        xsimd::fma((batch::load_unaligned(x + i) - vm) * vr, batch::load_unaligned(weight + i),
-                   batch::load_unaligned(bias + i)).store_unaligned(out + i);
-    for (int64_t c = whole; c < n; ++c) out[c] = (x[c] - m) * r * weight[c] + bias[c];
-    *mean = m;
-    *rstd = r;
+}
+
+// Rows of n in groups of four, then one at a time; rows shorter than a vector go to the scalar
+// reference.
+template <class Arch, typename T>
+void layernorm_rows(T* out, const T* x, const T* weight, const T* bias, int64_t rows, int64_t n,
+                    T eps, T* mean, T* rstd) {
+    constexpr int64_t W = xsimd::batch<T, Arch>::size;
+    if (n < W) {
+        reference::layernorm_rows(out, x, weight, bias, rows, n, eps, mean, rstd);
+        return;
+    }
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+        layernorm_row_group<Arch, T, 4>(out + r * n, x + r * n, weight, bias, n, eps, mean + r,
+                                        rstd + r);
+    for (; r < rows; ++r)
+        layernorm_row_group<Arch, T, 1>(out + r * n, x + r * n, weight, bias, n, eps, mean + r,
+                                        rstd + r);
 }
 
 template <class Arch, typename T>
@@ -453,7 +487,7 @@ VectorKernels<T> make_vector_kernels() {
     return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
                             &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
                             &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
-                            &softmax_rows<Arch, T>, &layernorm_row<Arch, T>,
+                            &softmax_rows<Arch, T>, &layernorm_rows<Arch, T>,
                             &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>};
 }
 

@@ -79,6 +79,13 @@ void layernorm_row(T* out, const T* x, const T* weight, const T* bias, int64_t n
     *rstd = r;
 }
 
+template <typename T>
+void layernorm_rows(T* out, const T* x, const T* weight, const T* bias, int64_t rows, int64_t n,
+                    T eps, T* mean, T* rstd) {
+    for (int64_t r = 0; r < rows; ++r)
+        layernorm_row(out + r * n, x + r * n, weight, bias, n, eps, mean + r, rstd + r);
+}
+
 // dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * weight,
 // xhat = (x - mean) * rstd: the input gradient of one LayerNorm row.
 template <typename T>

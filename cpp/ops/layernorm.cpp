@@ -14,9 +14,15 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
                        int64_t N, int64_t C, T eps) {
     const bool parallel = kernels::worth_threads(N * C);
     const auto& vec = kernels::vec<T>();
+    // blocks of rows: the kernel interleaves the rows of a call
+    constexpr int64_t kBlockRows = 32;
+    const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
 #pragma omp parallel for schedule(static) if (parallel) num_threads(kernels::get_num_threads())
-    for (int64_t n = 0; n < N; ++n)
-        vec.layernorm_row(out + n * C, inp + n * C, weight, bias, C, eps, mean + n, rstd + n);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t n0 = blk * kBlockRows, rows = std::min(kBlockRows, N - n0);
+        vec.layernorm_rows(out + n0 * C, inp + n0 * C, weight, bias, rows, C, eps, mean + n0,
+                           rstd + n0);
+    }
 }
 
 template <typename T>
