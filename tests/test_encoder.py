@@ -291,3 +291,41 @@ def test_a_training_call_leaves_nothing_behind_for_the_next():
     loss, grads = run(used)
     assert loss == want_loss
     np.testing.assert_array_equal(grads, want_grads)
+
+
+def test_streaming_with_threads_splits_the_batch_and_gives_the_same_bits():
+    # With threads, each thread streams a share of the batch through the segment; every output
+    # (logits, the carried memory, the attention maps gathered from the shares) must be the
+    # bits of one thread, with an all-padding sample, a partly padded one, more threads than
+    # samples and one sample alone.
+    import rmt
+    cfg = dict(CFG, vocab_size=50, d_model=32, segment_len=7, d_ff=48)
+    model = _core.Model(cfg, 0)
+    model.training = False
+    gen = np.random.default_rng(0)
+    tokens = gen.integers(1, 50, (5, 28))
+    tokens[1, :9] = 0
+    tokens[3] = 0
+    tokens[4, 10:12] = 0
+
+    def run(threads, batch):
+        rmt.set_num_threads(threads)
+        try:
+            state = model.init_stream(len(batch))
+            out = []
+            for s in range(4):
+                out.append(model.step(state, batch[:, s * 7:(s + 1) * 7]))
+                out.append(model.attention(state, 1))
+            return out + [state.memory.copy()]
+        finally:
+            rmt.set_num_threads(2)
+
+    for batch in (tokens, tokens[:1]):
+        one = run(1, batch)
+        for threads in (2, 3, 8):
+            for a, b in zip(one, run(threads, batch)):
+                np.testing.assert_array_equal(a, b)
+    maps = run(3, tokens)[-2]   # the last segment's maps: the 4 samples with content there
+    assert maps.shape == (4, CFG["n_heads"], 7 + CFG["num_mem_tokens"] + 3,
+                          7 + CFG["num_mem_tokens"] + 3)
+    assert np.allclose(maps.sum(-1), 1, atol=1e-5)

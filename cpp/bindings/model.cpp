@@ -281,17 +281,39 @@ void register_model(py::module_& core) {
             if (layer < 0 || layer >= c.n_layers)
                 throw py::index_error("layer must be in [0, " + std::to_string(c.n_layers) +
                                       "), got " + std::to_string(layer));
-            if (st.segments_seen == 0 || int64_t(st.workspace.layers.size()) <= layer)
+            if (st.segments_seen == 0)
                 throw py::value_error("no segment has run through this state yet");
-            const Buffer& probs = st.workspace.layers[layer].probs;
-            // the encoder runs only the samples with content in the segment
-            const int64_t B = c.kind == model::Kind::RMTEncoder
-                                  ? int64_t(st.workspace.rows.size()) : st.batch;
+            // The workspaces the last segment ran in: one, or (rmt_encoder with threads) one per
+            // share of the batch, in batch order. The encoder runs only the samples with content
+            // in the segment, and a share without any ran no layer (its workspace may hold an
+            // earlier segment's).
+            std::vector<const model::SegmentActivations*> parts;
+            int64_t B = st.batch;
+            if (c.kind == model::Kind::RMTEncoder) {
+                B = 0;
+                for (size_t i = 0; i < std::max<size_t>(st.chunk_begin.size(), 1); ++i) {
+                    const auto* seg = i == 0 ? &st.workspace : &st.chunk_workspaces[i - 1];
+                    if (seg->rows.empty()) continue;
+                    parts.push_back(seg);
+                    B += int64_t(seg->rows.size());
+                }
+            } else {
+                parts.push_back(&st.workspace);
+            }
             const int64_t NH = c.n_heads, Q = c.query_rows();
             if (B == 0) return new_array<float>({0, NH, Q, Q});
-            const int64_t K = int64_t(probs.size()) / (B * NH * Q);
+            for (const auto* seg : parts)
+                if (int64_t(seg->layers.size()) <= layer)
+                    throw py::value_error("no segment has run through this state yet");
+            int64_t elements = 0;
+            for (const auto* seg : parts) elements += int64_t(seg->layers[layer].probs.size());
+            const int64_t K = elements / (B * NH * Q);
             auto out = new_array<float>({B, NH, Q, K}, false);
-            std::copy(probs.begin(), probs.end(), out.mutable_data());
+            float* dst = out.mutable_data();
+            for (const auto* seg : parts) {
+                const Buffer& probs = seg->layers[layer].probs;
+                dst = std::copy(probs.begin(), probs.end(), dst);
+            }
             return out;
         }, py::arg("state"), py::arg("layer"),
            "The attention probabilities of layer `layer` in the last segment run through `state`: "

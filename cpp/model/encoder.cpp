@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/profile.hpp"
+#include "kernels/threads.hpp"
 #include "model/model.hpp"
 #include "ops/activation.hpp"
 #include "ops/cross_entropy.hpp"
@@ -216,16 +219,47 @@ void Model::encoder_segment_backward(Buffer& dmem, const SegmentActivations& seg
 
 void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_out) {
     const int64_t B = st.batch, C = config_.d_model, M = config_.num_mem_tokens,
-                  Q = config_.query_rows(), NC = config_.num_classes;
-    DropoutStream drop;   // inference: no dropout
-    SegmentActivations& seg = st.workspace;
-    encoder_segment_forward(seg, tokens, B, st.memory.data(), drop);
+                  T = config_.segment_len, Q = config_.query_rows(), NC = config_.num_classes;
     if (logits_out) std::fill(logits_out, logits_out + B * NC, std::numeric_limits<float>::quiet_NaN());
-    const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
-    for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {
-        const int64_t b = seg.rows[i];
-        if (logits_out) std::memcpy(logits_out + b * NC, &seg.logits[i * NC], sizeof(float) * NC);
-        std::memcpy(&st.memory[b * M * C], out + (i * Q + 1) * C, sizeof(float) * M * C);
+    // The encoder's samples are independent, so with threads each one runs a contiguous share of
+    // the batch through the whole segment, its kernels serial (they are inside a parallel
+    // region): one parallel region a segment instead of one or more per op, whose products are
+    // too small to split well (the P2 encoder's: 77 x 77 x 16 heads, 770 x 64 x 64 linears).
+    const int64_t shares = kernels::in_parallel_region()
+                               ? 1 : std::min<int64_t>(kernels::get_num_threads(), B);
+    st.chunk_workspaces.resize(size_t(std::max<int64_t>(shares - 1, 0)));
+    st.chunk_begin.clear();
+    if (shares > 1)
+        for (int64_t c = 0; c < shares; ++c) st.chunk_begin.push_back(B * c / shares);
+    auto run_share = [&](int64_t c) {
+        const int64_t b0 = B * c / shares, b1 = B * (c + 1) / shares;
+        SegmentActivations& seg = c == 0 ? st.workspace : st.chunk_workspaces[size_t(c - 1)];
+        DropoutStream drop;   // inference: no dropout
+        encoder_segment_forward(seg, tokens + b0 * T, b1 - b0, st.memory.data() + b0 * M * C, drop);
+        const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
+        for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {
+            const int64_t b = b0 + seg.rows[i];
+            if (logits_out) std::memcpy(logits_out + b * NC, &seg.logits[i * NC], sizeof(float) * NC);
+            std::memcpy(&st.memory[b * M * C], out + (i * Q + 1) * C, sizeof(float) * M * C);
+        }
+    };
+    if (shares == 1) {
+        run_share(0);
+    } else {
+        // an exception must not leave a parallel region: each share keeps its own
+        std::vector<std::exception_ptr> errors(static_cast<size_t>(shares));
+#ifdef RMT_HAVE_OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(int(shares))
+#endif
+        for (int64_t c = 0; c < shares; ++c) {
+            try {
+                run_share(c);
+            } catch (...) {
+                errors[size_t(c)] = std::current_exception();
+            }
+        }
+        for (const auto& e : errors)
+            if (e) std::rethrow_exception(e);
     }
     ++st.segments_seen;
 }

@@ -46,6 +46,12 @@ struct StreamState {
     int64_t P = 0;
     int64_t segments_seen = 0;
     SegmentActivations workspace;
+    // rmt_encoder with more than one thread: each thread runs a contiguous share of the batch
+    // through the segment (Model::encoder_step). Share c starts at batch row chunk_begin[c] and
+    // ran in workspace (c = 0) or chunk_workspaces[c - 1]; chunk_begin is empty when the last
+    // segment ran as one share.
+    std::vector<SegmentActivations> chunk_workspaces;
+    std::vector<int64_t> chunk_begin;
 };
 
 struct ClassifyResult {
