@@ -10,9 +10,10 @@
 //
 // Threads: a scope times the thread that opens it, in wall-clock time, including any OpenMP
 // parallel region the op runs inside. The model code opens scopes on the calling (master)
-// thread around whole op calls, never inside parallel regions; the counters are relaxed atomics
-// anyway, so concurrent model calls from several Python threads add up without tearing (their
-// times then overlap). Scopes are meant to be leaves: a scope opened inside another one is
+// thread around whole op calls, outside parallel regions, except in the encoder's stream step:
+// there each thread runs its share of the batch (Model::encoder_step) and opens its own scopes.
+// The counters are relaxed atomics, so those, like concurrent model calls from several Python
+// threads, add up without tearing (their times then overlap). Scopes are meant to be leaves: a scope opened inside another one is
 // counted in both, so the sum over counters is only the covered time when they do not nest.
 #pragma once
 #include <atomic>
