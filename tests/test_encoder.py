@@ -296,8 +296,9 @@ def test_a_training_call_leaves_nothing_behind_for_the_next():
 def test_streaming_with_threads_splits_the_batch_and_gives_the_same_bits():
     # With threads, each thread streams a share of the batch through the segment; every output
     # (logits, the carried memory, the attention maps gathered from the shares) must be the
-    # bits of one thread, with an all-padding sample, a partly padded one, more threads than
-    # samples and one sample alone.
+    # bits of one thread: with an all-padding sample, a partly padded one, a sample with content
+    # early and none in the last segment (alone in its share at 5 threads), more threads than
+    # samples (no split) and one sample alone.
     import rmt
     cfg = dict(CFG, vocab_size=50, d_model=32, segment_len=7, d_ff=48)
     model = _core.Model(cfg, 0)
@@ -307,25 +308,35 @@ def test_streaming_with_threads_splits_the_batch_and_gives_the_same_bits():
     tokens[1, :9] = 0
     tokens[3] = 0
     tokens[4, 10:12] = 0
+    tokens[2, 21:] = 0
 
     def run(threads, batch):
         rmt.set_num_threads(threads)
         try:
             state = model.init_stream(len(batch))
             out = []
-            for s in range(4):
-                out.append(model.step(state, batch[:, s * 7:(s + 1) * 7]))
-                out.append(model.attention(state, 1))
-            return out + [state.memory.copy()]
+            with rmt.profile() as prof:
+                for s in range(4):
+                    out.append(model.step(state, batch[:, s * 7:(s + 1) * 7]))
+                    out.append(model.attention(state, 1))
+            calls = {r["name"]: r["calls"] for r in prof.records}["fwd.attention"]
+            # a build without OpenMP runs one thread whatever is set
+            return out + [state.memory.copy()], calls if rmt.get_num_threads() == threads else None
         finally:
             rmt.set_num_threads(2)
 
     for batch in (tokens, tokens[:1]):
-        one = run(1, batch)
-        for threads in (2, 3, 8):
-            for a, b in zip(one, run(threads, batch)):
+        one, calls_one = run(1, batch)
+        assert calls_one == 4 * CFG["n_layers"]   # one share a segment
+        for threads in (2, 3, 5, 8):
+            got, calls = run(threads, batch)
+            for a, b in zip(one, got):
                 np.testing.assert_array_equal(a, b)
-    maps = run(3, tokens)[-2]   # the last segment's maps: the 4 samples with content there
-    assert maps.shape == (4, CFG["n_heads"], 7 + CFG["num_mem_tokens"] + 3,
+            if len(batch) >= threads and calls is not None:
+                # the split happened: every share with content ran its layers (per segment, the
+                # shares whose samples all were padding there did not)
+                assert calls > calls_one
+    maps = run(3, tokens)[0][-2]   # the last segment's maps: the 3 samples with content there
+    assert maps.shape == (3, CFG["n_heads"], 7 + CFG["num_mem_tokens"] + 3,
                           7 + CFG["num_mem_tokens"] + 3)
     assert np.allclose(maps.sum(-1), 1, atol=1e-5)

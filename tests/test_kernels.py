@@ -86,9 +86,11 @@ def test_softmax(isa, rng, n, dtype):
     # whole vectors overwrite the lanes it shares with them
     np.testing.assert_array_equal(k.vec_softmax(x, in_place=True), ours)
     np.testing.assert_array_equal(k.vec_softmax(x, reference=True, in_place=True), ref)
-    # the maximum at every position in turn: the tail, the overlap of the last vector with the
-    # whole ones, the first lane
-    for pos in sorted({0, n // 2, max(n - 17, 0), max(n - 9, 0), n - 1}):
+    # the maximum at every position in turn: the first lane, the middle, the first lane of the
+    # overlapping last vector (n - W, inside the last whole vector) for every vector width, the
+    # last element
+    overlap = {n - w for w in (4, 8, 16) if n > w and n % w}
+    for pos in sorted({0, n // 2, n - 1} | overlap):
         big = x.copy()
         big[pos] = 1e4
         for in_place in (False, True):
@@ -137,7 +139,7 @@ def test_layernorm_row_and_its_backward(isa, rng, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 7, 16, 17, 64, 77])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 64, 77])
 def test_layernorm_rows_are_each_row_alone(isa, rng, n, dtype):
     # 39 rows: the op's blocks of 32 rows, the kernel's groups of four interleaved rows and the
     # rows left; every row the same bits as the kernel gives it on its own
@@ -148,6 +150,9 @@ def test_layernorm_rows_are_each_row_alone(isa, rng, n, dtype):
         row, m, s = k.vec_layernorm_row(x[r], w, b, 1e-5)
         np.testing.assert_array_equal(out[r], row)
         assert (mean[r], rstd[r]) == (dtype(m), dtype(s))
+        # in place (out = x): the ragged end's overlapping vector is computed before the whole
+        # vectors overwrite the lanes it shares with them
+        np.testing.assert_array_equal(k.vec_layernorm_row(x[r], w, b, 1e-5, in_place=True)[0], row)
 
 
 # (M, N, K): row blocks of 8 / 6 / 4 / 1, column blocks of four (AVX-512) or two vectors, then one

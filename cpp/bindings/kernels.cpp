@@ -133,7 +133,7 @@ void register_kernels(py::module_& m) {
        "kernel writes over a copy of x (out = in) instead of into a separate array.");
 
     m.def("vec_layernorm_row", [](py::handle x, py::handle weight, py::handle bias, double eps,
-                                  bool reference) {
+                                  bool reference, bool in_place) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);
             auto X = checked<T>(x, "x", 1);
@@ -143,15 +143,19 @@ void register_kernels(py::module_& m) {
             auto out = new_array<T>({n}, false);
             T mean, rstd;
             T* o = out.mutable_data();
+            if (in_place) std::copy(X.data(), X.data() + n, o);
+            const T* in = in_place ? o : X.data();
             {
                 py::gil_scoped_release release;
-                table<T>(reference).layernorm_rows(o, X.data(), Wt.data(), Bs.data(), 1, n,
-                                                   T(eps), &mean, &rstd);
+                table<T>(reference).layernorm_rows(o, in, Wt.data(), Bs.data(), 1, n, T(eps),
+                                                   &mean, &rstd);
             }
             return py::make_tuple(std::move(out), double(mean), double(rstd));
         });
     }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5, ref,
-       "Returns (LayerNorm of the row x, its mean, its 1 / sqrt(var + eps)).");
+       py::arg("in_place") = false,
+       "Returns (LayerNorm of the row x, its mean, its 1 / sqrt(var + eps)). in_place: the "
+       "kernel writes over a copy of x (out = x) instead of into a separate array.");
 
     m.def("vec_layernorm_row_backward", [](py::handle dx, py::handle dy, py::handle x,
                                            py::handle weight, double mean, double rstd,

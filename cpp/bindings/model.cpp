@@ -308,6 +308,13 @@ void register_model(py::module_& core) {
             int64_t elements = 0;
             for (const auto* seg : parts) elements += int64_t(seg->layers[layer].probs.size());
             const int64_t K = elements / (B * NH * Q);
+            for (const auto* seg : parts) {
+                const int64_t rows = c.kind == model::Kind::RMTEncoder
+                                         ? int64_t(seg->rows.size()) : st.batch;
+                if (int64_t(seg->layers[layer].probs.size()) != rows * NH * Q * K)
+                    throw std::runtime_error("the state's attention maps do not match its last "
+                                             "segment (did that step fail?)");
+            }
             auto out = new_array<float>({B, NH, Q, K}, false);
             float* dst = out.mutable_data();
             for (const auto* seg : parts) {

@@ -35,8 +35,8 @@ struct VectorKernels {
     // be in (the same rows and stride).
     void (*softmax_rows)(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows,
                          int64_t n);
-    // LayerNorm of rows x n (n >= 1, row stride n; mean and rstd one per row) and the input
-    // gradient of one row (accumulated into dx).
+    // LayerNorm of rows x n (n >= 1, row stride n; mean and rstd one per row; out may be x)
+    // and the input gradient of one row (accumulated into dx).
     void (*layernorm_rows)(T* out, const T* x, const T* weight, const T* bias, int64_t rows,
                            int64_t n, T eps, T* mean, T* rstd);
     void (*layernorm_row_backward)(T* dx, const T* dy, const T* x, const T* weight, T mean,

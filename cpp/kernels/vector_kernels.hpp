@@ -160,8 +160,8 @@ void softmax_row(T* out, const T* in, int64_t n) {
     if (ragged) (last * inv).store_unaligned(out + n - W);
 }
 
-// Row by row (four rows interleaved, to overlap one row's reductions and division with the
-// next row's work, measured no faster: the exps set the pace). Rows shorter than a vector go
+// Row by row. Interleaving four rows, to overlap one row's reductions and division with the
+// next row's work, was tried and measured no faster: the exps set the pace. Rows shorter than a vector go
 // through a padded copy (-inf, whose exp is exactly 0).
 template <class Arch, typename T>
 void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {
@@ -410,16 +410,18 @@ void layernorm_row_group(T* out, const T* x, const T* weight, const T* bias, int
     for (int r = 0; r < R; ++r) {
         const T* xr = x + r * n;
         T* yr = out + r * n;
-        // the overlapping last vector first: the whole vectors then rewrite its shared lanes
-        // with the same values (out may not alias x, so the order is free)
+        // the overlapping last vector computed before the whole vectors are written and stored
+        // after them (its shared lanes get the values they already hold), so out may be x
+        batch y_last(T(0));
         if (ragged)
-            xsimd::fma((batch::load_unaligned(xr + n - W) - m[r]) * q[r],
-                       batch::load_unaligned(weight + n - W), batch::load_unaligned(bias + n - W))
-                .store_unaligned(yr + n - W);
+            y_last = xsimd::fma((batch::load_unaligned(xr + n - W) - m[r]) * q[r],
+                                batch::load_unaligned(weight + n - W),
+                                batch::load_unaligned(bias + n - W));
         for (int64_t i = 0; i < whole; i += W)
             xsimd::fma((batch::load_unaligned(xr + i) - m[r]) * q[r],
                        batch::load_unaligned(weight + i), batch::load_unaligned(bias + i))
                 .store_unaligned(yr + i);
+        if (ragged) y_last.store_unaligned(yr + n - W);
         alignas(64) T lanes[W];
         m[r].store_aligned(lanes);
         mean[r] = lanes[0];

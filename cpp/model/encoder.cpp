@@ -225,28 +225,28 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
     // the batch through the whole segment, its kernels serial (they are inside a parallel
     // region): one parallel region a segment instead of one or more per op, whose products are
     // too small to split well (the P2 encoder's: 77 x 77 x 16 heads, 770 x 64 x 64 linears).
-    const int64_t shares = kernels::in_parallel_region()
-                               ? 1 : std::min<int64_t>(kernels::get_num_threads(), B);
-    st.chunk_workspaces.resize(size_t(std::max<int64_t>(shares - 1, 0)));
+    // A batch smaller than the thread count keeps the per-op threads (shares would leave threads
+    // idle).
+    const int64_t threads = kernels::get_num_threads();
+    const int64_t shares = kernels::in_parallel_region() || B < threads ? 1 : threads;
+    st.chunk_workspaces.resize(size_t(shares - 1));
     st.chunk_begin.clear();
     if (shares > 1)
         for (int64_t c = 0; c < shares; ++c) st.chunk_begin.push_back(B * c / shares);
+    auto share_workspace = [&](int64_t c) -> SegmentActivations& {
+        return c == 0 ? st.workspace : st.chunk_workspaces[size_t(c - 1)];
+    };
     auto run_share = [&](int64_t c) {
         const int64_t b0 = B * c / shares, b1 = B * (c + 1) / shares;
-        SegmentActivations& seg = c == 0 ? st.workspace : st.chunk_workspaces[size_t(c - 1)];
         DropoutStream drop;   // inference: no dropout
-        encoder_segment_forward(seg, tokens + b0 * T, b1 - b0, st.memory.data() + b0 * M * C, drop);
-        const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
-        for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {
-            const int64_t b = b0 + seg.rows[i];
-            if (logits_out) std::memcpy(logits_out + b * NC, &seg.logits[i * NC], sizeof(float) * NC);
-            std::memcpy(&st.memory[b * M * C], out + (i * Q + 1) * C, sizeof(float) * M * C);
-        }
+        encoder_segment_forward(share_workspace(c), tokens + b0 * T, b1 - b0,
+                                st.memory.data() + b0 * M * C, drop);
     };
     if (shares == 1) {
         run_share(0);
     } else {
-        // an exception must not leave a parallel region: each share keeps its own
+        // An exception must not leave a parallel region: each share keeps its own, and the state
+        // changes only once every share has run.
         std::vector<std::exception_ptr> errors(static_cast<size_t>(shares));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel for schedule(static, 1) num_threads(int(shares))
@@ -260,6 +260,17 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
         }
         for (const auto& e : errors)
             if (e) std::rethrow_exception(e);
+    }
+    // the logits and the memory the segment wrote, share by share
+    for (int64_t c = 0; c < shares; ++c) {
+        const SegmentActivations& seg = share_workspace(c);
+        const int64_t b0 = B * c / shares;
+        const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
+        for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {
+            const int64_t b = b0 + seg.rows[i];
+            if (logits_out) std::memcpy(logits_out + b * NC, &seg.logits[i * NC], sizeof(float) * NC);
+            std::memcpy(&st.memory[b * M * C], out + (i * Q + 1) * C, sizeof(float) * M * C);
+        }
     }
     ++st.segments_seen;
 }

@@ -35,6 +35,7 @@ template <typename T>
 void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const uint8_t* allowed,
                          int64_t R, int64_t N, int64_t mask_rows) {
     const auto& vk = kernels::vec<T>();
+    if (R <= 0) return;
     auto mask_row = [&](int64_t r) { return allowed ? allowed + (r % mask_rows) * N : nullptr; };
     int64_t r = 0;
     AllowedRange range = allowed_range(mask_row(0), N);
@@ -55,8 +56,8 @@ void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const
             std::fill(p + hi, p + N, T(0));
         }
         if (lo < hi && !range.holes) {
-            // one allowed range without holes (no mask, causal, padding): one kernel call, whose
-            // rows interleave
+            // one allowed range without holes (no mask, causal, padding): one kernel call for
+            // the run of rows
             vk.softmax_rows(probs + r * N + lo, N, scores + r * scores_stride + lo, scores_stride,
                             end - r, hi - lo);
         } else if (lo < hi) {

@@ -32,9 +32,9 @@ def vec_gelu_backward(dinp: typing.Any, dout: typing.Any, x: typing.Any, tanh_ap
     """
     Returns dinp + dout * gelu'(x) (dinp is not modified).
     """
-def vec_layernorm_row(x: typing.Any, weight: typing.Any, bias: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, reference: bool = False) -> typing.Any:
+def vec_layernorm_row(x: typing.Any, weight: typing.Any, bias: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, reference: bool = False, in_place: bool = False) -> typing.Any:
     """
-    Returns (LayerNorm of the row x, its mean, its 1 / sqrt(var + eps)).
+    Returns (LayerNorm of the row x, its mean, its 1 / sqrt(var + eps)). in_place: the kernel writes over a copy of x (out = x) instead of into a separate array.
     """
 def vec_layernorm_row_backward(dx: typing.Any, dy: typing.Any, x: typing.Any, weight: typing.Any, mean: typing.SupportsFloat | typing.SupportsIndex, rstd: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
     """
@@ -54,5 +54,5 @@ def vec_scale(x: typing.Any, a: typing.SupportsFloat | typing.SupportsIndex, ref
     """
 def vec_softmax(x: typing.Any, reference: bool = False, in_place: bool = False) -> typing.Any:
     """
-    Returns softmax(x); x must be non-empty. in_place: the kernel writes over a copy of x (out = in) instead of into a separate array.
+    Returns softmax(x) over its last axis; x (n,) or (rows, n), non-empty. in_place: the kernel writes over a copy of x (out = in) instead of into a separate array.
     """
