@@ -291,8 +291,8 @@ void register_model(py::module_& core) {
             int64_t B = st.batch;
             if (c.kind == model::Kind::RMTEncoder) {
                 B = 0;
-                for (size_t i = 0; i < std::max<size_t>(st.chunk_begin.size(), 1); ++i) {
-                    const auto* seg = i == 0 ? &st.workspace : &st.chunk_workspaces[i - 1];
+                for (int64_t c = 0; c < st.shares(); ++c) {
+                    const auto* seg = &st.share_workspace(c);
                     if (seg->rows.empty()) continue;
                     parts.push_back(seg);
                     B += int64_t(seg->rows.size());

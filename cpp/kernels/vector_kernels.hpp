@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
@@ -93,19 +94,32 @@ xsimd::batch_bool<T, Arch> lanes_from(int64_t first) {
     return batch::load_aligned(index) >= batch(T(first));
 }
 
+// A row shorter than a vector (n < W) as one vector, padded with -inf (whose exp is exactly 0),
+// and its way back.
+template <class Arch, typename T>
+xsimd::batch<T, Arch> load_short_row(const T* x, int64_t n) {
+    alignas(64) T lanes[xsimd::batch<T, Arch>::size];
+    std::fill(std::begin(lanes), std::end(lanes), -std::numeric_limits<T>::infinity());
+    std::copy(x, x + n, lanes);
+    return xsimd::batch<T, Arch>::load_aligned(lanes);
+}
+
+template <class Arch, typename T>
+void store_short_row(T* x, int64_t n, const xsimd::batch<T, Arch>& v) {
+    alignas(64) T lanes[xsimd::batch<T, Arch>::size];
+    v.store_aligned(lanes);
+    std::copy(lanes, lanes + n, x);
+}
+
 // The ragged end as softmax's: the overlapping last vector, read before anything is written.
 template <class Arch, typename T>
 T exp_shift_sum(T* x, T shift, int64_t n) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
     const batch vshift(shift);
-    if (n < W) {   // one padded vector (-inf, whose exp is exactly 0)
-        alignas(64) T lanes[W];
-        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
-        std::copy(x, x + n, lanes);
-        const batch e = xsimd::exp(batch::load_aligned(lanes) - vshift);
-        e.store_aligned(lanes);
-        std::copy(lanes, lanes + n, x);
+    if (n < W) {
+        const batch e = xsimd::exp(load_short_row<Arch>(x, n) - vshift);
+        store_short_row<Arch>(x, n, e);
         return xsimd::hadd(e);
     }
     const int64_t whole = n / W * W;
@@ -161,8 +175,8 @@ void softmax_row(T* out, const T* in, int64_t n) {
 }
 
 // Row by row. Interleaving four rows, to overlap one row's reductions and division with the
-// next row's work, was tried and measured no faster: the exps set the pace. Rows shorter than a vector go
-// through a padded copy (-inf, whose exp is exactly 0).
+// next row's work, was tried and measured no faster: the exps set the pace. Rows shorter than a
+// vector go through load_short_row.
 template <class Arch, typename T>
 void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {
     using batch = xsimd::batch<T, Arch>;
@@ -172,13 +186,9 @@ void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t ro
             softmax_row<Arch, T>(out + r * ld_out, in + r * ld_in, n);
             continue;
         }
-        alignas(64) T lanes[W];
-        std::fill(lanes, lanes + W, -std::numeric_limits<T>::infinity());
-        std::copy(in + r * ld_in, in + r * ld_in + n, lanes);
-        const batch v = batch::load_aligned(lanes);
+        const batch v = load_short_row<Arch>(in + r * ld_in, n);
         const batch e = xsimd::exp(v - all_lanes_reduce<Arch, T, false>(v));
-        (e / all_lanes_reduce<Arch, T, true>(e)).store_aligned(lanes);
-        std::copy(lanes, lanes + n, out + r * ld_out);
+        store_short_row<Arch>(out + r * ld_out, n, e / all_lanes_reduce<Arch, T, true>(e));
     }
 }
 

@@ -229,17 +229,11 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
     // idle).
     const int64_t threads = kernels::get_num_threads();
     const int64_t shares = kernels::in_parallel_region() || B < threads ? 1 : threads;
-    st.chunk_workspaces.resize(size_t(shares - 1));
-    st.chunk_begin.clear();
-    if (shares > 1)
-        for (int64_t c = 0; c < shares; ++c) st.chunk_begin.push_back(B * c / shares);
-    auto share_workspace = [&](int64_t c) -> SegmentActivations& {
-        return c == 0 ? st.workspace : st.chunk_workspaces[size_t(c - 1)];
-    };
+    st.more_share_workspaces.resize(size_t(shares - 1));
     auto run_share = [&](int64_t c) {
         const int64_t b0 = B * c / shares, b1 = B * (c + 1) / shares;
         DropoutStream drop;   // inference: no dropout
-        encoder_segment_forward(share_workspace(c), tokens + b0 * T, b1 - b0,
+        encoder_segment_forward(st.share_workspace(c), tokens + b0 * T, b1 - b0,
                                 st.memory.data() + b0 * M * C, drop);
     };
     if (shares == 1) {
@@ -263,7 +257,7 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
     }
     // the logits and the memory the segment wrote, share by share
     for (int64_t c = 0; c < shares; ++c) {
-        const SegmentActivations& seg = share_workspace(c);
+        const SegmentActivations& seg = st.share_workspace(c);
         const int64_t b0 = B * c / shares;
         const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
         for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {

@@ -47,11 +47,15 @@ struct StreamState {
     int64_t segments_seen = 0;
     SegmentActivations workspace;
     // rmt_encoder with more than one thread: each thread runs a contiguous share of the batch
-    // through the segment (Model::encoder_step). Share c starts at batch row chunk_begin[c] and
-    // ran in workspace (c = 0) or chunk_workspaces[c - 1]; chunk_begin is empty when the last
-    // segment ran as one share.
-    std::vector<SegmentActivations> chunk_workspaces;
-    std::vector<int64_t> chunk_begin;
+    // through the segment (Model::encoder_step), share c in share_workspace(c), in batch order.
+    std::vector<SegmentActivations> more_share_workspaces;   // shares 1, 2, ... of the last segment
+    int64_t shares() const { return int64_t(more_share_workspaces.size()) + 1; }
+    SegmentActivations& share_workspace(int64_t c) {
+        return c == 0 ? workspace : more_share_workspaces[size_t(c - 1)];
+    }
+    const SegmentActivations& share_workspace(int64_t c) const {
+        return c == 0 ? workspace : more_share_workspaces[size_t(c - 1)];
+    }
 };
 
 struct ClassifyResult {
