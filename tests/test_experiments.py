@@ -743,6 +743,20 @@ def test_the_lm_grid_has_the_shape_of_p1_tables_2_and_4():
     assert ex.main(["p1-lm", "--out", "unused", "--list", "--kinds", "txl_rmt"]) == 0
 
 
+def test_the_long_lm_grid_is_four_cells_of_the_lm_grid_trained_four_times_longer():
+    short = {ex.lm_label(s): s for s in ex.get_grid("p1-lm")}
+    long = ex.get_grid("p1-lm-long")
+    assert [ex.lm_label(s) for s in long] == ["RMT [10] BPTT-2", "RMT [10] BPTT-0", "Tr-XL [10]",
+                                              "Baseline"]
+    for s in long:
+        base = short[ex.lm_label(s)]
+        assert s["steps"] == 4 * base["steps"] == ex.LM_LONG_STEPS
+        assert s["eval_every"] == s["checkpoint_every"] == ex.LM_LONG_STEPS // 10
+        assert {k: v for k, v in s.items() if k not in ("steps", "eval_every", "checkpoint_every")} \
+            == {k: v for k, v in base.items() if k not in ("steps", "eval_every", "checkpoint_every")}
+        assert ex.run_id(s) == ex.run_id(base).replace("-st1000-", "-st4000-")
+
+
 def test_run_ids_of_a_corpus_path_name_the_file_and_hash_the_path(tmp_path, small_corpus):
     other = tmp_path / "elsewhere"
     other.mkdir()

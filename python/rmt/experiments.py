@@ -30,6 +30,8 @@ Named grids (each over Baseline `transformer`, MemTr `memtr`, Transformer-XL `tx
 - "p1-copy": copy-24 in 1 / 3 / 6 / 9 segments (segments of 72 / 24 / 12 / 8 tokens);
 - "p1-reverse": reverse-24 in 1 / 2 / 4 / 6 segments (48 / 24 / 12 / 8);
 - "p1-retrieval": associative retrieval, 4 pairs, in 1 .. 5 segments (10 / 5 / 4 / 3 / 2).
+- "p1-lm-long": four cells of "p1-lm" (RMT [10] at BPTT depth 2 and 0, Tr-XL [10], Baseline)
+  trained for 4000 steps instead of 1000 (see `p1_lm_long`).
 - "p1-copy120": copy-120 in 3 / 6 / 9 segments with the paper's fixed memory (P1 Figure 4),
   Baseline, Tr-XL and RMT, at a smaller budget (see `p1_copy120`).
 - "p1-quadratic": quadratic equations (P1 appendix A.3), Baseline in 1 segment, Tr-XL and RMT in
@@ -708,9 +710,23 @@ def p1_lm() -> List[Dict[str, Any]]:
             + [lm("txl_rmt", 10, 2, cache=64)])
 
 
+LM_LONG_STEPS = 4000
+
+
+def p1_lm_long() -> List[Dict[str, Any]]:
+    """Four cells of `p1_lm` trained four times longer (LM_LONG_STEPS steps, the cosine schedule
+    stretched to match): RMT [10] at BPTT depth 2 and 0, Tr-XL [10], Baseline. At 1000 steps a
+    cell moves by up to 0.033 bpc from seed to seed and P1's orderings (deeper BPTT helps RMT;
+    RMT approaches a Transformer-XL cache) do not show; this asks whether they appear with more
+    training. 30-100 minutes a run on one core."""
+    wanted = [("rmt", 10, 2), ("rmt", 10, 0), ("txl", 10, None), ("transformer", 0, None)]
+    by_cell = {(s["kind"], s["memory"], s["bptt_depth"]): s for s in map(normalize_spec, p1_lm())}
+    return [with_steps(by_cell[cell], LM_LONG_STEPS) for cell in wanted]
+
+
 GRIDS: Dict[str, Callable[[], List[Dict[str, Any]]]] = {
     "p1-copy": p1_copy, "p1-reverse": p1_reverse, "p1-retrieval": p1_retrieval, "p1-lm": p1_lm,
-    "p1-copy120": p1_copy120, "p1-quadratic": p1_quadratic,
+    "p1-lm-long": p1_lm_long, "p1-copy120": p1_copy120, "p1-quadratic": p1_quadratic,
 }
 GRIDS["p1"] = lambda: p1_copy() + p1_reverse() + p1_retrieval()
 
