@@ -71,6 +71,40 @@ def test_exp_shift_sum(isa, rng, n, dtype):
     assert s == pytest.approx(expected.sum(), rel=rtol * 4, abs=1e-30)
 
 
+def test_the_float_exp_of_softmax_is_accurate_over_its_whole_range(isa):
+    # exp_shift_sum's exp (the softmax's too) has its own float polynomial: every argument from
+    # the underflow bound to 0, the values below it (0, as xsimd's exp gives; the scalar table's std::exp gives
+    # subnormals), -inf and NaN
+    x = np.concatenate([np.linspace(-87.33, 0.0, 200001), -np.logspace(-8, 0, 1000),
+                        [0.0, -0.0]]).astype(np.float32)
+    ours, s = k.vec_exp_shift_sum(x, 0.0)
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(ours / exact - 1)) < 3e-7   # the polynomial's 2.1e-7, plus rounding
+    assert s == pytest.approx(exact.sum(), rel=1e-5)
+    low, _ = k.vec_exp_shift_sum(np.array([-87.35, -100.0, -1e30, -np.inf] * 5, np.float32), 0.0)
+    assert np.all((low >= 0) & (low < 1.2e-38))   # std::exp's subnormals, or 0
+    for pos in (0, 7, 16, 18):   # a lane of a whole vector, the ragged end
+        z = np.zeros(19, np.float32)
+        z[pos] = np.nan
+        e, _ = k.vec_exp_shift_sum(z, 0.0)
+        assert np.isnan(e[pos]) and np.count_nonzero(np.isnan(e)) == 1
+        assert np.isnan(k.vec_softmax(z)).all() == np.isnan(k.vec_softmax(z, reference=True)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0), (1, 1), (5, 3), (7, 16), (8, 8), (16, 16),
+                                   (17, 5), (33, 7), (77, 16), (140, 64), (24, 32)])
+def test_transpose(isa, rng, shape, dtype):
+    # rows around the 8/16-lane widths: the overlapping last block of rows, fewer rows than lanes
+    x = rng.standard_normal(shape).astype(dtype)
+    ours, ref = k.vec_transpose(x), k.vec_transpose(x, reference=True)
+    assert ours.shape == ref.shape == shape[::-1] and ours.dtype == dtype
+    np.testing.assert_array_equal(ours, x.T)
+    np.testing.assert_array_equal(ref, x.T)
+    with pytest.raises(ValueError):
+        k.vec_transpose(x.reshape(-1))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [n for n in LENGTHS if n > 0] + [76, 140])
 def test_softmax(isa, rng, n, dtype):

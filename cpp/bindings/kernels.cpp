@@ -132,6 +132,21 @@ void register_kernels(py::module_& m) {
        "Returns softmax(x) over its last axis; x (n,) or (rows, n), non-empty. in_place: the "
        "kernel writes over a copy of x (out = in) instead of into a separate array.");
 
+    m.def("vec_transpose", [](py::handle x, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto in = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
+            const int64_t rows = int64_t(in.shape()[0]), cols = int64_t(in.shape()[1]);
+            auto out = new_array<T>({cols, rows}, false);
+            T* o = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).transpose(o, rows, in.data(), cols, rows, cols);
+            }
+            return std::move(out);
+        });
+    }, py::arg("x"), ref, "Returns x.T (a new C-contiguous array); x 2-D.");
+
     m.def("vec_layernorm_row", [](py::handle x, py::handle weight, py::handle bias, double eps,
                                   bool reference, bool in_place) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {

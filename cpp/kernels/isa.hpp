@@ -42,6 +42,10 @@ struct VectorKernels {
     void (*layernorm_row_backward)(T* dx, const T* dy, const T* x, const T* weight, T mean,
                                    T rstd, int64_t n);
     void (*relu_backward)(T* dinp, const T* dout, const T* inp, int64_t n);   // dinp += ...
+    // dst (cols x rows, row stride ld_dst) = src (rows x cols, row stride ld_src) transposed;
+    // dst and src do not overlap. The attention's key (and position key) transposes.
+    void (*transpose)(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t rows,
+                      int64_t cols);
 };
 
 // Elements in 64 bytes: a multiple of every ISA's vector width, the padding unit for small_gemm.

@@ -12,7 +12,7 @@ static VectorKernels<T> reference_vector_kernels() {
                             &reference::gelu<T>, &reference::gelu_backward<T>,
                             &reference::small_gemm<T>, &reference::softmax_rows<T>,
                             &reference::layernorm_rows<T>, &reference::layernorm_row_backward<T>,
-                            &reference::relu_backward<T>};
+                            &reference::relu_backward<T>, &reference::transpose<T>};
 }
 
 const KernelTable& scalar_table() {

@@ -94,6 +94,36 @@ xsimd::batch_bool<T, Arch> lanes_from(int64_t first) {
     return batch::load_aligned(index) >= batch(T(first));
 }
 
+// exp(x) for the arguments softmax and the log-sum-exp pass (x - max <= 0; valid up to about
+// +88), in float: 13 vector operations where xsimd::exp takes 18, which at the attention's
+// short rows is most of a softmax. x = n ln2 + r with n = round(x log2 e), found by adding a
+// magic constant whose float spacing is 1 (so the sum's low bits also hold n + 127, the
+// exponent field of 2^n, with no conversion to int); r from n by a two-part ln2 (Cody-Waite), so
+// r is exact to an ulp; e^r by a degree-5 polynomial fitted for relative error on |r| <= ln2/2
+// (2.1e-7 evaluated in float, against xsimd's 1 ulp). Below -87.34, where 2^n leaves the
+// normal range, the result is 0 (as xsimd's); NaN stays NaN. Doubles keep xsimd::exp.
+template <class Arch, typename T>
+xsimd::batch<T, Arch> exp_of_nonpositive(const xsimd::batch<T, Arch>& x) {
+    if constexpr (!std::is_same_v<T, float>) {
+        return xsimd::exp(x);
+    } else {
+        using batch = xsimd::batch<float, Arch>;
+        using int_batch = xsimd::batch<int32_t, Arch>;
+        const batch magic(12582912.0f + 127.0f);   // 1.5 * 2^23 + the exponent bias
+        const batch y = xsimd::fma(x, batch(1.44269504088896341f), magic);
+        const batch n = y - magic;
+        batch r = xsimd::fnma(n, batch(0.693359375f), x);
+        r = xsimd::fnma(n, batch(-2.12194440e-4f), r);
+        batch p = xsimd::fma(batch(0.00829758308827877f), r, batch(0.04191524162888527f));
+        p = xsimd::fma(p, r, batch(0.16667574644088745f));
+        p = xsimd::fma(p, r, batch(0.49998897314071655f));
+        p = xsimd::fma(p, r, batch(0.9999997019767761f));
+        p = xsimd::fma(p, r, batch(1.0000001192092896f));
+        const batch two_to_n = xsimd::bitwise_cast<batch>(xsimd::bitwise_cast<int_batch>(y) << 23);
+        return xsimd::select(x < batch(-87.33654f), batch(0.0f), p * two_to_n);
+    }
+}
+
 // A row shorter than a vector (n < W) as one vector, padded with -inf (whose exp is exactly 0),
 // and its way back.
 template <class Arch, typename T>
@@ -118,16 +148,16 @@ T exp_shift_sum(T* x, T shift, int64_t n) {
     constexpr int64_t W = batch::size;
     const batch vshift(shift);
     if (n < W) {
-        const batch e = xsimd::exp(load_short_row<Arch>(x, n) - vshift);
+        const batch e = exp_of_nonpositive<Arch, T>(load_short_row<Arch>(x, n) - vshift);
         store_short_row<Arch>(x, n, e);
         return xsimd::hadd(e);
     }
     const int64_t whole = n / W * W;
     const bool ragged = whole < n;
-    const batch e_last = ragged ? xsimd::exp(batch::load_unaligned(x + n - W) - vshift) : batch(T(0));
+    const batch e_last = ragged ? exp_of_nonpositive<Arch, T>(batch::load_unaligned(x + n - W) - vshift) : batch(T(0));
     batch s(T(0));
     for (int64_t i = 0; i < whole; i += W) {
-        const batch e = xsimd::exp(batch::load_unaligned(x + i) - vshift);
+        const batch e = exp_of_nonpositive<Arch, T>(batch::load_unaligned(x + i) - vshift);
         e.store_unaligned(x + i);
         s += e;
     }
@@ -160,12 +190,12 @@ void softmax_row(T* out, const T* in, int64_t n) {
     m = all_lanes_reduce<Arch, T, false>(m);
     batch s(T(0));
     for (int64_t i = 0; i < whole; i += W) {
-        const batch e = xsimd::exp(batch::load_unaligned(in + i) - m);
+        const batch e = exp_of_nonpositive<Arch, T>(batch::load_unaligned(in + i) - m);
         e.store_unaligned(out + i);
         s += e;
     }
     if (ragged) {
-        last = xsimd::exp(last - m);
+        last = exp_of_nonpositive<Arch, T>(last - m);
         s += xsimd::select(lanes_from<Arch, T>(W - (n - whole)), last, batch(T(0)));
     }
     const batch inv = batch(T(1)) / all_lanes_reduce<Arch, T, true>(s);
@@ -187,7 +217,7 @@ void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t ro
             continue;
         }
         const batch v = load_short_row<Arch>(in + r * ld_in, n);
-        const batch e = xsimd::exp(v - all_lanes_reduce<Arch, T, false>(v));
+        const batch e = exp_of_nonpositive<Arch, T>(v - all_lanes_reduce<Arch, T, false>(v));
         store_short_row<Arch>(out + r * ld_out, n, e / all_lanes_reduce<Arch, T, true>(e));
     }
 }
@@ -494,13 +524,41 @@ void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T m
     }
 }
 
+// W rows at a time, one gather per column: each gather reads one element from each of W rows
+// (W lines, which the block's other columns then hit in L1) and stores one whole vector of the
+// transposed row, where the scalar loop's stores went out one element at a time. A ragged end
+// (rows not a multiple of W) is an overlapping last block that rewrites what the block before
+// it wrote; fewer than W rows go scalar.
+template <class Arch, typename T>
+void transpose(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t rows, int64_t cols) {
+    using batch = xsimd::batch<T, Arch>;
+    using index_type = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+    using index_batch = xsimd::batch<index_type, Arch>;
+    constexpr int64_t W = batch::size;
+    // the gather's offsets are (W - 1) * ld_src at most, in index_type
+    if (rows < W || (W - 1) * ld_src > int64_t(std::numeric_limits<index_type>::max())) {
+        reference::transpose(dst, ld_dst, src, ld_src, rows, cols);
+        return;
+    }
+    alignas(64) index_type offsets[W];
+    for (int64_t l = 0; l < W; ++l) offsets[l] = index_type(l * ld_src);
+    const index_batch row_offsets = index_batch::load_aligned(offsets);
+    for (int64_t m0 = 0; m0 < rows; m0 += W) {
+        const int64_t r0 = std::min(m0, rows - W);
+        const T* block = src + r0 * ld_src;
+        for (int64_t c = 0; c < cols; ++c)
+            batch::gather(block + c, row_offsets).store_unaligned(dst + c * ld_dst + r0);
+    }
+}
+
 template <class Arch, typename T>
 VectorKernels<T> make_vector_kernels() {
     return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
                             &exp_shift_sum<Arch, T>, &scale<Arch, T>, &adamw<Arch, T>,
                             &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
                             &softmax_rows<Arch, T>, &layernorm_rows<Arch, T>,
-                            &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>};
+                            &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>,
+                            &transpose<Arch, T>};
 }
 
 }  // namespace rmt::kernels::simd

@@ -107,6 +107,13 @@ void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T m
     }
 }
 
+// dst (cols x rows, row stride ld_dst) = src (rows x cols, row stride ld_src) transposed.
+template <typename T>
+void transpose(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
 // out = softmax(in) over n >= 1 values (max-shifted), row by row; out may be in.
 template <typename T>
 void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {

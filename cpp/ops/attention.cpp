@@ -113,16 +113,22 @@ T* scratch(int slot, size_t n) {
     return b.data();
 }
 
-// x (rows x cols, row stride ld) transposed into scratch SLOT_B as cols x Np rows, Np >= rows,
-// the columns past rows zero. A row of x is read whole (a head's slice: one or a few vectors).
+// out (cols x Np, Np >= rows) = x (rows x cols, row stride ld) transposed, the columns past rows
+// zero: a head's keys (or values, or position keys) as the K x N operand small_gemm reads by
+// whole vectors. The transpose is a vector kernel: as a scalar loop, storing one element at a
+// time, it took as long as the product Q K^T it feeds at the P2 encoder's 16-wide heads.
+template <typename T>
+void transpose_padded_into(T* out, const T* x, int64_t rows, int64_t cols, int64_t ld,
+                           int64_t Np) {
+    kernels::vec<T>().transpose(out, Np, x, ld, rows, cols);
+    for (int64_t c = 0; c < cols; ++c) std::fill(out + c * Np + rows, out + (c + 1) * Np, T(0));
+}
+
+// The same into scratch SLOT_B.
 template <typename T>
 const T* transposed_padded(const T* x, int64_t rows, int64_t cols, int64_t ld, int64_t Np) {
     T* t = scratch<T>(SLOT_B, size_t(cols * Np));
-    for (int64_t r = 0; r < rows; ++r) {
-        const T* row = x + r * ld;
-        for (int64_t c = 0; c < cols; ++c) t[c * Np + r] = row[c];
-    }
-    for (int64_t c = 0; c < cols; ++c) std::fill(t + c * Np + rows, t + (c + 1) * Np, T(0));
+    transpose_padded_into(t, x, rows, cols, ld, Np);
     return t;
 }
 
@@ -297,24 +303,8 @@ int64_t score_columns(int64_t hi, int64_t K) {
 
 // B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
 template <typename T>
-void transpose_head(T* __restrict__ out, const T* __restrict__ x, int64_t K, int64_t Kp,
-                    int64_t hs, int64_t C) {
-    // Sixteen rows of x at a time, each read along its hs elements: a column of x walks lines a
-    // row (C elements) apart, which at a power-of-two C fall into a few L1 sets and evict each
-    // other before the next column comes back to them. Sixteen lines fit the sets they share up
-    // to C = 512 floats (an 8-way L1); at C >= 1024 they would share one set and thrash again.
-    constexpr int64_t kRows = 16;
-    int64_t m0 = 0;
-    for (; m0 + kRows <= K; m0 += kRows)
-        for (int64_t d = 0; d < hs; ++d) {
-            T* row = out + d * Kp + m0;
-            for (int64_t r = 0; r < kRows; ++r) row[r] = x[(m0 + r) * C + d];
-        }
-    for (int64_t d = 0; d < hs; ++d) {
-        T* row = out + d * Kp;
-        for (int64_t m = m0; m < K; ++m) row[m] = x[m * C + d];
-        std::fill(row + K, row + Kp, T(0));
-    }
+void transpose_head(T* out, const T* x, int64_t K, int64_t Kp, int64_t hs, int64_t C) {
+    transpose_padded_into(out, x, K, hs, C, Kp);
 }
 
 // out[j] += the column sums of x (rows x cols, row stride ld).

@@ -3,7 +3,7 @@ The vector kernels of the active ISA (or their scalar references), for tests
 """
 from __future__ import annotations
 import typing
-__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_relu_backward', 'vec_scale', 'vec_softmax']
+__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_relu_backward', 'vec_scale', 'vec_softmax', 'vec_transpose']
 def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, trans_a: bool = False, reference: bool = False) -> typing.Any:
     """
     Returns alpha * op(a) @ b (+ c when c is given; c is not modified), op(a) = a.T with trans_a: the unpacked GEMM of the attention heads.
@@ -55,4 +55,8 @@ def vec_scale(x: typing.Any, a: typing.SupportsFloat | typing.SupportsIndex, ref
 def vec_softmax(x: typing.Any, reference: bool = False, in_place: bool = False) -> typing.Any:
     """
     Returns softmax(x) over its last axis; x (n,) or (rows, n), non-empty. in_place: the kernel writes over a copy of x (out = in) instead of into a separate array.
+    """
+def vec_transpose(x: typing.Any, reference: bool = False) -> typing.Any:
+    """
+    Returns x.T (a new C-contiguous array); x 2-D.
     """
