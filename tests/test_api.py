@@ -137,6 +137,47 @@ def test_attention_maps_show_what_the_memory_rows_read():
     assert est.attention(0).shape == (1, 2, 11, 11)   # the all-padding sample did not run
 
 
+ENCODER_SMALL = dict(kind="rmt_encoder", vocab_size=12, d_model=16, n_layers=2, n_heads=2,
+                     d_ff=16, segment_len=6, num_mem_tokens=2, num_classes=3, dropout=0.0)
+
+
+@pytest.mark.parametrize("cls,extra", [(rmt.Transformer, {}), (rmt.MemoryTransformer, {"num_mem_tokens": 2}),
+                                       (rmt.TransformerXL, {"mem_len": 6}), (rmt.RMT, {"num_mem_tokens": 2}),
+                                       (rmt.RMT, {"num_mem_tokens": 2, "mem_len": 6}),
+                                       (rmt.RMTEncoder, ENCODER_SMALL)])
+def test_a_new_stream_reuses_a_finished_streams_workspace_and_gives_the_same_bits(cls, extra):
+    # A finished stream's activation workspaces go back to the model, and its next stream starts
+    # in them (no fresh pages to fault in). What the old stream left there must not show: a
+    # stream after others, with another batch size and at other thread counts, gives the bits of
+    # the same stream in a fresh model, and its state has no attention maps before it steps.
+    cfg = rmt.ModelConfig(**{**SMALL, "dropout": 0.0, **extra})
+    g = np.random.default_rng(1)
+    first = g.integers(1, 12, (4, 18))
+    second = g.integers(1, 12, (3, 18))
+    second[1, :8] = 0   # (the encoder: a sample with no content in its first segment)
+
+    def stream(model, tokens, threads):
+        rmt.set_num_threads(threads)
+        try:
+            state = model.init_memory(len(tokens))
+            with pytest.raises(ValueError, match="no segment"):
+                state.attention(0)
+            out = []
+            for s in range(3):
+                logits, state = model.step(tokens[:, s * 6:(s + 1) * 6], state)
+                out += [logits, state.attention(1)]
+            return out + ([] if state.memory is None else [state.memory.copy()])
+        finally:
+            rmt.set_num_threads(2)
+
+    fresh = stream(cls(cfg, seed=3).eval(), second, 1)
+    model = cls(cfg, seed=3).eval()
+    for threads in (1, 2, 3):
+        stream(model, first, threads)
+        for a, b in zip(fresh, stream(model, second, threads)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_memory_state_is_a_view_that_step_advances():
     model = rmt_model().eval()
     state = model.init_memory(batch_size=2)

@@ -229,7 +229,12 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
     // idle).
     const int64_t threads = kernels::get_num_threads();
     const int64_t shares = kernels::in_parallel_region() || B < threads ? 1 : threads;
-    st.more_share_workspaces.resize(size_t(shares - 1));
+    while (st.shares() > shares) {   // fewer threads than the last segment's
+        if (st.pool) st.pool->give_back(std::move(st.more_share_workspaces.back()));
+        st.more_share_workspaces.pop_back();
+    }
+    while (st.shares() < shares)
+        st.more_share_workspaces.push_back(st.pool ? st.pool->take() : SegmentActivations{});
     auto run_share = [&](int64_t c) {
         const int64_t b0 = B * c / shares, b1 = B * (c + 1) / shares;
         DropoutStream drop;   // inference: no dropout

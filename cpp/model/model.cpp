@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "kernels/profile.hpp"
+#include "kernels/threads.hpp"
 #include "ops/attention.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/dropout.hpp"
@@ -305,9 +306,35 @@ void Model::advance_caches(std::vector<Buffer>& caches, int64_t& P,
     P = newP;
 }
 
+void WorkspacePool::give_back(SegmentActivations&& ws) {
+    if (ws.layers.empty()) return;   // never ran (or moved from): nothing worth keeping
+    std::lock_guard<std::mutex> lock(mutex);
+    if (int64_t(spare.size()) < std::max<int64_t>(1, kernels::get_num_threads()))
+        spare.push_back(std::move(ws));
+}
+
+SegmentActivations WorkspacePool::take() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (spare.empty()) return {};
+    SegmentActivations ws = std::move(spare.back());
+    spare.pop_back();
+    // What ran in it belongs to another stream: attention() of the new state must not see it
+    // (it also refuses a state no segment has run through).
+    ws.rows.clear();
+    return ws;
+}
+
+StreamState::~StreamState() {
+    if (!pool) return;
+    pool->give_back(std::move(workspace));
+    for (auto& ws : more_share_workspaces) pool->give_back(std::move(ws));
+}
+
 StreamState Model::init_stream(int64_t batch) const {
     if (batch < 1) throw std::invalid_argument("batch must be >= 1");
     StreamState st;
+    st.pool = workspace_pool_;
+    st.workspace = workspace_pool_->take();
     st.batch = batch;
     st.mem_tokens = config_.num_mem_tokens;
     st.d_model = config_.d_model;

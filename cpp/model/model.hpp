@@ -36,10 +36,29 @@ struct SegmentActivations {
     Buffer pooled;            // (Bs, C) tanh(pooler(cls_out))
 };
 
+// The activation workspaces of finished streams, which the model's next stream states start
+// from: a stream's first segment would otherwise fault in every page of fresh workspaces
+// (several MB: 2% of a P2 encoder stream of 32 segments on one thread, 5% on two, where the
+// threads' faults contend). Holds at most as many as one state uses (one per thread), so a
+// finished stream leaves no more memory behind than a running one holds, for as long as the
+// model or one of its states lives.
+struct WorkspacePool {
+    std::mutex mutex;
+    std::vector<SegmentActivations> spare;
+    void give_back(SegmentActivations&& ws);
+    SegmentActivations take();   // a spare workspace, or an empty one
+};
+
 // What one segment hands the next at inference: the memory (rmt), the per-layer caches (txl,
 // Tr-XL+RMT) and a reusable activation workspace, so that streaming any number of segments
 // runs in memory that does not grow.
 struct StreamState {
+    StreamState() = default;
+    StreamState(const StreamState&) = default;
+    StreamState(StreamState&&) = default;
+    StreamState& operator=(const StreamState&) = default;
+    StreamState& operator=(StreamState&&) = default;
+    ~StreamState();   // its workspaces go back to the pool
     int64_t batch = 0, mem_tokens = 0, d_model = 0;
     Buffer memory;                 // (B, M, C)
     std::vector<Buffer> caches;    // per layer (B, P, C)
@@ -56,6 +75,7 @@ struct StreamState {
     const SegmentActivations& share_workspace(int64_t c) const {
         return c == 0 ? workspace : more_share_workspaces[size_t(c - 1)];
     }
+    std::shared_ptr<WorkspacePool> pool;   // the model's (none: workspaces are freed)
 };
 
 struct ClassifyResult {
@@ -155,6 +175,7 @@ private:
 
     ModelConfig config_;
     ParameterLayout layout_;
+    std::shared_ptr<WorkspacePool> workspace_pool_ = std::make_shared<WorkspacePool>();
     Buffer params_;
     Buffer grads_;
     std::vector<LayerOffsets> layer_offsets_;
