@@ -93,9 +93,11 @@ def test_the_float_exp_of_softmax_is_accurate_over_its_whole_range(isa):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(0, 3), (3, 0), (1, 1), (5, 3), (7, 16), (8, 8), (16, 16),
-                                   (17, 5), (33, 7), (77, 16), (140, 64), (24, 32)])
+                                   (17, 5), (33, 7), (77, 16), (140, 64), (24, 32), (40, 37),
+                                   (16, 40), (9, 17)])
 def test_transpose(isa, rng, shape, dtype):
-    # rows around the 8/16-lane widths: the overlapping last block of rows, fewer rows than lanes
+    # rows and columns around the 4/8/16-lane widths: overlapping last tiles (in rows, in
+    # columns), fewer rows or columns than lanes
     x = rng.standard_normal(shape).astype(dtype)
     ours, ref = k.vec_transpose(x), k.vec_transpose(x, reference=True)
     assert ours.shape == ref.shape == shape[::-1] and ours.dtype == dtype

@@ -524,30 +524,55 @@ void layernorm_row_backward(T* dx, const T* dy, const T* x, const T* weight, T m
     }
 }
 
-// W rows at a time, one gather per column: each gather reads one element from each of W rows
-// (W lines, which the block's other columns then hit in L1) and stores one whole vector of the
-// transposed row, where the scalar loop's stores went out one element at a time. A ragged end
-// (rows not a multiple of W) is an overlapping last block that rewrites what the block before
-// it wrote; fewer than W rows go scalar.
+// One stage of a W x W in-register transpose: in every 2D x 2D block of the tile, the two
+// off-diagonal D x D blocks trade places (row i, lane l) <-> (row i + D, lane l - D), for the
+// lanes l with bit D set: lane rotations move them, a blend keeps the rest. After the stages for
+// D = W/2, ..., 1 every element (i, l) has had the bits where i and l differ swapped: it is at
+// (l, i).
+template <class Arch, typename T, std::size_t D>
+void transpose_tile_stages(xsimd::batch<T, Arch>* rows) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::size_t W = batch::size;
+    if constexpr (D > 0) {
+        alignas(64) T low[W];   // lanes with bit D clear
+        for (std::size_t l = 0; l < W; ++l) low[l] = (l & D) ? T(0) : T(1);
+        const auto keep_low = batch::load_aligned(low) != batch(T(0));
+        for (std::size_t i = 0; i < W; ++i) {
+            if (i & D) continue;
+            const batch a = rows[i], b = rows[i + D];
+            const auto b_down = xsimd::swizzle(
+                b, xsimd::make_batch_constant<lane_index_batch<Arch, T>, RotateLanes<W - D>>());
+            const auto a_up = xsimd::swizzle(
+                a, xsimd::make_batch_constant<lane_index_batch<Arch, T>, RotateLanes<D>>());
+            rows[i] = xsimd::select(keep_low, a, b_down);
+            rows[i + D] = xsimd::select(keep_low, a_up, b);
+        }
+        transpose_tile_stages<Arch, T, D / 2>(rows);
+    }
+}
+
+// W x W tiles, loaded as W row vectors, transposed in registers (log2 W stages of rotations
+// and blends) and stored as W row vectors of dst. Ragged edges are overlapping last tiles,
+// which rewrite what the tiles before them wrote; fewer than W rows or columns go scalar. A
+// gather per column of a 16-row block was tried first: at 14 cycles a gather it was no faster
+// than the scalar loop inside the GEMM's packing of a transposed B.
 template <class Arch, typename T>
 void transpose(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t rows, int64_t cols) {
     using batch = xsimd::batch<T, Arch>;
-    using index_type = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-    using index_batch = xsimd::batch<index_type, Arch>;
     constexpr int64_t W = batch::size;
-    // the gather's offsets are (W - 1) * ld_src at most, in index_type
-    if (rows < W || (W - 1) * ld_src > int64_t(std::numeric_limits<index_type>::max())) {
+    if (rows < W || cols < W) {
         reference::transpose(dst, ld_dst, src, ld_src, rows, cols);
         return;
     }
-    alignas(64) index_type offsets[W];
-    for (int64_t l = 0; l < W; ++l) offsets[l] = index_type(l * ld_src);
-    const index_batch row_offsets = index_batch::load_aligned(offsets);
-    for (int64_t m0 = 0; m0 < rows; m0 += W) {
-        const int64_t r0 = std::min(m0, rows - W);
-        const T* block = src + r0 * ld_src;
-        for (int64_t c = 0; c < cols; ++c)
-            batch::gather(block + c, row_offsets).store_unaligned(dst + c * ld_dst + r0);
+    batch tile[W];
+    for (int64_t i0 = 0; i0 < rows; i0 += W) {
+        const int64_t r0 = std::min(i0, rows - W);
+        for (int64_t j0 = 0; j0 < cols; j0 += W) {
+            const int64_t c0 = std::min(j0, cols - W);
+            for (int64_t i = 0; i < W; ++i) tile[i] = batch::load_unaligned(src + (r0 + i) * ld_src + c0);
+            transpose_tile_stages<Arch, T, std::size_t(W / 2)>(tile);
+            for (int64_t i = 0; i < W; ++i) tile[i].store_unaligned(dst + (c0 + i) * ld_dst + r0);
+        }
     }
 }
 
