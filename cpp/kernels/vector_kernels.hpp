@@ -569,9 +569,13 @@ void transpose(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t row
         const int64_t r0 = std::min(i0, rows - W);
         for (int64_t j0 = 0; j0 < cols; j0 += W) {
             const int64_t c0 = std::min(j0, cols - W);
-            for (int64_t i = 0; i < W; ++i) tile[i] = batch::load_unaligned(src + (r0 + i) * ld_src + c0);
+            // one pointer stepped a row at a time: with W row addresses of their own the
+            // compiler ran out of registers and spent the tile's time moving them around
+            const T* in = src + r0 * ld_src + c0;
+            for (int64_t i = 0; i < W; ++i, in += ld_src) tile[i] = batch::load_unaligned(in);
             transpose_tile_stages<Arch, T, std::size_t(W / 2)>(tile);
-            for (int64_t i = 0; i < W; ++i) tile[i].store_unaligned(dst + (c0 + i) * ld_dst + r0);
+            T* out = dst + c0 * ld_dst + r0;
+            for (int64_t i = 0; i < W; ++i, out += ld_dst) tile[i].store_unaligned(out);
         }
     }
 }
