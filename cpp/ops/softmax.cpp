@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "kernels/isa.hpp"
 #include "kernels/threads.hpp"
@@ -31,16 +32,14 @@ AllowedRange allowed_range(const uint8_t* a, int64_t N) {
 
 }  // namespace
 
-template <typename T>
-void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const uint8_t* allowed,
-                         int64_t R, int64_t N, int64_t mask_rows) {
-    const auto& vk = kernels::vec<T>();
-    if (R <= 0) return;
+std::vector<MaskRowRun> mask_row_runs(const uint8_t* allowed, int64_t R, int64_t N,
+                                      int64_t mask_rows) {
+    std::vector<MaskRowRun> runs;
+    if (R <= 0) return runs;
     auto mask_row = [&](int64_t r) { return allowed ? allowed + (r % mask_rows) * N : nullptr; };
     int64_t r = 0;
     AllowedRange range = allowed_range(mask_row(0), N);
     while (r < R) {
-        const int64_t lo = range.lo, hi = range.hi;
         // the rows after r with the same range (a padding mask: all of them) go with it
         // (rows with holes go one at a time)
         int64_t end = r + 1;
@@ -50,20 +49,34 @@ void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const
                 next = mask_row(end) == mask_row(r) ? range : allowed_range(mask_row(end), N);
                 if (!(next == range)) break;
             }
+        runs.push_back({r, end, range.lo, range.hi, range.holes});
+        if (end < R) range = range.holes ? allowed_range(mask_row(end), N) : next;
+        r = end;
+    }
+    return runs;
+}
+
+template <typename T>
+void softmax_row_runs(T* probs, const T* scores, int64_t scores_stride, const uint8_t* allowed,
+                      const std::vector<MaskRowRun>& runs, int64_t N, int64_t mask_rows) {
+    const auto& vk = kernels::vec<T>();
+    for (const MaskRowRun& run : runs) {
+        const int64_t r = run.begin, end = run.end, lo = run.lo, hi = run.hi;
         for (int64_t i = r; i < end; ++i) {
             T* p = probs + i * N;
             std::fill(p, p + lo, T(0));   // nothing allowed (lo == hi): zeros, not NaN
             std::fill(p + hi, p + N, T(0));
         }
-        if (lo < hi && !range.holes) {
+        if (lo < hi && !run.holes) {
             // one allowed range without holes (no mask, causal, padding): one kernel call for
             // the run of rows
             vk.softmax_rows(probs + r * N + lo, N, scores + r * scores_stride + lo, scores_stride,
                             end - r, hi - lo);
         } else if (lo < hi) {
             // Masked keys inside [lo, hi) are set to -inf, whose exp is exactly 0 (scalar and
-            // xsimd), so the vector exp and sum run over the whole range.
-            const uint8_t* a = mask_row(r);
+            // xsimd), so the vector exp and sum run over the whole range. (A run with holes is
+            // one row.)
+            const uint8_t* a = allowed + (r % mask_rows) * N;
             const T* s = scores + r * scores_stride;
             T* p = probs + r * N;
             T mx = s[lo];
@@ -74,9 +87,14 @@ void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const
             const T sum = vk.exp_shift_sum(p + lo, mx, hi - lo);
             vk.scale(p + lo, T(1) / sum, hi - lo);
         }
-        if (end < R) range = range.holes ? allowed_range(mask_row(end), N) : next;
-        r = end;
     }
+}
+
+template <typename T>
+void masked_softmax_rows(T* probs, const T* scores, int64_t scores_stride, const uint8_t* allowed,
+                         int64_t R, int64_t N, int64_t mask_rows) {
+    softmax_row_runs<T>(probs, scores, scores_stride, allowed,
+                        mask_row_runs(allowed, R, N, mask_rows), N, mask_rows);
 }
 
 template <typename T>
@@ -123,6 +141,10 @@ void masked_softmax_backward(T* dscores, const T* dprobs, const T* probs, int64_
 
 template void masked_softmax_rows<float>(float*, const float*, int64_t, const uint8_t*, int64_t, int64_t, int64_t);
 template void masked_softmax_rows<double>(double*, const double*, int64_t, const uint8_t*, int64_t, int64_t, int64_t);
+template void softmax_row_runs<float>(float*, const float*, int64_t, const uint8_t*,
+                                      const std::vector<MaskRowRun>&, int64_t, int64_t);
+template void softmax_row_runs<double>(double*, const double*, int64_t, const uint8_t*,
+                                       const std::vector<MaskRowRun>&, int64_t, int64_t);
 template void softmax_rows_backward<float>(float*, const float*, const float*, int64_t, int64_t, float, bool);
 template void softmax_rows_backward<double>(double*, const double*, const double*, int64_t, int64_t, double, bool);
 template void masked_softmax_forward<float>(float*, const float*, const uint8_t*, int64_t, int64_t, int64_t);
