@@ -169,7 +169,7 @@ T exp_shift_sum(T* x, T shift, int64_t n) {
 }
 
 // One row (n >= W) in three vector passes: the max of in, out = exp(in - max) and its sum, out
-// scaled. Reading in and writing out apart lets the attention take its scores from a padded
+// scaled; tail_lanes = lanes_from(W - n % W), which the caller makes once for all its rows. Reading in and writing out apart lets the attention take its scores from a padded
 // scratch without a copy: a vector load of rows just written by a copy (whose stores have other
 // sizes and offsets) cannot be forwarded from the stores and waits for them. A ragged row ends
 // with the overlapping vector in[n - W, n), read before anything is written (out may be in): its
@@ -179,7 +179,7 @@ T exp_shift_sum(T* x, T shift, int64_t n) {
 // the tail into a padded buffer, with its store-forwarding stall and a 16-step scalar max, cost
 // as much as the exps at the attention's row lengths (segment plus memory: 76, 77, 140 keys).
 template <class Arch, typename T>
-void softmax_row(T* out, const T* in, int64_t n) {
+void softmax_row(T* out, const T* in, int64_t n, const xsimd::batch_bool<T, Arch>& tail_lanes) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
     const int64_t whole = n / W * W;
@@ -196,7 +196,7 @@ void softmax_row(T* out, const T* in, int64_t n) {
     }
     if (ragged) {
         last = exp_of_nonpositive<Arch, T>(last - m);
-        s += xsimd::select(lanes_from<Arch, T>(W - (n - whole)), last, batch(T(0)));
+        s += xsimd::select(tail_lanes, last, batch(T(0)));
     }
     const batch inv = batch(T(1)) / all_lanes_reduce<Arch, T, true>(s);
     for (int64_t i = 0; i < whole; i += W)
@@ -211,9 +211,11 @@ template <class Arch, typename T>
 void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {
     using batch = xsimd::batch<T, Arch>;
     constexpr int64_t W = batch::size;
+    // the lanes of a ragged row's overlapping last vector that count, the same for every row
+    const auto tail_lanes = lanes_from<Arch, T>(W - (n - n / W * W));
     for (int64_t r = 0; r < rows; ++r) {
         if (n >= W) {
-            softmax_row<Arch, T>(out + r * ld_out, in + r * ld_in, n);
+            softmax_row<Arch, T>(out + r * ld_out, in + r * ld_in, n, tail_lanes);
             continue;
         }
         const batch v = load_short_row<Arch>(in + r * ld_in, n);
