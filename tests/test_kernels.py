@@ -74,13 +74,20 @@ def test_exp_shift_sum(isa, rng, n, dtype):
 def test_the_float_exp_of_softmax_is_accurate_over_its_whole_range(isa):
     # exp_shift_sum's exp (the softmax's too) has its own float polynomial: every argument from
     # the underflow bound to 0, the values below it (0, as xsimd's exp gives; the scalar table's std::exp gives
-    # subnormals), -inf and NaN
+    # subnormals), -inf and NaN; positive arguments up to overflow (+inf, never a wrapped exponent)
     x = np.concatenate([np.linspace(-87.33, 0.0, 200001), -np.logspace(-8, 0, 1000),
                         [0.0, -0.0]]).astype(np.float32)
     ours, s = k.vec_exp_shift_sum(x, 0.0)
     exact = np.exp(x.astype(np.float64))
     assert np.max(np.abs(ours / exact - 1)) < 3e-7   # the polynomial's 2.1e-7, plus rounding
     assert s == pytest.approx(exact.sum(), rel=1e-5)
+    high, _ = k.vec_exp_shift_sum(np.array([1.0, 10.0, 50.0, 88.0, 88.5, 90.0, 200.0, np.inf] * 3,
+                                           np.float32), 0.0)
+    with np.errstate(over="ignore"):
+        want = np.exp(np.array([1.0, 10.0, 50.0, 88.0, 88.5, 90.0, 200.0, np.inf] * 3, np.float32))
+    fin = np.isfinite(want) & np.isfinite(high)
+    np.testing.assert_allclose(high[fin], want[fin], rtol=1e-6)
+    assert np.all(np.isinf(high[~np.isfinite(want)]) & (high[~np.isfinite(want)] > 0))
     low, _ = k.vec_exp_shift_sum(np.array([-87.35, -100.0, -1e30, -np.inf] * 5, np.float32), 0.0)
     assert np.all((low >= 0) & (low < 1.2e-38))   # std::exp's subnormals, or 0
     for pos in (0, 7, 16, 18):   # a lane of a whole vector, the ragged end

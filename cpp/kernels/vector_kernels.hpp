@@ -95,7 +95,7 @@ xsimd::batch_bool<T, Arch> lanes_from(int64_t first) {
 }
 
 // exp(x) for the arguments softmax and the log-sum-exp pass (x - max <= 0; valid up to about
-// +88), in float: 13 vector operations where xsimd::exp takes 18, which at the attention's
+// +88.37, +inf above), in float: 13 vector operations where xsimd::exp takes 18, which at the attention's
 // short rows is most of a softmax. x = n ln2 + r with n = round(x log2 e), found by adding a
 // magic constant whose float spacing is 1 (so the sum's low bits also hold n + 127, the
 // exponent field of 2^n, with no conversion to int); r from n by a two-part ln2 (Cody-Waite), so
@@ -120,7 +120,10 @@ xsimd::batch<T, Arch> exp_of_nonpositive(const xsimd::batch<T, Arch>& x) {
         p = xsimd::fma(p, r, batch(0.9999997019767761f));
         p = xsimd::fma(p, r, batch(1.0000001192092896f));
         const batch two_to_n = xsimd::bitwise_cast<batch>(xsimd::bitwise_cast<int_batch>(y) << 23);
-        return xsimd::select(x < batch(-87.33654f), batch(0.0f), p * two_to_n);
+        const batch e = xsimd::select(x < batch(-87.33654f), batch(0.0f), p * two_to_n);
+        // above 88.37 the exponent field would wrap: +inf there, as xsimd::exp (a shift below
+        // the row's max, which no internal caller passes, must not come back as garbage)
+        return xsimd::select(x > batch(88.3762626647949f), batch(std::numeric_limits<float>::infinity()), e);
     }
 }
 

@@ -326,15 +326,18 @@ SegmentActivations WorkspacePool::take() {
 
 StreamState::~StreamState() {
     if (!pool) return;
-    pool->give_back(std::move(workspace));
-    for (auto& ws : more_share_workspaces) pool->give_back(std::move(ws));
+    try {   // a destructor must not throw: a workspace that cannot be kept is freed instead
+        pool->give_back(std::move(workspace));
+        for (auto& ws : more_share_workspaces) pool->give_back(std::move(ws));
+    } catch (...) {
+    }
 }
 
 StreamState Model::init_stream(int64_t batch) const {
     if (batch < 1) throw std::invalid_argument("batch must be >= 1");
     StreamState st;
     st.pool = workspace_pool_;
-    st.workspace = workspace_pool_->take();
+    if (st.pool) st.workspace = st.pool->take();
     st.batch = batch;
     st.mem_tokens = config_.num_mem_tokens;
     st.d_model = config_.d_model;
