@@ -309,12 +309,6 @@ int64_t score_columns(int64_t hi, int64_t K) {
     return whole <= K ? whole : hi;
 }
 
-// B^T of a head (the keys k or values v, rows of stride C) as hs x Kp, zero columns after K.
-template <typename T>
-void transpose_head(T* out, const T* x, int64_t K, int64_t Kp, int64_t hs, int64_t C) {
-    transpose_padded_into(out, x, K, hs, C, Kp);
-}
-
 // out[j] += the column sums of x (rows x cols, row stride ld), a row at a time (the vector
 // axpy with a = 1: the same sums, in the same order, as the scalar loop it replaced)
 template <typename T>
@@ -354,7 +348,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
     // once here rather than by each of the B (batch, head) products of that head.
     const int64_t Kp = round_up(K, kernels::pad_elements<T>());
     T* rk_t = scratch<T>(SLOT_RK_T, size_t(NH * hs * Kp));
-    for (int64_t h = 0; h < NH; ++h) transpose_head(rk_t + h * hs * Kp, rk + h * hs, K, Kp, hs, C);
+    for (int64_t h = 0; h < NH; ++h) transpose_padded_into(rk_t + h * hs * Kp, rk + h * hs, K, hs, C, Kp);
     // each row block's key end, per batch row of the mask (one shared mask: one set)
     const int64_t nblk = row_blocks(Q);
     const int64_t mask_sets = allowed && mask_batch_stride != 0 ? B : 1;
@@ -401,7 +395,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                         qv_out[i * hs + d] = qr[i * C + d] + vr[d];
                     }
             }
-            transpose_head(k_t.data(), kh, K, Kp, hs, C);
+            transpose_padded_into(k_t.data(), kh, K, hs, C, Kp);
             const T* rk_th = rk_t + h * hs * Kp;
             for (int64_t blk = 0; blk < nblk; ++blk) {
                 const int64_t i0 = blk * kRowBlock, block_rows = std::min(kRowBlock, Q - i0);
@@ -508,7 +502,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                 for (int64_t i = 0; i < Q; ++i)
                     for (int64_t d = 0; d < hs; ++d) out[i * hs + d] = qr[i * C + d] + ur[d];
             }
-            transpose_head(v_t.data(), vh, K, Kp, hs, C);
+            transpose_padded_into(v_t.data(), vh, K, hs, C, Kp);
             // the keys each row block reaches: the forward's, read back off P
             block_key_ends_from_probs(ends.data(), p, Q, K, col_sum.data());
             for (int64_t blk = 0; blk < nblk; ++blk) {
