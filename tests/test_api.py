@@ -178,6 +178,38 @@ def test_a_new_stream_reuses_a_finished_streams_workspace_and_gives_the_same_bit
             np.testing.assert_array_equal(a, b)
 
 
+def test_finished_streams_keep_a_bounded_workspace_and_training_mode_frees_it():
+    # The workspace a finished stream gives back is kept for the next stream, but not one of a
+    # large batch (hundreds of MB would stay for as long as the model lives), and training mode,
+    # which unrolls elsewhere, frees what is kept.
+    cfg = rmt.ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                          segment_len=128, mem_len=128, dropout=0.0)
+    model = rmt.TransformerXL(cfg).eval()
+    core = model._core
+    assert core.spare_stream_workspace_bytes == 0
+
+    def one_segment(batch):
+        state = model.init_memory(batch)
+        model.step(np.ones((batch, 128), np.int64), state)
+        model.step(np.ones((batch, 128), np.int64), state)   # (the cache: attention over 256 keys)
+        del state
+
+    one_segment(2)
+    small = core.spare_stream_workspace_bytes
+    # probs alone: 2 rows x 2 heads x 128 x 256 floats x 2 layers
+    assert small >= 2 * 2 * 128 * 256 * 4 * 2
+    one_segment(1024)   # its probs alone: 1024 x 1 MiB, past the pool's 256 MiB
+    # (the large stream started in the small workspace and grew it: freed when it ended)
+    assert core.spare_stream_workspace_bytes == 0
+    one_segment(2)
+    assert core.spare_stream_workspace_bytes == small
+    model.train()
+    assert core.spare_stream_workspace_bytes == 0
+    model.eval()
+    one_segment(2)
+    assert core.spare_stream_workspace_bytes == small
+
+
 def test_memory_state_is_a_view_that_step_advances():
     model = rmt_model().eval()
     state = model.init_memory(batch_size=2)

@@ -275,6 +275,8 @@ void register_model(py::module_& core) {
         .def("initialize", &Model::initialize, py::arg("seed"))
         .def_property("training", &Model::training, &Model::set_training)
         .def("set_dropout_seed", &Model::set_dropout_seed, py::arg("seed"))
+        .def_property_readonly("spare_stream_workspace_bytes",
+                               &Model::spare_stream_workspace_bytes)
         .def("init_stream", &Model::init_stream, py::arg("batch"))
         .def("attention", [](Model& m, const model::StreamState& st, int64_t layer) {
             const auto& c = m.config();

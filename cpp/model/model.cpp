@@ -28,6 +28,10 @@ void Model::set_training(bool training) {
     if (!training) {
         std::lock_guard<std::mutex> lock(workspace_->busy);
         std::vector<SegmentActivations>().swap(workspace_->segs);
+    } else {
+        // training unrolls in workspace_, not in stream workspaces: what finished streams left
+        // behind is only memory held until the next eval-mode stream
+        workspace_pool_->clear();
     }
 }
 
@@ -306,11 +310,52 @@ void Model::advance_caches(std::vector<Buffer>& caches, int64_t& P,
     P = newP;
 }
 
+namespace {
+
+size_t bytes_held(const Buffer& v) { return v.capacity() * sizeof(float); }
+template <typename U>
+size_t bytes_held(const std::vector<U>& v) { return v.capacity() * sizeof(U); }
+
+size_t bytes_held(const LayerActivations& a) {
+    return bytes_held(a.k_in) + bytes_held(a.q) + bytes_held(a.k) + bytes_held(a.v) +
+           bytes_held(a.rk) + bytes_held(a.probs) + bytes_held(a.attn) + bytes_held(a.keep_proj) +
+           bytes_held(a.res1) + bytes_held(a.ln1_mean) + bytes_held(a.ln1_rstd) + bytes_held(a.o) +
+           bytes_held(a.fc1) + bytes_held(a.act) + bytes_held(a.keep_act) + bytes_held(a.keep_ff) +
+           bytes_held(a.res2) + bytes_held(a.ln2_mean) + bytes_held(a.ln2_rstd) + bytes_held(a.out);
+}
+
+}  // namespace
+
+size_t bytes_held(const SegmentActivations& s) {
+    size_t total = bytes_held(s.allowed) + bytes_held(s.R) + bytes_held(s.h0) +
+                   bytes_held(s.keep_h0) + bytes_held(s.token_out) + bytes_held(s.logits) +
+                   bytes_held(s.lse) + bytes_held(s.rows) + bytes_held(s.ids) +
+                   bytes_held(s.emb_in) + bytes_held(s.emb_mean) + bytes_held(s.emb_rstd) +
+                   bytes_held(s.cls_out) + bytes_held(s.pooled);
+    for (const LayerActivations& a : s.layers) total += bytes_held(a);
+    return total;
+}
+
 void WorkspacePool::give_back(SegmentActivations&& ws) {
     if (ws.layers.empty()) return;   // never ran (or moved from): nothing worth keeping
+    const size_t bytes = bytes_held(ws);
     std::lock_guard<std::mutex> lock(mutex);
-    if (int64_t(spare.size()) < std::max<int64_t>(1, kernels::get_num_threads()))
+    if (int64_t(spare.size()) < std::max<int64_t>(1, kernels::get_num_threads()) &&
+        spare_bytes + bytes <= kMaxBytes) {
+        spare_bytes += bytes;
         spare.push_back(std::move(ws));
+    }
+}
+
+void WorkspacePool::clear() {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::vector<SegmentActivations>().swap(spare);
+    spare_bytes = 0;
+}
+
+size_t WorkspacePool::bytes() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return spare_bytes;
 }
 
 SegmentActivations WorkspacePool::take() {
@@ -318,6 +363,7 @@ SegmentActivations WorkspacePool::take() {
     if (spare.empty()) return {};
     SegmentActivations ws = std::move(spare.back());
     spare.pop_back();
+    spare_bytes -= bytes_held(ws);
     // What ran in it belongs to another stream: attention() of the new state must not see it
     // (it also refuses a state no segment has run through).
     ws.rows.clear();

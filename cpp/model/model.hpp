@@ -39,15 +39,23 @@ struct SegmentActivations {
 // The activation workspaces of finished streams, which the model's next stream states start
 // from: a stream's first segment would otherwise fault in every page of fresh workspaces
 // (several MB: 2% of a P2 encoder stream of 32 segments on one thread, 5% on two, where the
-// threads' faults contend). Holds at most as many as one state uses (one per thread), so a
-// finished stream leaves no more memory behind than a running one holds, for as long as the
-// model or one of its states lives.
+// threads' faults contend). Holds at most as many as one state uses (one per thread) and at most
+// kMaxBytes in all: what a stream of a large batch used (700 MB for a batch-256 Transformer-XL
+// stream) is freed when it ends, not kept for as long as the model lives. Training mode
+// empties it (set_training(true)), as eval mode frees the training unroll's workspace.
 struct WorkspacePool {
+    static constexpr size_t kMaxBytes = size_t(256) << 20;
     std::mutex mutex;
     std::vector<SegmentActivations> spare;
+    size_t spare_bytes = 0;   // bytes_held of spare
     void give_back(SegmentActivations&& ws);
     SegmentActivations take();   // a spare workspace, or an empty one
+    void clear();
+    size_t bytes();
 };
+
+// The heap bytes a workspace's buffers hold (their capacities).
+size_t bytes_held(const SegmentActivations& s);
 
 // What one segment hands the next at inference: the memory (rmt), the per-layer caches (txl,
 // Tr-XL+RMT) and a reusable activation workspace, so that streaming any number of segments
@@ -101,6 +109,8 @@ public:
     // Evaluation mode also frees the activation buffers that training keeps between steps (see
     // workspace_). Do not change the mode while another thread's call on this model runs.
     void set_training(bool training);
+    // What finished streams left for the next ones to start from (WorkspacePool), in bytes.
+    size_t spare_stream_workspace_bytes() const { return workspace_pool_->bytes(); }
     bool training() const { return training_; }
     // Seeding restarts the stream: the dropout masks of the calls that follow depend only on
     // (seed, their order since this call), so a resumed run can replay them.

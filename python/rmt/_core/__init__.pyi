@@ -146,6 +146,9 @@ class Model:
     @property
     def num_parameters(self) -> int:
         ...
+    @property
+    def spare_stream_workspace_bytes(self) -> int:
+        ...
 class TrainerCore:
     """
     One training step in C++ (forward, backward, clipping, Adam/AdamW).
