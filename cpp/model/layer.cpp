@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
@@ -102,7 +104,12 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
                    const float* cache, const uint8_t* allowed, const float* R, const LayerDims& d,
                    DropoutStream& drop) {
     const int64_t B = d.B, Q = d.Q, P = d.P, K = d.K(), C = d.C, D = d.D, F = d.F;
-    const int64_t NQ = B * Q;
+    if (d.out_begin < 0 || d.out_stop() > Q || d.out_rows() < 1 ||
+        (d.relative && d.out_stop() != Q))
+        throw std::invalid_argument("layer_forward: output rows [" + std::to_string(d.out_begin) +
+                                    ", " + std::to_string(d.out_stop()) + ") do not fit " +
+                                    std::to_string(Q) + " rows");
+    const int64_t Qo = d.out_rows(), NQ = B * Qo;
     // k_in = [cache; h] per batch row: keys and values see the cache, queries only h. Without a
     // cache k_in is h itself: no copy (k_in stays empty).
     const float* k_src = h;
@@ -117,17 +124,33 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     } else {
         a.k_in.clear();
     }
+    // The query rows of h: all of it, or a copy of the wanted rows (every row-wise op below then
+    // reads one contiguous (B, Qo, C) block).
+    const float* hq = h;
+    if (!d.all_rows()) {
+        RMT_PROFILE_SCOPE("glue.copy");
+        a.h_rows.resize(NQ * C);
+        for (int64_t b = 0; b < B; ++b)
+            std::memcpy(&a.h_rows[b * Qo * C], h + (b * Q + d.out_begin) * C,
+                        sizeof(float) * Qo * C);
+        hq = a.h_rows.data();
+    } else {
+        a.h_rows.clear();
+    }
+    // the mask's rows of those queries (its row stride is K; a per-batch-row mask keeps its
+    // batch stride)
+    const uint8_t* allowed_rows = allowed ? allowed + d.out_begin * K : nullptr;
     // q = h Wq^T, k = k_in Wk^T, v = k_in Wv^T: the three row blocks of qkv.weight (3D, C).
     {
     RMT_PROFILE_SCOPE_FLOPS("fwd.linear.qkv", 2 * (NQ + 2 * B * K) * C * D);
     a.q.resize(NQ * D);
     a.k.resize(B * K * D);
     a.v.resize(B * K * D);
-    ops::linear_forward<float>(a.q.data(), h, w.qkv, nullptr, NQ, C, D);
+    ops::linear_forward<float>(a.q.data(), hq, w.qkv, nullptr, NQ, C, D);
     ops::linear_forward<float>(a.k.data(), k_src, w.qkv + D * C, nullptr, B * K, C, D);
     ops::linear_forward<float>(a.v.data(), k_src, w.qkv + 2 * D * C, nullptr, B * K, C, D);
     }
-    a.probs.resize(B * d.NH * Q * K);
+    a.probs.resize(B * d.NH * Qo * K);
     a.attn.resize(NQ * D);
     if (d.relative) {
         // rk = R Wr^T; attn = softmax(S | mask) v with S the Transformer-XL relative score
@@ -138,14 +161,15 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
         }
         RMT_PROFILE_SCOPE("fwd.rel_attention");
         ops::rel_attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
-                                          a.v.data(), a.rk.data(), w.u, w.v, allowed,
-                                          d.mask_batch_stride, B, Q, K, d.NH, d.hs);
+                                          a.v.data(), a.rk.data(), w.u, w.v, allowed_rows,
+                                          d.mask_batch_stride, B, Qo, K, d.NH, d.hs);
     } else {
         // attn = softmax(q k^T / sqrt(hs) | mask) v (absolute positions live in the embedding)
         a.rk.clear();
         RMT_PROFILE_SCOPE("fwd.attention");
         ops::attention_forward<float>(a.attn.data(), a.probs.data(), a.q.data(), a.k.data(),
-                                      a.v.data(), allowed, d.mask_batch_stride, B, Q, K, d.NH, d.hs);
+                                      a.v.data(), allowed_rows, d.mask_batch_stride, B, Qo, K,
+                                      d.NH, d.hs);
     }
     // res1 = h + dropout(attn Wo^T); o = LN1(res1)
     {
@@ -156,7 +180,7 @@ void layer_forward(LayerActivations& a, const LayerTensors<const float>& w, cons
     dropout_inplace(a.res1, a.keep_proj, drop);
     {
     RMT_PROFILE_SCOPE("glue.residual");
-    ops::add_inplace<float>(a.res1.data(), h, NQ * C);
+    ops::add_inplace<float>(a.res1.data(), hq, NQ * C);
     }
     {
     RMT_PROFILE_SCOPE("fwd.layernorm");
@@ -208,8 +232,13 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                     const LayerTensors<const float>& w, const float* h, const float* R,
                     const LayerDims& d, float dropout_p) {
     const int64_t B = d.B, Q = d.Q, P = d.P, K = d.K(), C = d.C, D = d.D, F = d.F;
-    const int64_t NQ = B * Q;
+    const int64_t Qo = d.out_rows(), NQ = B * Qo;
     Buffer scratch;
+    // The query rows' gradient (through the residual and q) goes straight into dh when every row
+    // is a query; otherwise into dh_rows, added to its rows of dh at the end.
+    const float* hq = d.all_rows() ? h : a.h_rows.data();
+    Buffer dh_rows = d.all_rows() ? Buffer() : zeros(NQ * C);
+    float* dhq = d.all_rows() ? dh : dh_rows.data();
     // The input gradients below go into fresh pooled buffers that the op writes whole (its
     // overwrite mode: each thread zeroes its own part in cache), not zero-filled first: at the
     // copy model's size the fills were 4-5% of a step.
@@ -259,7 +288,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     // res1 = h + dropout(attn Wo^T)
     {
     RMT_PROFILE_SCOPE("glue.residual");
-    ops::add_inplace<float>(dh, dres1.data(), NQ * C);
+    ops::add_inplace<float>(dhq, dres1.data(), NQ * C);
     }
     const float* dproj = dropout_grad(dres1, a.keep_proj, dropout_p, scratch);
     Buffer dattn = pooled_buffer(NQ * D);
@@ -277,7 +306,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
         RMT_PROFILE_SCOPE("bwd.rel_attention");
         ops::rel_attention_backward<float>(dq.data(), dk.data(), dv.data(), drk.data(), g.u, g.v,
                                            dattn.data(), a.q.data(), a.k.data(), a.v.data(),
-                                           a.rk.data(), w.u, w.v, a.probs.data(), B, Q, K, d.NH,
+                                           a.rk.data(), w.u, w.v, a.probs.data(), B, Qo, K, d.NH,
                                            d.hs, /*overwrite=*/true);
         }
         // rk = R Wr^T (R is a constant)
@@ -287,8 +316,8 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
     } else {
         RMT_PROFILE_SCOPE("bwd.attention");
         ops::attention_backward<float>(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(),
-                                       a.k.data(), a.v.data(), a.probs.data(), B, Q, K, d.NH, d.hs,
-                                       /*overwrite=*/true);
+                                       a.k.data(), a.v.data(), a.probs.data(), B, Qo, K, d.NH,
+                                       d.hs, /*overwrite=*/true);
     }
     // k = k_in Wk^T, v = k_in Wv^T, q = h Wq^T. Without a cache k_in is h: its gradient goes
     // straight into dh.
@@ -302,7 +331,7 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
                                 B * K, C, D);
     ops::linear_backward<float>(dk_src, g.qkv + 2 * D * C, nullptr, dv.data(), k_src,
                                 w.qkv + 2 * D * C, B * K, C, D);
-    ops::linear_backward<float>(dh, g.qkv, nullptr, dq.data(), h, w.qkv, NQ, C, D);
+    ops::linear_backward<float>(dhq, g.qkv, nullptr, dq.data(), hq, w.qkv, NQ, C, D);
     }
     if (cached) {
         RMT_PROFILE_SCOPE("glue.concat");
@@ -313,7 +342,13 @@ void layer_backward(float* dh, LayerTensors<float>& g, const float* dout, const 
             for (int64_t i = 0; i < Q * C; ++i) dst[i] += src[i];
         }
     }
-    for (auto* v : {&dres2, &d_o, &dact, &dfc1, &dres1, &dattn, &dq, &dk, &dv, &dk_in, &scratch})
+    if (!d.all_rows()) {
+        RMT_PROFILE_SCOPE("glue.residual");
+        for (int64_t b = 0; b < B; ++b)
+            ops::add_inplace<float>(dh + (b * Q + d.out_begin) * C, &dh_rows[b * Qo * C], Qo * C);
+    }
+    for (auto* v : {&dres2, &d_o, &dact, &dfc1, &dres1, &dattn, &dq, &dk, &dv, &dk_in, &dh_rows,
+                    &scratch})
         recycle(*v);
 }
 

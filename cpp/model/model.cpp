@@ -177,7 +177,7 @@ void Model::build_mask(std::vector<uint8_t>& allowed, int64_t P) const {
 
 void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
                             const float* memory, const std::vector<Buffer>& caches,
-                            int64_t P, DropoutStream& drop) {
+                            int64_t P, DropoutStream& drop, bool wanted_rows_only) {
     const int64_t C = config_.d_model, T = config_.segment_len, M = config_.num_mem_tokens,
                   Q = config_.query_rows(), V = config_.vocab_size, L = config_.n_layers;
     const int64_t off = config_.token_row_offset();
@@ -227,23 +227,34 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
     seg.layers.resize(L);
     const LayerDims dims{B, Q, P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
                          config_.d_ff, float(config_.layer_norm_eps)};
+    seg.last_out_begin = wanted_rows_only ? last_layer_out_begin() : 0;
     for (int64_t l = 0; l < L; ++l) {
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
+        LayerDims layer_dims = dims;
+        if (l == L - 1) layer_dims.out_begin = seg.last_out_begin;
         layer_forward(seg.layers[l], layer_params(l), h, P > 0 ? caches[l].data() : nullptr,
-                      seg.allowed.data(), seg.R.data(), dims, drop);
+                      seg.allowed.data(), seg.R.data(), layer_dims, drop);
     }
     // The head reads the token rows of the last layer: logits = out E^T + out_bias (tied).
     {
     RMT_PROFILE_SCOPE("glue.copy");
     seg.token_out.resize(B * T * C);
     const float* out = seg.layers[L - 1].out.data();
+    const int64_t Qo = Q - seg.last_out_begin;
     for (int64_t b = 0; b < B; ++b)
-        std::memcpy(&seg.token_out[b * T * C], out + (b * Q + off) * C, sizeof(float) * T * C);
+        std::memcpy(&seg.token_out[b * T * C], out + (b * Qo + off - seg.last_out_begin) * C,
+                    sizeof(float) * T * C);
     }
     RMT_PROFILE_SCOPE_FLOPS("fwd.linear.head", 2 * B * T * C * V);
     seg.logits.resize(B * T * V);
     ops::linear_forward<float>(seg.logits.data(), seg.token_out.data(), emb, param("out_bias"),
                                B * T, C, V);
+}
+
+int64_t Model::last_layer_out_begin() const {
+    // rmt [read | tokens | write], memtr [memory | tokens]: the loss reads the token rows and
+    // the next segment the write rows; the first M rows' outputs go nowhere
+    return config_.kind == Kind::RMT || config_.kind == Kind::MemTr ? config_.num_mem_tokens : 0;
 }
 
 void Model::segment_backward(Buffer& dh0, const SegmentActivations& seg,
@@ -262,11 +273,14 @@ void Model::segment_backward(Buffer& dh0, const SegmentActivations& seg,
     for (int64_t l = L - 1; l >= 0; --l) {
         {
         RMT_PROFILE_SCOPE("glue.zeros");
-        std::fill(dh.begin(), dh.end(), 0.0f);
+        dh.assign(B * Q * C, 0.0f);   // (after the last layer, dh holds its smaller dfinal)
         }
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
         auto g = layer_grads(l);
-        layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, seg.R.data(), dims, p);
+        LayerDims layer_dims = dims;
+        if (l == L - 1) layer_dims.out_begin = seg.last_out_begin;
+        layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, seg.R.data(),
+                       layer_dims, p);
         std::swap(d, dh);
     }
     // h0 = dropout([m; e; m])
@@ -479,7 +493,9 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
             }
         }
         SegmentActivations& seg = segs[s];
-        segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop);
+        segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop,
+                        /*wanted_rows_only=*/true);
+        const int64_t Qo = Q - seg.last_out_begin;   // last-layer rows per batch row
         {
         RMT_PROFILE_SCOPE("fwd.cross_entropy");
         Buffer losses(B * T);
@@ -500,7 +516,8 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
             memories[s + 1].resize(B * M * C);
             const float* out = seg.layers[L - 1].out.data();
             for (int64_t b = 0; b < B; ++b)
-                std::memcpy(&memories[s + 1][b * M * C], out + (b * Q + M + T) * C, sizeof(float) * M * C);
+                std::memcpy(&memories[s + 1][b * M * C],
+                            out + (b * Qo + M + T - seg.last_out_begin) * C, sizeof(float) * M * C);
         }
         if (config_.has_cache()) advance_caches(caches, P, seg, B);
     }
@@ -542,16 +559,19 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
         const int64_t passes = (rmt && !full_depth) ? std::min<int64_t>(bptt_depth, S - 1 - s) + 1 : 1;
         for (int64_t a = 0; a < passes; ++a) {
             if (a > 0 && streams[a].empty()) continue;
-            Buffer dfinal = zeros(B * Q * C);
+            // at the last layer's output rows, [ob, Q) of each batch row
+            const int64_t ob = seg.last_out_begin, Qo = Q - ob;
+            Buffer dfinal = zeros(B * Qo * C);
             {
             RMT_PROFILE_SCOPE("glue.copy");
             if (a == 0)
                 for (int64_t b = 0; b < B; ++b)
-                    std::memcpy(&dfinal[(b * Q + off) * C], &dtoken[b * T * C], sizeof(float) * T * C);
+                    std::memcpy(&dfinal[(b * Qo + off - ob) * C], &dtoken[b * T * C],
+                                sizeof(float) * T * C);
             const Buffer& incoming = full_depth ? streams[0] : streams[a];
             if (rmt && !incoming.empty())
                 for (int64_t b = 0; b < B; ++b) {
-                    float* dst = &dfinal[(b * Q + M + T) * C];
+                    float* dst = &dfinal[(b * Qo + M + T - ob) * C];
                     const float* src = &incoming[b * M * C];
                     for (int64_t i = 0; i < M * C; ++i) dst[i] += src[i];
                 }

@@ -17,6 +17,8 @@ namespace rmt::model {
 // Everything one segment's backward needs from its forward.
 struct SegmentActivations {
     int64_t P = 0;                        // cache rows each layer saw
+    // the last layer's output rows are [last_out_begin, Q) of each batch row (LayerDims::out_begin)
+    int64_t last_out_begin = 0;
     float dropout_p = 0;                  // the dropout this forward applied (the backward's)
     std::vector<uint8_t> allowed;         // (Q, P + Q) mask
     Buffer R;                 // (P + Q, C) relative encoding after its dropout
@@ -160,12 +162,18 @@ private:
     const float* param(const std::string& name) const;
     float* grad(const std::string& name);
     void build_mask(std::vector<uint8_t>& allowed, int64_t P) const;
-    // Runs segment `s` forward from its memory (B, M, C) and caches; fills `seg`.
+    // Runs segment `s` forward from its memory (B, M, C) and caches; fills `seg`. With
+    // wanted_rows_only the last layer computes only the rows something reads (seg.last_out_begin:
+    // the read-memory rows of rmt and memtr are keys and values only there), as a training
+    // unroll does; a stream keeps them all, for its attention maps.
     void segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
                          const float* memory, const std::vector<Buffer>& caches,
-                         int64_t P, DropoutStream& drop);
+                         int64_t P, DropoutStream& drop, bool wanted_rows_only = false);
+    // The first row of each batch row's last-layer output that a training unroll computes.
+    int64_t last_layer_out_begin() const;
     // One backward pass through a segment from the gradient at its last-layer output rows
-    // (B, Q, C); accumulates parameter gradients; returns the gradient at its layer-0 input.
+    // (B, Q - seg.last_out_begin, C); accumulates parameter gradients; returns the gradient at
+    // its layer-0 input (B, Q, C).
     void segment_backward(Buffer& dh0, const SegmentActivations& seg,
                           const Buffer& dfinal, int64_t B, const int32_t* tokens);
 
