@@ -307,22 +307,25 @@ void register_model(py::module_& core) {
             for (const auto* seg : parts)
                 if (int64_t(seg->layers.size()) <= layer)
                     throw py::value_error("no segment has run through this state yet");
+            // (the last layer computed only the rows something reads: attention_probs
+            // recomputes it on all of them)
+            std::vector<Buffer> probs;
             int64_t elements = 0;
-            for (const auto* seg : parts) elements += int64_t(seg->layers[layer].probs.size());
-            const int64_t K = elements / (B * NH * Q);
             for (const auto* seg : parts) {
+                probs.push_back(m.attention_probs(*seg, layer));
+                elements += int64_t(probs.back().size());
+            }
+            const int64_t K = elements / (B * NH * Q);
+            for (size_t i = 0; i < parts.size(); ++i) {
                 const int64_t rows = c.kind == model::Kind::RMTEncoder
-                                         ? int64_t(seg->rows.size()) : st.batch;
-                if (int64_t(seg->layers[layer].probs.size()) != rows * NH * Q * K)
+                                         ? int64_t(parts[i]->rows.size()) : st.batch;
+                if (int64_t(probs[i].size()) != rows * NH * Q * K)
                     throw std::runtime_error("the state's attention maps do not match its last "
                                              "segment (did that step fail?)");
             }
             auto out = new_array<float>({B, NH, Q, K}, false);
             float* dst = out.mutable_data();
-            for (const auto* seg : parts) {
-                const Buffer& probs = seg->layers[layer].probs;
-                dst = std::copy(probs.begin(), probs.end(), dst);
-            }
+            for (const Buffer& p : probs) dst = std::copy(p.begin(), p.end(), dst);
             return out;
         }, py::arg("state"), py::arg("layer"),
            "The attention probabilities of layer `layer` in the last segment run through `state`: "

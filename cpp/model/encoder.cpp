@@ -108,17 +108,19 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
     seg.R.clear();
     seg.layers.resize(L);
     const LayerDims dims = encoder_dims(Bs);
+    set_last_layer_rows(seg);   // the last layer: the CLS and memory rows only
     for (int64_t l = 0; l < L; ++l) {
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
-        layer_forward(seg.layers[l], layer_params(l), h, nullptr, seg.allowed.data(), nullptr, dims,
-                      drop);
+        layer_forward(seg.layers[l], layer_params(l), h, nullptr, seg.allowed.data(), nullptr,
+                      layer_dims_of(seg, dims, l, L), drop);
     }
     {
     RMT_PROFILE_SCOPE("glue.copy");
     seg.cls_out.resize(Bs * C);
     const float* out = seg.layers[L - 1].out.data();
+    const int64_t Qo = seg.last_out_rows(Q);
     for (int64_t i = 0; i < Bs; ++i)
-        std::memcpy(&seg.cls_out[i * C], out + i * Q * C, sizeof(float) * C);
+        std::memcpy(&seg.cls_out[i * C], out + i * Qo * C, sizeof(float) * C);
     }
     encoder_head_forward(seg);
 }
@@ -179,11 +181,12 @@ void Model::encoder_segment_backward(Buffer& dmem, const SegmentActivations& seg
     for (int64_t l = L - 1; l >= 0; --l) {
         {
         RMT_PROFILE_SCOPE("glue.zeros");
-        std::fill(dh.begin(), dh.end(), 0.0f);
+        dh.assign(Bs * Q * C, 0.0f);   // (after the last layer, dh holds its smaller dfinal)
         }
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
         auto g = layer_grads(l);
-        layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, nullptr, dims, p);
+        layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, nullptr,
+                       layer_dims_of(seg, dims, l, L), p);
         std::swap(d, dh);
     }
     // h0 = dropout(LN_emb(emb_in))
@@ -265,10 +268,11 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
         const SegmentActivations& seg = st.share_workspace(c);
         const int64_t b0 = B * c / shares;
         const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
+        const int64_t Qo = seg.last_out_rows(Q);
         for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {
             const int64_t b = b0 + seg.rows[i];
             if (logits_out) std::memcpy(logits_out + b * NC, &seg.logits[i * NC], sizeof(float) * NC);
-            std::memcpy(&st.memory[b * M * C], out + (i * Q + 1) * C, sizeof(float) * M * C);
+            std::memcpy(&st.memory[b * M * C], out + (i * Qo + 1) * C, sizeof(float) * M * C);
         }
     }
     ++st.segments_seen;
@@ -326,8 +330,9 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
             RMT_PROFILE_SCOPE("glue.memory");
             // Rows 1..M of the last layer are the next memory; a skipped sample keeps its own.
             const float* out = seg.layers[config_.n_layers - 1].out.data();
+            const int64_t Qo = seg.last_out_rows(Q);
             for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i)
-                std::memcpy(&memory[seg.rows[i] * M * C], out + (i * Q + 1) * C, sizeof(float) * M * C);
+                std::memcpy(&memory[seg.rows[i] * M * C], out + (i * Qo + 1) * C, sizeof(float) * M * C);
         }
     }
     SegmentActivations& last = segs[S - 1];   // every sample ran: rows = 0..B-1
@@ -399,14 +404,15 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
         for (int64_t a = 0; a < n_streams && Bs > 0; ++a) {
             const bool head = s == S - 1 && a == 0;
             if (!head && streams[a].empty()) continue;
-            Buffer dfinal = zeros(Bs * Q * C);
+            const int64_t Qo = seg.last_out_rows(Q);   // the last layer's rows: CLS, memory
+            Buffer dfinal = zeros(Bs * Qo * C);
             {
             RMT_PROFILE_SCOPE("glue.copy");
             for (int64_t i = 0; i < Bs; ++i) {
                 const int64_t b = seg.rows[i];
-                if (head) std::memcpy(&dfinal[i * Q * C], &dhead[b * C], sizeof(float) * C);
+                if (head) std::memcpy(&dfinal[i * Qo * C], &dhead[b * C], sizeof(float) * C);
                 if (!streams[a].empty()) {
-                    float* dst = &dfinal[(i * Q + 1) * C];
+                    float* dst = &dfinal[(i * Qo + 1) * C];
                     const float* src = &streams[a][b * M * C];
                     for (int64_t k = 0; k < M * C; ++k) dst[k] += src[k];
                 }

@@ -177,7 +177,7 @@ void Model::build_mask(std::vector<uint8_t>& allowed, int64_t P) const {
 
 void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
                             const float* memory, const std::vector<Buffer>& caches,
-                            int64_t P, DropoutStream& drop, bool wanted_rows_only) {
+                            int64_t P, DropoutStream& drop) {
     const int64_t C = config_.d_model, T = config_.segment_len, M = config_.num_mem_tokens,
                   Q = config_.query_rows(), V = config_.vocab_size, L = config_.n_layers;
     const int64_t off = config_.token_row_offset();
@@ -227,13 +227,11 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
     seg.layers.resize(L);
     const LayerDims dims{B, Q, P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
                          config_.d_ff, float(config_.layer_norm_eps)};
-    seg.last_out_begin = wanted_rows_only ? last_layer_out_begin() : 0;
+    set_last_layer_rows(seg);
     for (int64_t l = 0; l < L; ++l) {
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
-        LayerDims layer_dims = dims;
-        if (l == L - 1) layer_dims.out_begin = seg.last_out_begin;
         layer_forward(seg.layers[l], layer_params(l), h, P > 0 ? caches[l].data() : nullptr,
-                      seg.allowed.data(), seg.R.data(), layer_dims, drop);
+                      seg.allowed.data(), seg.R.data(), layer_dims_of(seg, dims, l, L), drop);
     }
     // The head reads the token rows of the last layer: logits = out E^T + out_bias (tied).
     {
@@ -251,10 +249,49 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
                                B * T, C, V);
 }
 
-int64_t Model::last_layer_out_begin() const {
-    // rmt [read | tokens | write], memtr [memory | tokens]: the loss reads the token rows and
-    // the next segment the write rows; the first M rows' outputs go nowhere
-    return config_.kind == Kind::RMT || config_.kind == Kind::MemTr ? config_.num_mem_tokens : 0;
+void Model::set_last_layer_rows(SegmentActivations& seg) const {
+    const int64_t M = config_.num_mem_tokens;
+    seg.last_out_begin = config_.kind == Kind::RMT || config_.kind == Kind::MemTr ? M : 0;
+    seg.last_out_end = config_.kind == Kind::RMTEncoder ? 1 + M : 0;
+}
+
+LayerDims Model::layer_dims_of(const SegmentActivations& seg, LayerDims dims, int64_t l,
+                               int64_t L) {
+    if (l == L - 1) {
+        dims.out_begin = seg.last_out_begin;
+        dims.out_end = seg.last_out_end;
+    }
+    return dims;
+}
+
+Buffer Model::attention_probs(const SegmentActivations& seg, int64_t layer) const {
+    const int64_t L = config_.n_layers, Q = config_.query_rows(), C = config_.d_model;
+    if (layer < 0 || layer >= int64_t(seg.layers.size()))
+        throw std::invalid_argument("no such layer in this segment");
+    if (layer < L - 1 || seg.last_out_rows(Q) == Q) return seg.layers[size_t(layer)].probs;
+    // The last layer again, on all rows, from what the segment kept: its input (the layer
+    // below's output), its keys' cache rows (the front of k_in), the mask and R. Inference has
+    // no dropout, so this is what the segment computed on the rows it kept.
+    const bool encoder = config_.kind == Kind::RMTEncoder;
+    const int64_t B = int64_t(seg.h0.size()) / (Q * C);   // the batch rows that ran
+    const LayerDims dims = encoder ? encoder_dims(B)
+                                   : LayerDims{B, Q, seg.P, C, config_.attn_dim(), config_.n_heads,
+                                               config_.head_size(), config_.d_ff,
+                                               float(config_.layer_norm_eps)};
+    const LayerActivations& last = seg.layers[size_t(L - 1)];
+    const float* h = L == 1 ? seg.h0.data() : seg.layers[size_t(L - 2)].out.data();
+    Buffer cache;
+    if (seg.P > 0) {
+        const int64_t K = seg.P + Q;
+        cache.resize(B * seg.P * C);
+        for (int64_t b = 0; b < B; ++b)
+            std::memcpy(&cache[b * seg.P * C], &last.k_in[b * K * C], sizeof(float) * seg.P * C);
+    }
+    LayerActivations all_rows;
+    DropoutStream no_dropout;
+    layer_forward(all_rows, layer_params(L - 1), h, seg.P > 0 ? cache.data() : nullptr,
+                  seg.allowed.data(), seg.R.empty() ? nullptr : seg.R.data(), dims, no_dropout);
+    return std::move(all_rows.probs);
 }
 
 void Model::segment_backward(Buffer& dh0, const SegmentActivations& seg,
@@ -277,10 +314,8 @@ void Model::segment_backward(Buffer& dh0, const SegmentActivations& seg,
         }
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
         auto g = layer_grads(l);
-        LayerDims layer_dims = dims;
-        if (l == L - 1) layer_dims.out_begin = seg.last_out_begin;
         layer_backward(dh.data(), g, d.data(), seg.layers[l], layer_params(l), h, seg.R.data(),
-                       layer_dims, p);
+                       layer_dims_of(seg, dims, l, L), p);
         std::swap(d, dh);
     }
     // h0 = dropout([m; e; m])
@@ -424,7 +459,9 @@ void Model::step(StreamState& st, const int32_t* tokens, float* logits_out) {
     if (config_.kind == Kind::RMT) {
         const float* out = seg.layers[config_.n_layers - 1].out.data();
         for (int64_t b = 0; b < B; ++b)
-            std::memcpy(&st.memory[b * M * C], out + (b * Q + M + T) * C, sizeof(float) * M * C);
+            std::memcpy(&st.memory[b * M * C],
+                        out + (b * (Q - seg.last_out_begin) + M + T - seg.last_out_begin) * C,
+                        sizeof(float) * M * C);
     }
     }
     if (config_.has_cache()) advance_caches(st.caches, st.P, seg, B);
@@ -493,8 +530,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
             }
         }
         SegmentActivations& seg = segs[s];
-        segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop,
-                        /*wanted_rows_only=*/true);
+        segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop);
         const int64_t Qo = Q - seg.last_out_begin;   // last-layer rows per batch row
         {
         RMT_PROFILE_SCOPE("fwd.cross_entropy");

@@ -17,8 +17,10 @@ namespace rmt::model {
 // Everything one segment's backward needs from its forward.
 struct SegmentActivations {
     int64_t P = 0;                        // cache rows each layer saw
-    // the last layer's output rows are [last_out_begin, Q) of each batch row (LayerDims::out_begin)
-    int64_t last_out_begin = 0;
+    // The last layer's output rows: [last_out_begin, last_out_end) of each batch row's Q
+    // (LayerDims::out_begin, out_end; end 0: Q). Only those rows are computed there.
+    int64_t last_out_begin = 0, last_out_end = 0;
+    int64_t last_out_rows(int64_t Q) const { return (last_out_end > 0 ? last_out_end : Q) - last_out_begin; }
     float dropout_p = 0;                  // the dropout this forward applied (the backward's)
     std::vector<uint8_t> allowed;         // (Q, P + Q) mask
     Buffer R;                 // (P + Q, C) relative encoding after its dropout
@@ -111,6 +113,10 @@ public:
     // Evaluation mode also frees the activation buffers that training keeps between steps (see
     // workspace_). Do not change the mode while another thread's call on this model runs.
     void set_training(bool training);
+    // Layer `layer`'s attention probabilities in the segment that ran in seg (batch rows that
+    // ran, heads, all Q query rows, keys): the stored ones, or, for a last layer that computed
+    // only the rows something reads, those of all rows recomputed from its stored input.
+    Buffer attention_probs(const SegmentActivations& seg, int64_t layer) const;
     // What finished streams left for the next ones to start from (WorkspacePool), in bytes.
     size_t spare_stream_workspace_bytes() const { return workspace_pool_->bytes(); }
     bool training() const { return training_; }
@@ -162,15 +168,20 @@ private:
     const float* param(const std::string& name) const;
     float* grad(const std::string& name);
     void build_mask(std::vector<uint8_t>& allowed, int64_t P) const;
-    // Runs segment `s` forward from its memory (B, M, C) and caches; fills `seg`. With
-    // wanted_rows_only the last layer computes only the rows something reads (seg.last_out_begin:
-    // the read-memory rows of rmt and memtr are keys and values only there), as a training
-    // unroll does; a stream keeps them all, for its attention maps.
+    // Runs segment `s` forward from its memory (B, M, C) and caches; fills `seg`. The last
+    // layer computes only the rows something reads (seg.last_out_begin: the read-memory rows of
+    // rmt and memtr are keys and values only there; attention_probs recomputes them).
     void segment_forward(SegmentActivations& seg, const int32_t* tokens, int64_t B,
                          const float* memory, const std::vector<Buffer>& caches,
-                         int64_t P, DropoutStream& drop, bool wanted_rows_only = false);
-    // The first row of each batch row's last-layer output that a training unroll computes.
-    int64_t last_layer_out_begin() const;
+                         int64_t P, DropoutStream& drop);
+    // The rows of the last layer whose outputs are read: [begin, end) of each batch row's Q
+    // (end 0: Q). rmt [read | tokens | write] and memtr [memory | tokens]: not the first M (the
+    // loss reads the tokens, the next segment the write block); rmt_encoder [CLS, memory, SEP,
+    // x, SEP]: the CLS and memory rows only (the head and the next segment).
+    void set_last_layer_rows(SegmentActivations& seg) const;
+    // The dims of layer l of segment seg from the segment's common dims.
+    static LayerDims layer_dims_of(const SegmentActivations& seg, LayerDims dims, int64_t l,
+                                   int64_t L);
     // One backward pass through a segment from the gradient at its last-layer output rows
     // (B, Q - seg.last_out_begin, C); accumulates parameter gradients; returns the gradient at
     // its layer-0 input (B, Q, C).
