@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -97,10 +98,12 @@ void pack_a_tiles(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc,
             // does not follow; ask for the line of the tiles that come after this one's (within
             // the block) while this one is copied.
             const int64_t ahead = ip + MR + kPackAheadElems < mc ? MR + kPackAheadElems : 0;
+            // (a fixed-size memcpy: the element loop compiled to one scalar move per element,
+            // the compiler not knowing that panel and A do not overlap)
             for (int64_t p = 0; p < kc; ++p) {
                 const T* src = A + (k0 + p) * lda + i0 + ip;
                 if (ahead) __builtin_prefetch(src + ahead, 0, 3);
-                for (int r = 0; r < MR; ++r) panel[p * MR + r] = src[r];
+                std::memcpy(panel + p * MR, src, sizeof(T) * size_t(MR));
             }
         } else {
             for (int64_t p = 0; p < kc; ++p) {
@@ -134,18 +137,21 @@ void pack_a(const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64
 // NR_FIXED as MR_FIXED above: a whole row of a panel becomes a fixed-length (vector) move.
 template <typename T, int NR_FIXED>
 void pack_b_panels(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0,
-                   int64_t nc, int nr, T* out) {
+                   int64_t nc, int nr, T* out, int64_t panel_stride) {
     const int NR = NR_FIXED > 0 ? NR_FIXED : nr;
-    for (int64_t jp = 0; jp < nc; jp += NR) {
+    // An untransposed B's whole panels row by row of B: each row of the slice is read once, in
+    // order (panel by panel, every panel pass read a short piece of each of kc rows a row
+    // apart, and waited for them), and its NR-wide pieces go to their panels.
+    const int64_t whole = trans_b ? 0 : nc / NR * NR;
+    for (int64_t p = 0; whole > 0 && p < kc; ++p) {
+        const T* src = B + (k0 + p) * ldb + j0;
+        for (int64_t jp = 0; jp < whole; jp += NR)
+            std::memcpy(out + jp * panel_stride + p * NR, src + jp, sizeof(T) * size_t(NR));
+    }
+    for (int64_t jp = whole; jp < nc; jp += NR) {
         const int cols = int(std::min<int64_t>(NR, nc - jp));
-        T* panel = out + jp * kc;
-        if (!trans_b && cols == NR) {
-            for (int64_t p = 0; p < kc; ++p) {
-                const T* src = B + (k0 + p) * ldb + j0 + jp;
-                T* dst = panel + p * NR;
-                for (int q = 0; q < NR; ++q) dst[q] = src[q];
-            }
-        } else if (!trans_b) {
+        T* panel = out + jp * panel_stride;
+        if (!trans_b) {
             for (int64_t p = 0; p < kc; ++p) {
                 const T* src = B + (k0 + p) * ldb + j0 + jp;
                 T* dst = panel + p * NR;
@@ -163,11 +169,14 @@ void pack_b_panels(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc
     }
 }
 
+// Panels of nc columns from j0 (the last one partial when nc is not a multiple of NR), panel
+// jp / NR at out + jp * panel_stride (>= kc).
 template <typename T>
 void pack_b(const T* B, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
-            int NR, T* out) {
+            int NR, T* out, int64_t panel_stride) {
     with_fixed_width<8, 16, 32>(NR, [&](auto w) {
-        pack_b_panels<T, decltype(w)::value>(B, ldb, trans_b, k0, kc, j0, nc, NR, out);
+        pack_b_panels<T, decltype(w)::value>(B, ldb, trans_b, k0, kc, j0, nc, NR, out,
+                                             panel_stride);
     });
 }
 
@@ -210,13 +219,15 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
         const int nthreads = 1, tid = 0;
 #endif
         T* const a_packed = a_pack_buffer<T>(MC * kc_max);
-        // Panel `panel` of the B slice (columns j0 .., depth k0 .. k0 + kc) packed into buffer,
-        // at the fixed stride kc_max.
-        auto pack_panel = [&](T* buffer, int64_t panel, int64_t j0, int64_t nc, int64_t k0,
-                              int64_t kc) {
-            const int64_t jp = panel * NR;
-            pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>(NR, nc - jp), NR,
-                   buffer + jp * kc_max);
+        // Panels [p_begin, p_end) of the B slice (columns j0 .., depth k0 .. k0 + kc) packed
+        // into buffer, at the fixed stride kc_max.
+        auto pack_panels = [&](T* buffer, int64_t p_begin, int64_t p_end, int64_t j0, int64_t nc,
+                               int64_t k0, int64_t kc) {
+            const int64_t jp = p_begin * NR;
+            if (p_end > p_begin)
+                pack_b(B, ldb, trans_b, k0, kc, j0 + jp, std::min<int64_t>((p_end - p_begin) * NR,
+                                                                            nc - jp),
+                       NR, buffer + jp * kc_max, kc_max);
         };
         // Rows [i0, i0 + mc) of op(A) against panels [p_begin, p_end) of the B slice packed at
         // b_slice (columns j0.., depth k0 .. k0 + kc).
@@ -278,8 +289,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 const int64_t n_panels = (nc + NR - 1) / NR;
                 for (int64_t k0 = 0; k0 < K; k0 += KC) {
                     const int64_t kc = std::min<int64_t>(KC, K - k0);
-                    for (int64_t panel = 0; panel < n_panels; ++panel)
-                        pack_panel(b_own, panel, j0, nc, k0, kc);
+                    pack_panels(b_own, 0, n_panels, j0, nc, k0, kc);
                     for (int64_t i0 = row_begin; i0 < row_end; i0 += MC)
                         multiply_block(b_own, i0, std::min<int64_t>(MC, row_end - i0), 0,
                                        n_panels, j0, nc, k0, kc);
@@ -309,13 +319,12 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
                 for (int64_t k0 = 0; k0 < K; k0 += KC) {
                     const int64_t kc = std::min<int64_t>(KC, K - k0);
                     if (split_panels) {
-                        for (int64_t panel = p_begin; panel < p_end; ++panel)
-                            pack_panel(b_packed, panel, j0, nc, k0, kc);
+                        pack_panels(b_packed, p_begin, p_end, j0, nc, k0, kc);
                     } else {
 #pragma omp barrier
 #pragma omp for schedule(static)
                         for (int64_t panel = 0; panel < n_panels; ++panel)
-                            pack_panel(b_packed, panel, j0, nc, k0, kc);
+                            pack_panels(b_packed, panel, panel + 1, j0, nc, k0, kc);
                     }
                     const int64_t b_begin = split_panels ? 0 : m_blocks * tid / nthreads;
                     const int64_t b_end = split_panels ? m_blocks : m_blocks * (tid + 1) / nthreads;
