@@ -198,7 +198,7 @@ def test_finished_streams_keep_a_bounded_workspace_and_training_mode_frees_it():
     small = core.spare_stream_workspace_bytes
     # probs alone: 2 rows x 2 heads x 128 x 256 floats x 2 layers
     assert small >= 2 * 2 * 128 * 256 * 4 * 2
-    one_segment(1024)   # its probs alone: 1024 x 1 MiB, past the pool's 256 MiB
+    one_segment(640)   # its probs alone: 640 x 2 layers x 256 KiB = 320 MiB, past the 256 MiB
     # (the large stream started in the small workspace and grew it: freed when it ended)
     assert core.spare_stream_workspace_bytes == 0
     one_segment(2)

@@ -341,3 +341,29 @@ def test_streaming_with_threads_splits_the_batch_and_gives_the_same_bits():
     assert maps.shape == (3, CFG["n_heads"], 7 + CFG["num_mem_tokens"] + 3,
                           7 + CFG["num_mem_tokens"] + 3)
     assert np.allclose(maps.sum(-1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_attention_maps_of_a_stream_match_the_reference(n_layers):
+    # The last layer computes only the CLS and memory rows; state.attention recomputes it on all
+    # rows. Every layer's maps, the last one's included, against the reference's.
+    cfg = dict(CFG, n_layers=n_layers)
+    model, params = make_pair(cfg)
+    S, B = 3, 3
+    tokens = np.random.default_rng(5).integers(1, cfg["vocab_size"], (B, S * T))
+    tokens[1, T + 2:T + 4] = 0   # padded keys (pad_id 0) in one sample's second segment
+    ref.PROBS_RECORDER = recorded = []
+    try:
+        ref.encoder_forward_loss(cfg, params, torch.tensor(tokens))
+    finally:
+        ref.PROBS_RECORDER = None
+    assert len(recorded) == B * S * n_layers   # sample by sample, segment by segment
+    state = model.init_stream(B)
+    for s in range(S):
+        model.step(state, tokens[:, s * T:(s + 1) * T])
+        for layer in range(n_layers):
+            ours = model.attention(state, layer)
+            want = np.stack([recorded[(b * S + s) * n_layers + layer].numpy() for b in range(B)])
+            assert ours.shape == want.shape
+            np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"segment {s} layer {layer}")

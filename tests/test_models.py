@@ -104,6 +104,15 @@ def test_rmt_with_transformer_xl_cache_matches_reference(bptt_depth):
             bptt_depth=bptt_depth)
 
 
+@pytest.mark.parametrize("extra", [dict(kind="rmt", num_mem_tokens=3),
+                                   dict(kind="memtr", num_mem_tokens=3),
+                                   dict(kind="rmt", num_mem_tokens=2, mem_len=5)])
+def test_one_layer_memory_models_match_reference(extra):
+    # With one layer, the layer that computes only the rows something reads is also the first:
+    # it reads h0, and memtr's memory gets its gradient through keys and values only.
+    compare(dict(BASE, n_layers=1, **extra), segments=3)
+
+
 @pytest.mark.parametrize("bptt_depth", [0, 2, None])
 def test_rmt_initial_memory_gradient_matches_reference(bptt_depth):
     cfg = dict(BASE, kind="rmt", num_mem_tokens=3)

@@ -319,7 +319,10 @@ def encoder_layer_forward(c, p, layer, h, key_ok):
     v = (h @ w[2 * D:].T).view(Q, NH, hs).transpose(0, 1)
     scores = q @ k.transpose(1, 2) / math.sqrt(hs)           # (NH, Q, Q)
     scores = scores.masked_fill(~key_ok.view(1, 1, Q), float("-inf"))
-    attn = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(Q, D)
+    probs = torch.softmax(scores, dim=-1)
+    if PROBS_RECORDER is not None:   # (NH, Q, Q) of this sample
+        PROBS_RECORDER.append(probs.detach().clone())
+    attn = (probs @ v).transpose(0, 1).reshape(Q, D)
     eps = c["layer_norm_eps"]
     o = F.layer_norm(h + attn @ p[pre + "attn.o.weight"].T, (C,), p[pre + "attn.norm.weight"],
                      p[pre + "attn.norm.bias"], eps)

@@ -38,7 +38,8 @@ struct LayerDims {
     // 0: up to Q). The others are keys and values only: a model's last layer, whose outputs on
     // its read-memory rows (rmt, memtr) or its token rows (rmt_encoder) nothing reads. Queries,
     // attention rows, W_o, the feed-forward and the norms then run for out_rows() rows, and
-    // `out` has that many per batch row; the result on them is the same as with all rows.
+    // `out` has that many per batch row; without dropout the result on them is the same as with
+    // all rows (with dropout, the layer draws fewer masks, so later masks of the stream differ).
     // Relative attention needs out_end = Q (its shift takes the queries as the last keys).
     int64_t out_begin = 0, out_end = 0;
     int64_t K() const { return P + Q; }

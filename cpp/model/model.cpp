@@ -264,6 +264,8 @@ LayerDims Model::layer_dims_of(const SegmentActivations& seg, LayerDims dims, in
     return dims;
 }
 
+// (The recomputation uses the parameters as they are now: the maps are the step's only while the
+// parameters have not changed since it, as for any state.)
 Buffer Model::attention_probs(const SegmentActivations& seg, int64_t layer) const {
     const int64_t L = config_.n_layers, Q = config_.query_rows(), C = config_.d_model;
     if (layer < 0 || layer >= int64_t(seg.layers.size()))
@@ -365,8 +367,9 @@ size_t bytes_held(const Buffer& v) { return v.capacity() * sizeof(float); }
 template <typename U>
 size_t bytes_held(const std::vector<U>& v) { return v.capacity() * sizeof(U); }
 
+// (every buffer of LayerActivations: a field added there belongs here too)
 size_t bytes_held(const LayerActivations& a) {
-    return bytes_held(a.k_in) + bytes_held(a.q) + bytes_held(a.k) + bytes_held(a.v) +
+    return bytes_held(a.k_in) + bytes_held(a.h_rows) + bytes_held(a.q) + bytes_held(a.k) + bytes_held(a.v) +
            bytes_held(a.rk) + bytes_held(a.probs) + bytes_held(a.attn) + bytes_held(a.keep_proj) +
            bytes_held(a.res1) + bytes_held(a.ln1_mean) + bytes_held(a.ln1_rstd) + bytes_held(a.o) +
            bytes_held(a.fc1) + bytes_held(a.act) + bytes_held(a.keep_act) + bytes_held(a.keep_ff) +
