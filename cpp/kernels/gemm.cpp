@@ -2,7 +2,8 @@
 // columns of op(B) into NC blocks; each slice of op(B) is packed once into NR-wide panels, so the
 // micro-kernel streams B from cache with unit stride whatever its orientation. The micro-kernel
 // only broadcasts A's elements: an untransposed A is read in place (MR rows at a time), a
-// transposed one is packed per block into MR-tall panels. Threads split the B panels of a slice
+// transposed one too against few panels (its MR values of one k are contiguous), otherwise
+// packed per block into MR-tall panels. Threads split the B panels of a slice
 // (or, for a tall transposed A, its rows: see split_rows). The first KC slice applies beta and
 // adds the bias; later slices accumulate (beta = 1); the last one applies the ReLU when asked
 // (the finished sums only).
@@ -29,6 +30,12 @@ constexpr int64_t NC = 3072;
 // The most B panels (per thread) against which an untransposed A block is read in place rather
 // than packed (measured on AVX2: in place wins at N <= 256, packing at N >= 768).
 constexpr int64_t kMaxPanelsForUnpackedA = 16;
+// The same for a transposed A (tile by tile: see multiply_block), when its rows are at most
+// kMaxRowBytesForUnpackedAT long: a tile reads one stretch of MR values from each of kc rows, lda
+// apart, so wide rows spread a tile over many pages (kc = 256 rows of 4 KB: 1 MB), and in place
+// was slower there (the dW product 1024 x 256 x 2368, lda = 1024: 0.945x; lda = 128-768: 1.04-1.19x).
+constexpr int64_t kMaxPanelsForUnpackedAT = 8;
+constexpr int64_t kMaxRowBytesForUnpackedAT = 3072;
 
 // A grow-only, 64-byte aligned scratch buffer. Each thread keeps its own (thread_local below), so
 // a call allocates nothing once the largest shape has been seen: a fresh aligned_alloc of the
@@ -240,13 +247,39 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
             // the block that those few panels do not amortise (up to a sixth of the time at N =
             // 128). Against many, the packed block wins back more than that: each panel re-reads
             // it from L2 as one stream rather than MR. Only a partial last panel is packed then
-            // (zero rows past M). A transposed A is always packed: its MR values of one k are a
-            // row of A apart (read in place, the models' dW products ran at 0.75-0.9x).
-            const bool a_in_place = !trans_a && p_end - p_begin <= kMaxPanelsForUnpackedA;
+            // (zero rows past M). A transposed A has its MR values of one k together but its k a
+            // row apart: read in place panel by panel, every panel re-read the tile's kc rows from
+            // L2 (the models' dW products ran at 0.75-0.9x), so in place it goes tile by tile
+            // (below), and only against few panels of narrow rows; otherwise it is packed.
+            const bool at_in_place = trans_a && p_end - p_begin <= kMaxPanelsForUnpackedAT &&
+                                     lda * int64_t(sizeof(T)) <= kMaxRowBytesForUnpackedAT;
+            const bool a_in_place =
+                (!trans_a && p_end - p_begin <= kMaxPanelsForUnpackedA) || at_in_place;
             const int64_t full_rows = a_in_place ? mc / MR * MR : 0;
             if (full_rows < mc)
                 pack_a(A, lda, trans_a, i0 + full_rows, mc - full_rows, k0, kc, MR,
                        a_packed + full_rows * kc);
+            if (at_in_place) {
+                // A transposed A read in place (its MR values of one k are contiguous, its k a
+                // row apart): each tile's kc rows are read once from L2 and then stay in L1 while
+                // the few panels multiply them, tile by tile.
+                for (int64_t ip = 0; ip < mc; ip += MR) {
+                    const int m = int(std::min<int64_t>(MR, mc - ip));
+                    for (int64_t panel = p_begin; panel < p_end; ++panel) {
+                        const int64_t jp = panel * NR;
+                        const int n = int(std::min<int64_t>(NR, nc - jp));
+                        T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
+                        const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
+                        if (ip < full_rows)
+                            micro.run(kc, A + k0 * lda + i0 + ip, 1, lda, b_slice + jp * kc_max,
+                                      c_tile, ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
+                        else
+                            micro.run(kc, a_packed + ip * kc, 1, MR, b_slice + jp * kc_max,
+                                      c_tile, ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
+                    }
+                }
+                return;
+            }
             for (int64_t panel = p_begin; panel < p_end; ++panel) {
                 const int64_t jp = panel * NR;
                 const int n = int(std::min<int64_t>(NR, nc - jp));
