@@ -205,6 +205,24 @@ def test_dropout_same_seed_same_result_and_different_seed_differs():
     assert results[0][0] != results[2][0]
 
 
+def assert_directional_derivative(loss, theta, grad, direction, trial):
+    """grad . direction against central differences of loss() with the parameters theta (the
+    model's flat view) moved along direction, at two step sizes: a step that crosses a ReLU's
+    kink is off at one of them, a wrong gradient (a wrong dropout mask, say) at both. theta is
+    left as it was."""
+    base = theta.copy()
+    fds = []
+    for eps in (1e-4, 3e-5):
+        theta[...] = base + eps * direction
+        up = loss()
+        theta[...] = base - eps * direction
+        down = loss()
+        theta[...] = base
+        fds.append((up - down) / (2 * eps))
+    an = float(grad.astype(np.float64) @ direction)
+    assert min(abs(fd - an) for fd in fds) <= 1e-2 * abs(an) + 5e-3, (trial, fds, an)
+
+
 def test_gradients_with_dropout_match_finite_differences():
     # With dropout on, the feed-forward ReLU's backward masks by the stored activation after its
     # dropout (the GEMM applies the ReLU, and no pre-activation is kept): a dropped unit has no
@@ -233,17 +251,7 @@ def test_gradients_with_dropout_match_finite_differences():
             if ".ff." in name:
                 lo = (view.ctypes.data - theta.ctypes.data) // theta.itemsize
                 direction[lo:lo + view.size] = gen.standard_normal(view.size)
-        # two step sizes: a step that crosses a kink is off at one of them, a wrong mask at both
-        fds = []
-        for eps in (1e-4, 3e-5):
-            theta[...] = base + eps * direction
-            up = loss()
-            theta[...] = base - eps * direction
-            down = loss()
-            theta[...] = base
-            fds.append((up - down) / (2 * eps))
-        an = float(grad.astype(np.float64) @ direction)
-        assert min(abs(fd - an) for fd in fds) <= 1e-2 * abs(an) + 5e-3, (trial, fds, an)
+        assert_directional_derivative(loss, theta, grad, direction, trial)
 
 
 @pytest.mark.parametrize("extra", [dict(kind="rmt", num_mem_tokens=2),
@@ -344,13 +352,4 @@ def test_gradients_with_dropout_match_finite_differences_along_every_parameter(e
     base = theta.copy()
     for trial in range(3):
         direction = gen.standard_normal(base.size).astype(np.float32)
-        fds = []
-        for eps in (1e-4, 3e-5):
-            theta[...] = base + eps * direction
-            up = loss()
-            theta[...] = base - eps * direction
-            down = loss()
-            theta[...] = base
-            fds.append((up - down) / (2 * eps))
-        an = float(grad.astype(np.float64) @ direction)
-        assert min(abs(fd - an) for fd in fds) <= 1e-2 * abs(an) + 5e-3, (trial, fds, an)
+        assert_directional_derivative(loss, theta, grad, direction, trial)
