@@ -259,50 +259,43 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
             if (full_rows < mc)
                 pack_a(A, lda, trans_a, i0 + full_rows, mc - full_rows, k0, kc, MR,
                        a_packed + full_rows * kc);
-            if (at_in_place) {
-                // A transposed A read in place (its MR values of one k are contiguous, its k a
-                // row apart): each tile's kc rows are read once from L2 and then stay in L1 while
-                // the few panels multiply them, tile by tile.
-                for (int64_t ip = 0; ip < mc; ip += MR) {
-                    const int m = int(std::min<int64_t>(MR, mc - ip));
-                    for (int64_t panel = p_begin; panel < p_end; ++panel) {
-                        const int64_t jp = panel * NR;
-                        const int n = int(std::min<int64_t>(NR, nc - jp));
-                        T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
-                        const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
-                        if (ip < full_rows)
-                            micro.run(kc, A + k0 * lda + i0 + ip, 1, lda, b_slice + jp * kc_max,
-                                      c_tile, ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
-                        else
-                            micro.run(kc, a_packed + ip * kc, 1, MR, b_slice + jp * kc_max,
-                                      c_tile, ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
-                    }
-                }
-                return;
-            }
-            for (int64_t panel = p_begin; panel < p_end; ++panel) {
+            // One MR x NR tile of C: rows ip.. of the block against panel `panel`, A read in
+            // place (untransposed: MR rows; transposed: the MR values of each k, a row apart)
+            // or from the packed block.
+            auto tile = [&](int64_t ip, int64_t panel) {
                 const int64_t jp = panel * NR;
+                const int m = int(std::min<int64_t>(MR, mc - ip));
                 const int n = int(std::min<int64_t>(NR, nc - jp));
-                for (int64_t ip = 0; ip < mc; ip += MR) {
-                    const int m = int(std::min<int64_t>(MR, mc - ip));
-                    T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
-                    const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
-                    if (ip < full_rows)
-                        micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1, b_slice + jp * kc_max,
-                                  c_tile, ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
-                    else
-                        micro.run(kc, a_packed + ip * kc, 1, MR, b_slice + jp * kc_max, c_tile,
-                                  ldc, alpha, beta_slice, m, n, bias_tile, relu_slice);
-                }
+                T* c_tile = C + (i0 + ip) * ldc + j0 + jp;
+                const T* bias_tile = bias_slice ? bias_slice + jp : nullptr;
+                const T* b_panel = b_slice + jp * kc_max;
+                if (ip >= full_rows)
+                    micro.run(kc, a_packed + ip * kc, 1, MR, b_panel, c_tile, ldc, alpha,
+                              beta_slice, m, n, bias_tile, relu_slice);
+                else if (trans_a)
+                    micro.run(kc, A + k0 * lda + i0 + ip, 1, lda, b_panel, c_tile, ldc, alpha,
+                              beta_slice, m, n, bias_tile, relu_slice);
+                else
+                    micro.run(kc, A + (i0 + ip) * lda + k0, lda, 1, b_panel, c_tile, ldc, alpha,
+                              beta_slice, m, n, bias_tile, relu_slice);
+            };
+            if (at_in_place) {
+                // tile by tile: each tile's kc rows of the transposed A are read once from L2
+                // and stay in L1 while the few panels multiply them
+                for (int64_t ip = 0; ip < mc; ip += MR)
+                    for (int64_t panel = p_begin; panel < p_end; ++panel) tile(ip, panel);
+            } else {
+                for (int64_t panel = p_begin; panel < p_end; ++panel)
+                    for (int64_t ip = 0; ip < mc; ip += MR) tile(ip, panel);
             }
         };
         // Split by rows, for a transposed A with more rows of op(A) than a column block of B has
         // columns (the models' weight gradients dW = dY^T X: C .. 4C rows against C columns,
         // B x T deep): each thread takes a contiguous range of the rows and packs the whole B
         // slice into a buffer of its own. What every thread then does again is the packing of
-        // B, the smaller operand; split by panels, each thread packed all of A (a transposed A
-        // is always packed), and the copy model's dW products ran 1.1-1.25x slower at 2
-        // threads. An untransposed A against at most kMaxPanelsForUnpackedA panels a thread is
+        // B, the smaller operand; split by panels, each thread packed all of A (when a
+        // transposed A was always packed), and the copy model's dW products ran 1.1-1.25x
+        // slower at 2 threads. An untransposed A against at most kMaxPanelsForUnpackedA panels a thread is
         // read in place, so there a panel split costs only a second read of A, and measured as
         // fast. No thread reads what another wrote, so no barriers.
         const bool split_rows = trans_a && nthreads > 1 && M > nc_max && M >= 2 * nthreads * MR;

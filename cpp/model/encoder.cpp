@@ -118,9 +118,8 @@ void Model::encoder_segment_forward(SegmentActivations& seg, const int32_t* toke
     RMT_PROFILE_SCOPE("glue.copy");
     seg.cls_out.resize(Bs * C);
     const float* out = seg.layers[L - 1].out.data();
-    const int64_t Qo = seg.last_out_rows(Q);
     for (int64_t i = 0; i < Bs; ++i)
-        std::memcpy(&seg.cls_out[i * C], out + i * Qo * C, sizeof(float) * C);
+        std::memcpy(&seg.cls_out[i * C], out + seg.last_out_row(i, 0, Q) * C, sizeof(float) * C);
     }
     encoder_head_forward(seg);
 }
@@ -268,11 +267,11 @@ void Model::encoder_step(StreamState& st, const int32_t* tokens, float* logits_o
         const SegmentActivations& seg = st.share_workspace(c);
         const int64_t b0 = B * c / shares;
         const float* out = seg.rows.empty() ? nullptr : seg.layers[config_.n_layers - 1].out.data();
-        const int64_t Qo = seg.last_out_rows(Q);
         for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i) {
             const int64_t b = b0 + seg.rows[i];
             if (logits_out) std::memcpy(logits_out + b * NC, &seg.logits[i * NC], sizeof(float) * NC);
-            std::memcpy(&st.memory[b * M * C], out + (i * Qo + 1) * C, sizeof(float) * M * C);
+            std::memcpy(&st.memory[b * M * C], out + seg.last_out_row(i, 1, Q) * C,
+                        sizeof(float) * M * C);
         }
     }
     ++st.segments_seen;
@@ -330,9 +329,9 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
             RMT_PROFILE_SCOPE("glue.memory");
             // Rows 1..M of the last layer are the next memory; a skipped sample keeps its own.
             const float* out = seg.layers[config_.n_layers - 1].out.data();
-            const int64_t Qo = seg.last_out_rows(Q);
             for (int64_t i = 0; i < int64_t(seg.rows.size()); ++i)
-                std::memcpy(&memory[seg.rows[i] * M * C], out + (i * Qo + 1) * C, sizeof(float) * M * C);
+                std::memcpy(&memory[seg.rows[i] * M * C], out + seg.last_out_row(i, 1, Q) * C,
+                            sizeof(float) * M * C);
         }
     }
     SegmentActivations& last = segs[S - 1];   // every sample ran: rows = 0..B-1
@@ -404,15 +403,16 @@ ClassifyResult Model::classify_loss_and_grad(const int32_t* tokens, const int32_
         for (int64_t a = 0; a < n_streams && Bs > 0; ++a) {
             const bool head = s == S - 1 && a == 0;
             if (!head && streams[a].empty()) continue;
-            const int64_t Qo = seg.last_out_rows(Q);   // the last layer's rows: CLS, memory
-            Buffer dfinal = zeros(Bs * Qo * C);
+            Buffer dfinal = zeros(Bs * seg.last_out_rows(Q) * C);   // at CLS and the memory
             {
             RMT_PROFILE_SCOPE("glue.copy");
             for (int64_t i = 0; i < Bs; ++i) {
                 const int64_t b = seg.rows[i];
-                if (head) std::memcpy(&dfinal[i * Qo * C], &dhead[b * C], sizeof(float) * C);
+                if (head)
+                    std::memcpy(&dfinal[seg.last_out_row(i, 0, Q) * C], &dhead[b * C],
+                                sizeof(float) * C);
                 if (!streams[a].empty()) {
-                    float* dst = &dfinal[(i * Qo + 1) * C];
+                    float* dst = &dfinal[seg.last_out_row(i, 1, Q) * C];
                     const float* src = &streams[a][b * M * C];
                     for (int64_t k = 0; k < M * C; ++k) dst[k] += src[k];
                 }

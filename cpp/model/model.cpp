@@ -225,8 +225,7 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
     }
     build_mask(seg.allowed, P);
     seg.layers.resize(L);
-    const LayerDims dims{B, Q, P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
-                         config_.d_ff, float(config_.layer_norm_eps)};
+    const LayerDims dims = decoder_dims(B, P);
     set_last_layer_rows(seg);
     for (int64_t l = 0; l < L; ++l) {
         const float* h = l == 0 ? seg.h0.data() : seg.layers[l - 1].out.data();
@@ -238,15 +237,20 @@ void Model::segment_forward(SegmentActivations& seg, const int32_t* tokens, int6
     RMT_PROFILE_SCOPE("glue.copy");
     seg.token_out.resize(B * T * C);
     const float* out = seg.layers[L - 1].out.data();
-    const int64_t Qo = Q - seg.last_out_begin;
     for (int64_t b = 0; b < B; ++b)
-        std::memcpy(&seg.token_out[b * T * C], out + (b * Qo + off - seg.last_out_begin) * C,
+        std::memcpy(&seg.token_out[b * T * C], out + seg.last_out_row(b, off, Q) * C,
                     sizeof(float) * T * C);
     }
     RMT_PROFILE_SCOPE_FLOPS("fwd.linear.head", 2 * B * T * C * V);
     seg.logits.resize(B * T * V);
     ops::linear_forward<float>(seg.logits.data(), seg.token_out.data(), emb, param("out_bias"),
                                B * T, C, V);
+}
+
+LayerDims Model::decoder_dims(int64_t B, int64_t P) const {
+    return LayerDims{B, config_.query_rows(), P, config_.d_model, config_.attn_dim(),
+                     config_.n_heads, config_.head_size(), config_.d_ff,
+                     float(config_.layer_norm_eps)};
 }
 
 void Model::set_last_layer_rows(SegmentActivations& seg) const {
@@ -277,9 +281,7 @@ Buffer Model::attention_probs(const SegmentActivations& seg, int64_t layer) cons
     const bool encoder = config_.kind == Kind::RMTEncoder;
     const int64_t B = int64_t(seg.h0.size()) / (Q * C);   // the batch rows that ran
     const LayerDims dims = encoder ? encoder_dims(B)
-                                   : LayerDims{B, Q, seg.P, C, config_.attn_dim(), config_.n_heads,
-                                               config_.head_size(), config_.d_ff,
-                                               float(config_.layer_norm_eps)};
+                                   : decoder_dims(B, seg.P);
     const LayerActivations& last = seg.layers[size_t(L - 1)];
     const float* h = L == 1 ? seg.h0.data() : seg.layers[size_t(L - 2)].out.data();
     Buffer cache;
@@ -300,8 +302,7 @@ void Model::segment_backward(Buffer& dh0, const SegmentActivations& seg,
                              const Buffer& dfinal, int64_t B, const int32_t* tokens) {
     const int64_t C = config_.d_model, T = config_.segment_len, Q = config_.query_rows(),
                   V = config_.vocab_size, L = config_.n_layers;
-    const LayerDims dims{B, Q, seg.P, C, config_.attn_dim(), config_.n_heads, config_.head_size(),
-                         config_.d_ff, float(config_.layer_norm_eps)};
+    const LayerDims dims = decoder_dims(B, seg.P);
     const float p = seg.dropout_p;
     Buffer d, dh;
     {
@@ -463,8 +464,7 @@ void Model::step(StreamState& st, const int32_t* tokens, float* logits_out) {
         const float* out = seg.layers[config_.n_layers - 1].out.data();
         for (int64_t b = 0; b < B; ++b)
             std::memcpy(&st.memory[b * M * C],
-                        out + (b * (Q - seg.last_out_begin) + M + T - seg.last_out_begin) * C,
-                        sizeof(float) * M * C);
+                        out + seg.last_out_row(b, M + T, Q) * C, sizeof(float) * M * C);
     }
     }
     if (config_.has_cache()) advance_caches(st.caches, st.P, seg, B);
@@ -534,7 +534,6 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
         }
         SegmentActivations& seg = segs[s];
         segment_forward(seg, toks.data(), B, rmt ? memories[s].data() : nullptr, caches, P, drop);
-        const int64_t Qo = Q - seg.last_out_begin;   // last-layer rows per batch row
         {
         RMT_PROFILE_SCOPE("fwd.cross_entropy");
         Buffer losses(B * T);
@@ -556,7 +555,7 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
             const float* out = seg.layers[L - 1].out.data();
             for (int64_t b = 0; b < B; ++b)
                 std::memcpy(&memories[s + 1][b * M * C],
-                            out + (b * Qo + M + T - seg.last_out_begin) * C, sizeof(float) * M * C);
+                            out + seg.last_out_row(b, M + T, Q) * C, sizeof(float) * M * C);
         }
         if (config_.has_cache()) advance_caches(caches, P, seg, B);
     }
@@ -598,19 +597,18 @@ UnrollResult Model::loss_and_grad(const int32_t* tokens, const int32_t* targets,
         const int64_t passes = (rmt && !full_depth) ? std::min<int64_t>(bptt_depth, S - 1 - s) + 1 : 1;
         for (int64_t a = 0; a < passes; ++a) {
             if (a > 0 && streams[a].empty()) continue;
-            // at the last layer's output rows, [ob, Q) of each batch row
-            const int64_t ob = seg.last_out_begin, Qo = Q - ob;
-            Buffer dfinal = zeros(B * Qo * C);
+            // at the last layer's output rows
+            Buffer dfinal = zeros(B * seg.last_out_rows(Q) * C);
             {
             RMT_PROFILE_SCOPE("glue.copy");
             if (a == 0)
                 for (int64_t b = 0; b < B; ++b)
-                    std::memcpy(&dfinal[(b * Qo + off - ob) * C], &dtoken[b * T * C],
+                    std::memcpy(&dfinal[seg.last_out_row(b, off, Q) * C], &dtoken[b * T * C],
                                 sizeof(float) * T * C);
             const Buffer& incoming = full_depth ? streams[0] : streams[a];
             if (rmt && !incoming.empty())
                 for (int64_t b = 0; b < B; ++b) {
-                    float* dst = &dfinal[(b * Qo + M + T - ob) * C];
+                    float* dst = &dfinal[seg.last_out_row(b, M + T, Q) * C];
                     const float* src = &incoming[b * M * C];
                     for (int64_t i = 0; i < M * C; ++i) dst[i] += src[i];
                 }

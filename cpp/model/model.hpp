@@ -20,7 +20,14 @@ struct SegmentActivations {
     // The last layer's output rows: [last_out_begin, last_out_end) of each batch row's Q
     // (LayerDims::out_begin, out_end; end 0: Q). Only those rows are computed there.
     int64_t last_out_begin = 0, last_out_end = 0;
-    int64_t last_out_rows(int64_t Q) const { return (last_out_end > 0 ? last_out_end : Q) - last_out_begin; }
+    int64_t last_out_rows(int64_t Q) const {
+        return (last_out_end > 0 ? last_out_end : Q) - last_out_begin;
+    }
+    // Where row r (of the Q) of batch row b sits in the last layer's output (or its gradient),
+    // (B, last_out_rows(Q), C), in rows; r must be one of the computed rows.
+    int64_t last_out_row(int64_t b, int64_t r, int64_t Q) const {
+        return b * last_out_rows(Q) + r - last_out_begin;
+    }
     float dropout_p = 0;                  // the dropout this forward applied (the backward's)
     std::vector<uint8_t> allowed;         // (Q, P + Q) mask
     Buffer R;                 // (P + Q, C) relative encoding after its dropout
@@ -200,6 +207,8 @@ private:
     void encoder_head_backward(Buffer& dcls, const SegmentActivations& seg,
                                const float* dlogits);
     LayerDims encoder_dims(int64_t Bs) const;
+    // The decoder kinds' layer dims: B batch rows, P cache rows (relative attention, ReLU).
+    LayerDims decoder_dims(int64_t B, int64_t P) const;
     void encoder_step(StreamState& state, const int32_t* tokens, float* logits_out);
 
     ModelConfig config_;
