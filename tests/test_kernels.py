@@ -114,6 +114,54 @@ def test_transpose(isa, rng, shape, dtype):
         k.vec_transpose(x.reshape(-1))
 
 
+ROW_SHAPES = [(0, 5, 5), (3, 0, 4), (1, 1, 1), (5, 7, 9), (12, 16, 16), (12, 64, 256),
+              (72, 72, 72), (9, 80, 83), (4, 33, 40), (6, 15, 15)]   # (rows, cols, row stride)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,cols,ld", ROW_SHAPES)
+def test_add_rows(isa, rng, rows, cols, ld, dtype):
+    # strided rows (only the first cols of each are read or written), column counts around the
+    # vector widths and the four-vector blocks; the sums add a row at a time, in row order, so
+    # every ISA gives the scalar loop's bits
+    x = rng.standard_normal((rows, ld)).astype(dtype)
+    y = rng.standard_normal((rows, ld + 3)).astype(dtype)
+    sums = rng.standard_normal(cols).astype(dtype)
+    y_before, sums_before = y.copy(), sums.copy()
+    expected_y = y.copy()
+    expected_y[:, :cols] += x[:, :cols]
+    expected_sums = sums.copy()
+    for i in range(rows):
+        expected_sums += x[i, :cols]
+    for reference in (False, True):
+        new_y, new_sums = k.vec_add_rows(x, cols, y, sums, reference=reference)
+        np.testing.assert_array_equal(new_y, expected_y)
+        np.testing.assert_array_equal(new_sums, expected_sums)
+        only_y, none = k.vec_add_rows(x, cols, y=y, reference=reference)
+        assert none is None
+        np.testing.assert_array_equal(only_y, expected_y)
+        none, only_sums = k.vec_add_rows(x, cols, sums=sums, reference=reference)
+        assert none is None
+        np.testing.assert_array_equal(only_sums, expected_sums)
+    np.testing.assert_array_equal(y, y_before)
+    np.testing.assert_array_equal(sums, sums_before)
+    with pytest.raises(ValueError, match="cols"):
+        k.vec_add_rows(x, ld + 1, y, None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,cols,ld", ROW_SHAPES)
+def test_add_bias_rows(isa, rng, rows, cols, ld, dtype):
+    x = rng.standard_normal((rows, ld)).astype(dtype)
+    bias = rng.standard_normal(cols).astype(dtype)
+    for reference in (False, True):
+        out = k.vec_add_bias_rows(x, cols, bias, reference=reference)
+        assert out.shape == (rows, cols) and out.dtype == dtype
+        np.testing.assert_array_equal(out, x[:, :cols] + bias)
+    with pytest.raises(ValueError, match="bias"):
+        k.vec_add_bias_rows(x, cols, np.zeros(cols + 1, dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [n for n in LENGTHS if n > 0] + [76, 140])
 def test_softmax(isa, rng, n, dtype):

@@ -147,6 +147,63 @@ void register_kernels(py::module_& m) {
         });
     }, py::arg("x"), ref, "Returns x.T (a new C-contiguous array); x 2-D.");
 
+    m.def("vec_add_rows", [](py::handle x, int64_t cols, py::object y, py::object sums,
+                             bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
+            const int64_t rows = int64_t(X.shape()[0]), ldx = int64_t(X.shape()[1]);
+            if (cols < 0 || cols > ldx)
+                throw py::value_error("cols must be in [0, x.shape[1]], got " +
+                                      std::to_string(cols));
+            py::object y_out = py::none(), s_out = py::none();
+            T* yo = nullptr;
+            T* so = nullptr;
+            int64_t ldy = 0;
+            if (!y.is_none()) {
+                auto Y = checked<T>(y, "y", 2, {rows, -1}, /*allow_empty=*/true);
+                ldy = int64_t(Y.shape()[1]);
+                if (ldy < cols) throw py::value_error("y must have at least cols columns");
+                auto out = new_array<T>({rows, ldy}, false);
+                std::copy(Y.data(), Y.data() + Y.size(), out.mutable_data());
+                yo = out.mutable_data();
+                y_out = std::move(out);
+            }
+            if (!sums.is_none()) {
+                auto out = copy_of<T>(vec_arg<T>(sums, "sums", cols));
+                so = out.mutable_data();
+                s_out = std::move(out);
+            }
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).add_rows(yo, ldy, X.data(), ldx, rows, cols, so);
+            }
+            return py::make_tuple(y_out, s_out);
+        });
+    }, py::arg("x"), py::arg("cols"), py::arg("y") = py::none(), py::arg("sums") = py::none(), ref,
+       "On the first cols columns of x (rows, ldx): returns (y + x, sums + x's column sums), "
+       "each None when not given; y (rows, ldy >= cols) and sums (cols,) are not modified.");
+
+    m.def("vec_add_bias_rows", [](py::handle x, int64_t cols, py::handle bias, bool reference) {
+        return dispatch_float(x, "x", [&](auto tag) -> py::object {
+            using T = decltype(tag);
+            auto X = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
+            const int64_t rows = int64_t(X.shape()[0]), ldx = int64_t(X.shape()[1]);
+            if (cols < 0 || cols > ldx)
+                throw py::value_error("cols must be in [0, x.shape[1]], got " +
+                                      std::to_string(cols));
+            auto Bs = vec_arg<T>(bias, "bias", cols);
+            auto out = new_array<T>({rows, cols}, false);
+            {
+                py::gil_scoped_release release;
+                table<T>(reference).add_bias_rows(out.mutable_data(), cols, X.data(), ldx,
+                                                  Bs.data(), rows, cols);
+            }
+            return std::move(out);
+        });
+    }, py::arg("x"), py::arg("cols"), py::arg("bias"), ref,
+       "Returns x[:, :cols] + bias (a new (rows, cols) array); x 2-D, bias (cols,).");
+
     m.def("vec_layernorm_row", [](py::handle x, py::handle weight, py::handle bias, double eps,
                                   bool reference, bool in_place) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {

@@ -46,6 +46,15 @@ struct VectorKernels {
     // dst and src do not overlap. The attention's key (and position key) transposes.
     void (*transpose)(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t rows,
                       int64_t cols);
+    // y (rows x cols, row stride ldy) += x (rows x cols, ldx), and sums (cols), when not null,
+    // += x's column sums, added a row at a time in row order (y null: the sums alone). The
+    // attention's gradient accumulation into strided head slices and its column sums.
+    void (*add_rows)(T* y, int64_t ldy, const T* x, int64_t ldx, int64_t rows, int64_t cols,
+                     T* sums);
+    // out (rows x cols, ld_out) = x (rows x cols, ldx) + bias (cols) on every row: q + u and
+    // q + v of the relative attention, from strided head slices. out and x do not overlap.
+    void (*add_bias_rows)(T* out, int64_t ld_out, const T* x, int64_t ldx, const T* bias,
+                          int64_t rows, int64_t cols);
 };
 
 // Elements in 64 bytes: a multiple of every ISA's vector width, the padding unit for small_gemm.

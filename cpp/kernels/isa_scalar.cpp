@@ -12,7 +12,8 @@ static VectorKernels<T> reference_vector_kernels() {
                             &reference::gelu<T>, &reference::gelu_backward<T>,
                             &reference::small_gemm<T>, &reference::softmax_rows<T>,
                             &reference::layernorm_rows<T>, &reference::layernorm_row_backward<T>,
-                            &reference::relu_backward<T>, &reference::transpose<T>};
+                            &reference::relu_backward<T>, &reference::transpose<T>,
+                            &reference::add_rows<T>, &reference::add_bias_rows<T>};
 }
 
 const KernelTable& scalar_table() {

@@ -585,6 +585,66 @@ void transpose(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t row
     }
 }
 
+// add_rows over V vectors of columns starting at x, y and sums: the column sums stay in
+// registers over all the rows (one load and one store of sums), which is what makes it cheaper
+// than an axpy per row. Adds in the same order as the scalar loop, so the same bits.
+template <class Arch, typename T, int V, bool kY, bool kSums>
+void add_rows_columns(T* y, int64_t ldy, const T* x, int64_t ldx, int64_t rows, T* sums) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    batch acc[V];
+    if constexpr (kSums)
+        for (int v = 0; v < V; ++v) acc[v] = batch::load_unaligned(sums + v * W);
+    for (int64_t i = 0; i < rows; ++i) {
+        const T* xr = x + i * ldx;
+        for (int v = 0; v < V; ++v) {
+            const batch xv = batch::load_unaligned(xr + v * W);
+            if constexpr (kY) {
+                T* yr = y + i * ldy + v * W;
+                (batch::load_unaligned(yr) + xv).store_unaligned(yr);
+            }
+            if constexpr (kSums) acc[v] += xv;
+        }
+    }
+    if constexpr (kSums)
+        for (int v = 0; v < V; ++v) acc[v].store_unaligned(sums + v * W);
+}
+
+template <class Arch, typename T, bool kY, bool kSums>
+void add_rows_of(T* y, int64_t ldy, const T* x, int64_t ldx, int64_t rows, int64_t cols, T* sums) {
+    constexpr int64_t W = xsimd::batch<T, Arch>::size;
+    int64_t j = 0;
+    for (; j + 4 * W <= cols; j += 4 * W)
+        add_rows_columns<Arch, T, 4, kY, kSums>(y + j, ldy, x + j, ldx, rows, sums + j);
+    for (; j + W <= cols; j += W)
+        add_rows_columns<Arch, T, 1, kY, kSums>(y + j, ldy, x + j, ldx, rows, sums + j);
+    if (j < cols)
+        reference::add_rows(kY ? y + j : nullptr, ldy, x + j, ldx, rows, cols - j,
+                            kSums ? sums + j : nullptr);
+}
+
+template <class Arch, typename T>
+void add_rows(T* y, int64_t ldy, const T* x, int64_t ldx, int64_t rows, int64_t cols, T* sums) {
+    if (y && sums) add_rows_of<Arch, T, true, true>(y, ldy, x, ldx, rows, cols, sums);
+    else if (y) add_rows_of<Arch, T, true, false>(y, ldy, x, ldx, rows, cols, sums);
+    else if (sums) add_rows_of<Arch, T, false, true>(y, ldy, x, ldx, rows, cols, sums);
+}
+
+template <class Arch, typename T>
+void add_bias_rows(T* out, int64_t ld_out, const T* x, int64_t ldx, const T* bias, int64_t rows,
+                   int64_t cols) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr int64_t W = batch::size;
+    const int64_t whole = cols / W * W;
+    for (int64_t i = 0; i < rows; ++i) {
+        const T* xr = x + i * ldx;
+        T* o = out + i * ld_out;
+        for (int64_t j = 0; j < whole; j += W)
+            (batch::load_unaligned(xr + j) + batch::load_unaligned(bias + j)).store_unaligned(o + j);
+        for (int64_t j = whole; j < cols; ++j) o[j] = xr[j] + bias[j];
+    }
+}
+
 template <class Arch, typename T>
 VectorKernels<T> make_vector_kernels() {
     return VectorKernels<T>{&dot<Arch, T>,   &axpy<Arch, T>,  &max<Arch, T>,
@@ -592,7 +652,7 @@ VectorKernels<T> make_vector_kernels() {
                             &gelu<Arch, T>,  &gelu_backward<Arch, T>, &small_gemm<Arch, T>,
                             &softmax_rows<Arch, T>, &layernorm_rows<Arch, T>,
                             &layernorm_row_backward<Arch, T>, &relu_backward<Arch, T>,
-                            &transpose<Arch, T>};
+                            &transpose<Arch, T>, &add_rows<Arch, T>, &add_bias_rows<Arch, T>};
 }
 
 }  // namespace rmt::kernels::simd

@@ -114,6 +114,26 @@ void transpose(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t row
         for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
 }
 
+// y (rows x cols, row stride ldy) += x (rows x cols, row stride ldx); sums (cols values), when
+// not null, += the column sums of x, a row at a time in row order. y null: the sums alone.
+template <typename T>
+void add_rows(T* y, int64_t ldy, const T* x, int64_t ldx, int64_t rows, int64_t cols, T* sums) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) {
+            if (y) y[i * ldy + j] += x[i * ldx + j];
+            if (sums) sums[j] += x[i * ldx + j];
+        }
+}
+
+// out (rows x cols, row stride ld_out) = x (rows x cols, row stride ldx) + bias (cols) on
+// every row; out and x do not overlap.
+template <typename T>
+void add_bias_rows(T* out, int64_t ld_out, const T* x, int64_t ldx, const T* bias, int64_t rows,
+                   int64_t cols) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) out[i * ld_out + j] = x[i * ldx + j] + bias[j];
+}
+
 // out = softmax(in) over n >= 1 values (max-shifted), row by row; out may be in.
 template <typename T>
 void softmax_rows(T* out, int64_t ld_out, const T* in, int64_t ld_in, int64_t rows, int64_t n) {

@@ -309,13 +309,12 @@ int64_t score_columns(int64_t hi, int64_t K) {
     return whole <= K ? whole : hi;
 }
 
-// out[j] += the column sums of x (rows x cols, row stride ld), a row at a time (the vector
-// axpy with a = 1: the same sums, in the same order, as the scalar loop it replaced)
+// out[j] += the column sums of x (rows x cols, row stride ld), a row at a time (the same sums,
+// in the same order, as the scalar loop; one kernel call, with the sums in registers, where an
+// axpy per row of 72 values spent more on the call than on the adds)
 template <typename T>
-void add_column_sums(T* __restrict__ out, const T* __restrict__ x, int64_t rows, int64_t cols,
-                     int64_t ld) {
-    const auto& vk = kernels::vec<T>();
-    for (int64_t i = 0; i < rows; ++i) vk.axpy(T(1), x + i * ld, out, cols);
+void add_column_sums(T* out, const T* x, int64_t rows, int64_t cols, int64_t ld) {
+    kernels::vec<T>().add_rows(nullptr, 0, x, ld, rows, cols, out);
 }
 
 // Each row block's key end read back off the saved probabilities: one past the last key with a
@@ -344,6 +343,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
     const int64_t C = NH * hs;
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Q, K, hs);
+    const auto& vk = kernels::vec<T>();
     // rk^T of every head, hs x Kp (Kp: K rounded up to whole vectors, zero columns after K), made
     // once here rather than by each of the B (batch, head) products of that head.
     const int64_t Kp = round_up(K, kernels::pad_elements<T>());
@@ -358,6 +358,16 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             const uint8_t* a = allowed + b * mask_batch_stride;
             block_key_ends(key_end.data() + b * nblk, Q, K,
                            [a, K](int64_t i, int64_t j) { return a[i * K + j] != 0; });
+        }
+    // and the runs of each block's mask rows for its softmax, found once here: found per
+    // (batch, head) pair and block, the scan was a sixth of the copy model's forward
+    std::vector<std::vector<MaskRowRun>> block_runs(size_t(mask_sets * nblk));
+    for (int64_t b = 0; b < mask_sets; ++b)
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+            const int64_t i0 = blk * kRowBlock, block_rows = std::min(kRowBlock, Q - i0);
+            block_runs[size_t(b * nblk + blk)] =
+                mask_row_runs(allowed ? allowed + b * mask_batch_stride + i0 * K : nullptr,
+                              block_rows, K, block_rows);
         }
 #ifdef RMT_HAVE_OPENMP
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs)) num_threads(kernels::get_num_threads())
@@ -376,6 +386,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
             const T* uh = u_bias + h * hs;
             const T* vbh = v_bias + h * hs;
             const int64_t* ends = key_end.data() + (mask_sets > 1 ? b * nblk : 0);
+            const std::vector<MaskRowRun>* runs = block_runs.data() + (mask_sets > 1 ? b * nblk : 0);
             T* oh = out + b * Q * C + h * hs;
             T* p = probs + (b * NH + h) * Q * K;
             if (const int64_t nb = next_pair(bh); nb < B * NH) {
@@ -383,18 +394,8 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                 prefetch_pair(k, nb, B, K, hs, C);
                 prefetch_pair(v, nb, B, K, hs, C);
             }
-            {
-                T* __restrict__ qu_out = qu.data();
-                T* __restrict__ qv_out = qv.data();
-                const T* __restrict__ qr = qh;
-                const T* __restrict__ ur = uh;
-                const T* __restrict__ vr = vbh;
-                for (int64_t i = 0; i < Q; ++i)
-                    for (int64_t d = 0; d < hs; ++d) {
-                        qu_out[i * hs + d] = qr[i * C + d] + ur[d];
-                        qv_out[i * hs + d] = qr[i * C + d] + vr[d];
-                    }
-            }
+            vk.add_bias_rows(qu.data(), hs, qh, C, uh, Q, hs);
+            vk.add_bias_rows(qv.data(), hs, qh, C, vbh, Q, hs);
             transpose_padded_into(k_t.data(), kh, K, hs, C, Kp);
             const T* rk_th = rk_t + h * hs * Kp;
             for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -424,14 +425,12 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                 for (int64_t i = i0; i < i0 + block_rows; ++i) {
                     const int64_t shift = Q - 1 - i;
                     const int64_t jend = std::min(K - shift, end);   // j + shift < K, j < end
-                    T* srow = p + i * K;
-                    const T* brow = bd.data() + i * Kp + shift;
-                    for (int64_t j = 0; j < jend; ++j) srow[j] += brow[j];
+                    vk.add_rows(p + i * K, 0, bd.data() + i * Kp + shift, 0, 1, jend, nullptr);
                 }
                 // reads only the allowed keys, all before end; writes zeros after them
-                masked_softmax_rows<T>(pb, pb, K,
-                                       allowed ? allowed + b * mask_batch_stride + i0 * K : nullptr,
-                                       block_rows, K, block_rows);
+                softmax_row_runs<T>(pb, pb, K,
+                                    allowed ? allowed + b * mask_batch_stride + i0 * K : nullptr,
+                                    runs[blk], K, block_rows);
                 head_gemm<T>(false, false, block_rows, hs, end, T(1), pb, K, vh, C, T(0), oh + i0 * C, C);
             }
         }
@@ -446,6 +445,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
     const int64_t C = NH * hs, rows = B * Q;
     const T scale = T(1) / std::sqrt(T(hs));
     SerialIfSmall serial_if_small(B, NH, Q, K, hs);
+    const auto& vk = kernels::vec<T>();
     // du is shared by the batch rows: with B > 1 each row accumulates into its own slice, summed
     // at the end, so the (batch, head) pairs stay independent. The position term's gradients
     // to drk and dv_bias are whole-batch products per head after the loop, from dBD of
@@ -495,13 +495,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                 zero_head(dkh, K, hs, C);
                 zero_head(dvh, K, hs, C);
             }
-            {
-                T* __restrict__ out = qu.data();
-                const T* __restrict__ qr = qh;
-                const T* __restrict__ ur = uh;
-                for (int64_t i = 0; i < Q; ++i)
-                    for (int64_t d = 0; d < hs; ++d) out[i * hs + d] = qr[i * C + d] + ur[d];
-            }
+            vk.add_bias_rows(qu.data(), hs, qh, C, uh, Q, hs);
             transpose_padded_into(v_t.data(), vh, K, hs, C, Kp);
             // the keys each row block reaches: the forward's, read back off P
             block_key_ends_from_probs(ends.data(), p, Q, K, col_sum.data());
@@ -553,14 +547,8 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                                  dbd + i0 * K + bd_lo, K, rk + bd_lo * C + h * hs, C, T(1),
                                  dqh + i0 * C, C);
             }
-            {
-                const T* __restrict__ src = dqx.data();
-                T* __restrict__ dst = dqh;
-                T* __restrict__ du_acc = duh;
-                for (int64_t i = 0; i < Q; ++i)
-                    for (int64_t d = 0; d < hs; ++d) dst[i * C + d] += src[i * hs + d];
-                add_column_sums(du_acc, src, Q, hs, hs);
-            }
+            // dq += d(q + u) of the content term, du += its column sums, in one pass
+            vk.add_rows(dqh, C, dqx.data(), hs, Q, hs, duh);
             T* sums = dbd_sums + (h * B + b) * K;
             std::fill(sums, sums + K, T(0));
             add_column_sums(sums, dbd, Q, K, K);
@@ -579,7 +567,6 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
         std::fill(dbd_sum.begin(), dbd_sum.end(), T(0));
         add_column_sums(dbd_sum.data(), dbd_sums + h * B * K, B, K, K);
         const T* vbh = v_bias + h * hs;
-        const auto& vk = kernels::vec<T>();
         for (int64_t m = 0; m < K; ++m) {
             vk.axpy(dbd_sum[m], vbh, drk + m * C + h * hs, hs);
             vk.axpy(dbd_sum[m], rk + m * C + h * hs, dv_bias + h * hs, hs);

@@ -3,7 +3,7 @@ The vector kernels of the active ISA (or their scalar references), for tests
 """
 from __future__ import annotations
 import typing
-__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_relu_backward', 'vec_scale', 'vec_softmax', 'vec_transpose']
+__all__: list[str] = ['small_gemm', 'vec_adamw', 'vec_add_bias_rows', 'vec_add_rows', 'vec_axpy', 'vec_dot', 'vec_exp_shift_sum', 'vec_gelu', 'vec_gelu_backward', 'vec_layernorm_row', 'vec_layernorm_row_backward', 'vec_max', 'vec_relu_backward', 'vec_scale', 'vec_softmax', 'vec_transpose']
 def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing.SupportsFloat | typing.SupportsIndex = 1.0, trans_a: bool = False, reference: bool = False) -> typing.Any:
     """
     Returns alpha * op(a) @ b (+ c when c is given; c is not modified), op(a) = a.T with trans_a: the unpacked GEMM of the attention heads.
@@ -11,6 +11,14 @@ def small_gemm(a: typing.Any, b: typing.Any, c: typing.Any = None, alpha: typing
 def vec_adamw(param: typing.Any, grad: typing.Any, m: typing.Any, v: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay_factor: typing.SupportsFloat | typing.SupportsIndex, bias_correction1: typing.SupportsFloat | typing.SupportsIndex, bias_correction2_sqrt: typing.SupportsFloat | typing.SupportsIndex, reference: bool = False) -> typing.Any:
     """
     One AdamW step; returns the updated (param, m, v) as new arrays (inputs unchanged).
+    """
+def vec_add_bias_rows(x: typing.Any, cols: typing.SupportsInt | typing.SupportsIndex, bias: typing.Any, reference: bool = False) -> typing.Any:
+    """
+    Returns x[:, :cols] + bias (a new (rows, cols) array); x 2-D, bias (cols,).
+    """
+def vec_add_rows(x: typing.Any, cols: typing.SupportsInt | typing.SupportsIndex, y: typing.Any = None, sums: typing.Any = None, reference: bool = False) -> typing.Any:
+    """
+    On the first cols columns of x (rows, ldx): returns (y + x, sums + x's column sums), each None when not given; y (rows, ldy >= cols) and sums (cols,) are not modified.
     """
 def vec_axpy(a: typing.SupportsFloat | typing.SupportsIndex, x: typing.Any, y: typing.Any, reference: bool = False) -> typing.Any:
     """
