@@ -365,7 +365,8 @@ REL_SHAPES = [  # (B, Q, K, C, NH)
     (2, 5, 5, 20, 4),
     (2, 7, 12, 8, 1),
     (3, 17, 40, 24, 3),
-    (2, 30, 45, 16, 2),    # three row blocks of the kernel's 12, each with its own key end
+    (2, 30, 45, 16, 2),
+    (2, 60, 75, 16, 2),    # three row blocks of the kernel's 24, each with its own key end
 ]
 
 
@@ -400,22 +401,23 @@ def test_rel_attention_rmt_decoder_mask_matches_torch(isa, rng, M, T, cache):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rel_attention_row_blocks_at_their_edges(isa, rng, dtype):
-    # The kernel works in blocks of 12 query rows, each up to its last allowed key (forward: the
+    # The kernel works in blocks of 24 query rows, each up to its last allowed key (forward: the
     # mask; backward: the nonzero probabilities). Masks that make those ends uneven:
-    B, Q, K, C, NH = 3, 40, 52, 16, 2
+    B, Q, K, C, NH = 3, 64, 76, 16, 2
     q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
     causal = ops.causal_mask(Q, K - Q).astype(np.uint8)
     shared = causal.copy()
-    shared[12:24] = 0                     # a whole middle block sees nothing (one shared mask)
-    shared[26, 40:] = 0                   # a hole: an earlier row of a block sets its end
-    per_row = np.stack([ops.padding_mask(Q, K, L) for L in (50, 17, 3)]).astype(np.uint8)
+    shared[24:48] = 0                     # a whole middle block sees nothing (one shared mask)
+    shared[50, 30:40] = 0                 # a hole inside a row's range (a run of its own)
+    shared[52:, 70:] = 0                  # the last block ends before its last row's causal end
+    per_row = np.stack([ops.padding_mask(Q, K, L) for L in (70, 30, 5)]).astype(np.uint8)
     per_row &= causal                     # ends that fall from one batch row to the next
     for allowed in (shared, per_row):
         ours = ours_rel(q, k, v, rk, u, vb, dout, NH, allowed)
         ref = run_torch(torch_rel_attention_direct, [q, k, v, rk, u, vb], dout, NH, allowed)
         compare_rel(ours, ref, dtype)
         if allowed is shared:
-            assert (ours[0][:, 12:24] == 0).all()
+            assert (ours[0][:, 24:48] == 0).all()
     # large scores: allowed keys whose probability underflows to exactly 0, so the backward's
     # ends fall short of the forward's
     big = [x * (6 if dtype == np.float32 else 30) for x in (q, k)]
