@@ -303,13 +303,13 @@ void block_key_ends(int64_t* hi, int64_t Q, int64_t K, Row nonzero) {
     }
 }
 
-// The number of score columns a block computes: its key end rounded up to whole vectors when
-// that stays inside the K columns (the extra columns are masked and never read), so head_gemm
-// takes no ragged-tail path.
+// The number of score columns a block computes: its key end rounded up to whole vectors (the
+// extra columns are masked and never read). The scores go to per-thread rows of Kp >= that
+// many columns, so head_gemm never takes its ragged-tail path (a scratch tile and a copy); the
+// softmax then reads them there and writes the K-wide rows of P.
 template <typename T>
-int64_t score_columns(int64_t hi, int64_t K) {
-    const int64_t whole = round_up(hi, kernels::pad_elements<T>());
-    return whole <= K ? whole : hi;
+int64_t score_columns(int64_t hi) {
+    return round_up(hi, kernels::pad_elements<T>());
 }
 
 // out[j] += the column sums of x (rows x cols, row stride ld), a row at a time (the same sums,
@@ -377,7 +377,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
 #endif
     {
         std::vector<T> qu(size_t(Q * hs)), qv(size_t(Q * hs)), bd(size_t(Q * Kp)),
-            k_t(size_t(hs * Kp));
+            k_t(size_t(hs * Kp)), scores(size_t(kRowBlock * Kp));
 #ifdef RMT_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -412,8 +412,9 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                     continue;
                 }
                 // content term: S = (q + u) k^T / sqrt(hs), keys [0, end) only
-                head_gemm<T>(false, false, block_rows, score_columns<T>(end, K), hs, scale,
-                             qu.data() + i0 * hs, hs, k_t.data(), Kp, T(0), pb, K);
+                T* sb = scores.data();
+                head_gemm<T>(false, false, block_rows, score_columns<T>(end), hs, scale,
+                             qu.data() + i0 * hs, hs, k_t.data(), Kp, T(0), sb, Kp);
                 // position term against the distances these rows reach: BD[i, m] =
                 // (q_i + v) . rk_m / sqrt(hs), then the rel shift S[i, j] += BD[i, j + Q-1-i]
                 // where that index exists. The block reads BD from its last row's shift on
@@ -428,10 +429,11 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                 for (int64_t i = i0; i < i0 + block_rows; ++i) {
                     const int64_t shift = Q - 1 - i;
                     const int64_t jend = std::min(K - shift, end);   // j + shift < K, j < end
-                    vk.add_rows(p + i * K, 0, bd.data() + i * Kp + shift, 0, 1, jend, nullptr);
+                    vk.add_rows(sb + (i - i0) * Kp, 0, bd.data() + i * Kp + shift, 0, 1, jend,
+                                nullptr);
                 }
                 // reads only the allowed keys, all before end; writes zeros after them
-                softmax_row_runs<T>(pb, pb, K,
+                softmax_row_runs<T>(pb, sb, Kp,
                                     allowed ? allowed + b * mask_batch_stride + i0 * K : nullptr,
                                     runs[blk], K, block_rows);
                 head_gemm<T>(false, false, block_rows, hs, end, T(1), pb, K, vh, C, T(0), oh + i0 * C, C);
@@ -465,7 +467,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
 #pragma omp parallel if (split_heads(B, NH, Q, K, hs)) num_threads(kernels::get_num_threads())
 #endif
     {
-        std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * K)),
+        std::vector<T> qu(size_t(Q * hs)), dqx(size_t(Q * hs)), ds(size_t(Q * Kp)),
             v_t(size_t(hs * Kp)), col_sum(static_cast<size_t>(K));
         std::vector<int64_t> ends(static_cast<size_t>(nblk));
 #ifdef RMT_HAVE_OPENMP
@@ -506,24 +508,24 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                 const int64_t i0 = blk * kRowBlock, block_rows = std::min(kRowBlock, Q - i0);
                 const int64_t end = ends[blk];
                 const T* pb = p + i0 * K;
-                T* dsb = ds.data() + i0 * K;
+                T* dsb = ds.data() + i0 * Kp;   // rows of Kp columns, as the forward's scores
                 if (end > 0) {
                     // out = P v:  dP = dout v^T,  dv += P^T dout  (keys [0, end) only)
-                    head_gemm<T>(false, false, block_rows, score_columns<T>(end, K), hs, T(1),
-                                 doh + i0 * C, C, v_t.data(), Kp, T(0), dsb, K);
+                    head_gemm<T>(false, false, block_rows, score_columns<T>(end), hs, T(1),
+                                 doh + i0 * C, C, v_t.data(), Kp, T(0), dsb, Kp);
                     head_gemm<T>(true, false, end, hs, block_rows, T(1), pb, K, doh + i0 * C, C, T(1),
                                  dvh, C);
                     // P = softmax(S): dS = P (dP - <dP, P>) / sqrt(hs) (the gradient of both
                     // terms); P = 0 from end on, so the rows stop there
                     for (int64_t i = 0; i < block_rows; ++i)
-                        softmax_rows_backward<T>(dsb + i * K, dsb + i * K, pb + i * K, 1, end,
+                        softmax_rows_backward<T>(dsb + i * Kp, dsb + i * Kp, pb + i * K, 1, end,
                                                  scale, true);
                     // content term (q + u) k^T:  d(q + u) = dS k  (to dq and du),
                     // dk += dS^T (q + u)
-                    head_gemm<T>(false, false, block_rows, hs, end, T(1), dsb, K, kh, C, T(0),
+                    head_gemm<T>(false, false, block_rows, hs, end, T(1), dsb, Kp, kh, C, T(0),
                                  dqx.data() + i0 * hs, hs);
-                    head_gemm<T>(true, false, end, hs, block_rows, T(1), dsb, K, qu.data() + i0 * hs,
-                                 hs, T(1), dkh, C);
+                    head_gemm<T>(true, false, end, hs, block_rows, T(1), dsb, Kp,
+                                 qu.data() + i0 * hs, hs, T(1), dkh, C);
                 } else {
                     std::fill(dqx.data() + i0 * hs, dqx.data() + (i0 + block_rows) * hs, T(0));
                 }
@@ -535,7 +537,7 @@ void rel_attention_backward(T* dq, T* dk, T* dv, T* drk, T* du_bias, T* dv_bias,
                     const int64_t jend = std::max<int64_t>(0, std::min(K - shift, end));
                     T* brow = dbd + i * K;
                     std::fill(brow, brow + shift, T(0));
-                    std::copy(ds.data() + i * K, ds.data() + i * K + jend, brow + shift);
+                    std::copy(ds.data() + i * Kp, ds.data() + i * Kp + jend, brow + shift);
                     std::fill(brow + shift + jend, brow + K, T(0));
                     if (jend > 0) {
                         bd_lo = std::min(bd_lo, shift);
