@@ -733,7 +733,8 @@ def test_lm_specs_reject_a_cache_on_other_kinds():
 def test_the_lm_grid_has_the_shape_of_p1_tables_2_and_4():
     grid = ex.get_grid("p1-lm")
     labels = [ex.lm_label(s) for s in grid]
-    assert labels == ["Baseline", "Tr-XL [10]", "Tr-XL [64]",
+    assert labels == ["Baseline", "Tr-XL [10]", "Tr-XL [20]", "Tr-XL [40]", "Tr-XL [64]",
+                      "Tr-XL [128]",
                       "RMT [5] BPTT-2", "RMT [10] BPTT-2", "RMT [20] BPTT-2", "RMT [10] BPTT-0",
                       "RMT [10] BPTT-1", "RMT [10] BPTT-3", "Tr-XL+RMT [64+10] BPTT-2"]
     assert len({ex.run_id(s) for s in grid}) == len(grid)

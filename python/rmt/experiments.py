@@ -694,17 +694,18 @@ def p1_lm() -> List[Dict[str, Any]]:
     """Byte-level language modelling on the default corpus (the shape of P1 Tables 2 and 4):
     segments of 64 bytes, windows of 4 segments (the BPTT unroll), 3 layers, C = 128, F = 512,
     batch 16 (4096 bytes a step), 1000 steps; Adam lr 1e-3, cosine, clip 0.25. Baseline; Tr-XL
-    with caches of 10 and 64; RMT with memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at
+    with caches of 10, 20, 40, 64 and 128 rows (P1's enwik8 table has 10 to 200); RMT with memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at
     depth 0 / 1 / 3 (3: the last segment's loss crosses every boundary of the window, but, by
     the definition of SPEC section 3, not into the initial memory); Tr-XL+RMT [cache 64 +
-    memory 10]. Ten runs of 9-19 minutes each on one core (0.5-1.2 s a step measured, RMT the
-    slowest, with the other core busy)."""
+    memory 10]. Thirteen runs of 2-19 minutes each on one core (0.5-1.2 s a step, RMT the
+    slowest, with the other core busy and an engine of 2026-12-02; a few times faster on the
+    engines since)."""
     def lm(kind, memory=None, bptt=None, cache=None):
         return make_spec("lm", LM_SEGMENTS, kind, task_args={"segment_len": LM_SEGMENT_LEN},
                          memory=memory, bptt_depth=bptt, cache=cache, batch_size=16, n_val=200,
                          n_test=400, target_accuracy=None)
     return ([lm("transformer")]
-            + [lm("txl", m) for m in (10, 64)]
+            + [lm("txl", m) for m in (10, 20, 40, 64, 128)]
             + [lm("rmt", m, 2) for m in (5, 10, 20)]
             + [lm("rmt", 10, d) for d in (0, 1, 3)]
             + [lm("txl_rmt", 10, 2, cache=64)])
