@@ -365,7 +365,7 @@ REL_SHAPES = [  # (B, Q, K, C, NH)
     (2, 5, 5, 20, 4),
     (2, 7, 12, 8, 1),
     (3, 17, 40, 24, 3),
-    (2, 30, 45, 16, 2),
+    (2, 30, 45, 16, 2),    # two row blocks (24 + 6)
     (2, 60, 75, 16, 2),    # three row blocks of the kernel's 24, each with its own key end
 ]
 
@@ -425,6 +425,59 @@ def test_rel_attention_row_blocks_at_their_edges(isa, rng, dtype):
     assert (ours[1][causal[None, None].repeat(B, 0).repeat(NH, 1) == 1] == 0).any()
     ref = run_torch(torch_rel_attention_direct, [big[0], big[1], v, rk, u, vb], dout, NH, causal)
     compare_rel(ours, ref, dtype)
+
+
+def rel_masks(B, Q, K):
+    """The masks of the review cases: none, causal, per-row padding (under causal) and RMT's."""
+    causal = ops.causal_mask(Q, K - Q).astype(np.uint8)
+    lengths = [max(1, K - b * max(1, K // B)) for b in range(B)]
+    per_row = np.stack([ops.padding_mask(Q, K, L) for L in lengths]).astype(np.uint8) & causal
+    return {"none": None, "causal": causal, "per_row": per_row,
+            "rmt": ops.rmt_decoder_mask(5, Q - 10, K - Q)}
+
+
+@pytest.mark.parametrize("B,Q,K,C,NH,dtype", [
+    (1, 50, 690, 64, 1, np.float32),    # 24 * Kp * hs > 2^20: the score products take the
+    (2, 25, 700, 128, 2, np.float64),   # blocked GEMM, in row blocks of 24, 24 and 2
+    (2, 49, 49, 16, 2, np.float32),     # Kp - K large: 15 pad columns in float
+    (3, 47, 65, 24, 3, np.float64),     # 7 in double
+    (2, 73, 81, 32, 2, np.float32),     # four row blocks, the last of one row
+])
+@pytest.mark.parametrize("kind", ["none", "causal", "per_row", "rmt"])
+def test_rel_attention_ragged_keys_and_rows_match_torch(isa, rng, B, Q, K, C, NH, dtype, kind):
+    q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
+    allowed = rel_masks(B, Q, K)[kind]
+    ours = ours_rel(q, k, v, rk, u, vb, dout, NH, allowed)
+    ref = run_torch(torch_rel_attention_direct, [q, k, v, rk, u, vb], dout, NH, allowed)
+    compare_rel(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rel_attention_keys_past_a_rows_end_never_reach_a_result(isa, rng, dtype):
+    # Key ends 40 / 20 / 37 are rounded up to whole vectors in the score and dP rows, so those
+    # rows hold products with the NaN keys and values in [end, rounded end): none may reach the
+    # output, the probabilities or a gradient (0 * NaN would).
+    B, Q, K, C, NH = 3, 30, 45, 16, 2
+    q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, dtype)
+    ends = (40, 20, 37)
+    allowed = np.stack([ops.padding_mask(Q, K, L) for L in ends]).astype(np.uint8)
+    clean_k, clean_v = k.copy(), v.copy()
+    for b, L in enumerate(ends):
+        k[b, L:] = v[b, L:] = np.nan
+        clean_k[b, L:] = clean_v[b, L:] = 0
+    out, probs, grads = ours_rel(q, k, v, rk, u, vb, dout, NH, allowed)
+    assert np.isfinite(out).all() and np.isfinite(probs).all()
+    dq, dk, dv, drk, du, dv_bias = grads
+    for b, L in enumerate(ends):
+        assert np.isfinite(dk[b, :L]).all() and (dk[b, L:] == 0).all()
+        assert np.isfinite(dv[b, :L]).all() and (dv[b, L:] == 0).all()
+    rout, rprobs, rgrads = run_torch(torch_rel_attention_direct,
+                                     [q, clean_k, clean_v, rk, u, vb], dout, NH, allowed)
+    assert_close(out, rout, what="out", **TOL[dtype])
+    assert_close(probs, rprobs, what="probs", **TOL[dtype])
+    for name, g, r in zip(REL_NAMES, grads, rgrads):
+        if name not in ("dk", "dv"):
+            assert_close(g, r, what=name, **TOL[dtype])
 
 
 def test_rel_attention_kimiyoung_pipeline_with_encoding(rng):
@@ -504,6 +557,30 @@ def test_attention_threads_give_identical_results(rng, B, Q, K, C, NH):
         rmt.set_num_threads(previous)
     for x, y in zip(*results):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("B,Q,K,C,NH", [(2, 50, 70, 32, 2), (3, 73, 81, 48, 3), (1, 50, 690, 64, 1)])
+@pytest.mark.parametrize("kind", ["causal", "rmt", "per_row"])
+def test_rel_attention_row_blocks_give_identical_results_as_threads_change(rng, B, Q, K, C, NH,
+                                                                           kind):
+    # several row blocks under a mask, with the thread count changed between calls (each thread's
+    # score and dP rows are sized per call)
+    q, k, v, rk, u, vb, dout = rel_inputs(rng, B, Q, K, C, np.float32)
+    allowed = rel_masks(B, Q, K)[kind]
+    previous = rmt.get_num_threads()
+    try:
+        results = []
+        for n in (2, 1, 2, 1):
+            rmt.set_num_threads(n)
+            out, probs = ops.rel_attention_forward(q, k, v, rk, u, vb, NH, allowed)
+            grads = ops.rel_attention_backward(dout, q, k, v, rk, u, vb, probs, NH, overwrite=True)
+            assert all(np.isfinite(g).all() for g in grads)
+            results.append([out, probs, *grads])
+    finally:
+        rmt.set_num_threads(previous)
+    for later in results[1:]:
+        for x, y in zip(results[0], later):
+            np.testing.assert_array_equal(x, y)
 
 
 # ---------------------------------------------------------------------------------------------

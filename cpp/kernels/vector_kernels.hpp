@@ -614,10 +614,13 @@ template <class Arch, typename T, bool kY, bool kSums>
 void add_rows_of(T* y, int64_t ldy, const T* x, int64_t ldx, int64_t rows, int64_t cols, T* sums) {
     constexpr int64_t W = xsimd::batch<T, Arch>::size;
     int64_t j = 0;
+    // no offset of the pointer a variant leaves null (undefined behaviour, even unread)
     for (; j + 4 * W <= cols; j += 4 * W)
-        add_rows_columns<Arch, T, 4, kY, kSums>(y + j, ldy, x + j, ldx, rows, sums + j);
+        add_rows_columns<Arch, T, 4, kY, kSums>(kY ? y + j : nullptr, ldy, x + j, ldx, rows,
+                                                kSums ? sums + j : nullptr);
     for (; j + W <= cols; j += W)
-        add_rows_columns<Arch, T, 1, kY, kSums>(y + j, ldy, x + j, ldx, rows, sums + j);
+        add_rows_columns<Arch, T, 1, kY, kSums>(kY ? y + j : nullptr, ldy, x + j, ldx, rows,
+                                                kSums ? sums + j : nullptr);
     if (j < cols)
         reference::add_rows(kY ? y + j : nullptr, ldy, x + j, ldx, rows, cols - j,
                             kSums ? sums + j : nullptr);

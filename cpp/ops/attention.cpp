@@ -304,7 +304,8 @@ void block_key_ends(int64_t* hi, int64_t Q, int64_t K, Row nonzero) {
 }
 
 // The number of score columns a block computes: its key end rounded up to whole vectors (the
-// extra columns are masked and never read). The scores go to per-thread rows of Kp >= that
+// extra columns hold masked keys' scores, or the zero pad of k_t from K to Kp, and are never
+// read). The scores go to per-thread rows of Kp >= that
 // many columns, so head_gemm never takes its ragged-tail path (a scratch tile and a copy); the
 // softmax then reads them there and writes the K-wide rows of P.
 template <typename T>
@@ -429,8 +430,7 @@ void rel_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                 for (int64_t i = i0; i < i0 + block_rows; ++i) {
                     const int64_t shift = Q - 1 - i;
                     const int64_t jend = std::min(K - shift, end);   // j + shift < K, j < end
-                    vk.add_rows(sb + (i - i0) * Kp, 0, bd.data() + i * Kp + shift, 0, 1, jend,
-                                nullptr);
+                    vk.axpy(T(1), bd.data() + i * Kp + shift, sb + (i - i0) * Kp, jend);
                 }
                 // reads only the allowed keys, all before end; writes zeros after them
                 softmax_row_runs<T>(pb, sb, Kp,
