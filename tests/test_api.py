@@ -513,17 +513,62 @@ def test_retrieval_answer_is_the_value_of_the_query_key():
         assert (tgts[:-1] == -100).all()
 
 
-def test_splits_are_disjoint_deterministic_and_never_in_training():
-    task = tasks.CopyTask(length=3, vocab_size=5, num_segments=1, seed=7)   # only 27 inputs
+HELD_OUT_TASKS = {
+    "copy": lambda: tasks.CopyTask(length=3, vocab_size=5, num_segments=1, seed=7),  # 27 inputs
+    "reverse": lambda: tasks.ReverseTask(length=3, vocab_size=5, num_segments=2, seed=7),
+    "retrieval": lambda: tasks.AssociativeRetrievalTask(pairs=1, num_segments=2, seed=7),  # 260
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELD_OUT_TASKS))
+def test_splits_are_disjoint_deterministic_and_never_in_training(name):
+    task = HELD_OUT_TASKS[name]()
+    begin, end = task.left_pad, task.left_pad + task.input_len
+
+    def inputs(batch):
+        return [r.tobytes() for r in batch["tokens"][:, begin:end]]
+
     split = task.split(8, 8)
-    val = {r.tobytes() for r in split["val"]["tokens"][:, :3]}
-    test = {r.tobytes() for r in split["test"]["tokens"][:, :3]}
+    val, test = set(inputs(split["val"])), set(inputs(split["test"]))
+    # deduplicated: 8 distinct inputs in each, none in both
     assert len(val) == 8 and len(test) == 8 and not val & test
     for step in range(20):
-        train = {r.tobytes() for r in task.train_batches(16)(step)["tokens"][:, :3]}
-        assert not train & (val | test)
-    again = tasks.CopyTask(length=3, vocab_size=5, num_segments=1, seed=7).split(8, 8)
-    np.testing.assert_array_equal(again["val"]["tokens"], split["val"]["tokens"])
+        assert not set(inputs(task.train_batches(16)(step))) & (val | test)
+    again = HELD_OUT_TASKS[name]()
+    again_split = again.split(8, 8)
+    for part in ("val", "test"):
+        for key in ("tokens", "targets"):
+            np.testing.assert_array_equal(again_split[part][key], split[part][key])
+    # training batches are a function of (seed, step) alone
+    np.testing.assert_array_equal(again.train_batches(16)(3)["tokens"],
+                                  task.train_batches(16)(3)["tokens"])
+    other = type(task)(**{**_task_args(task), "seed": 8})
+    assert not np.array_equal(other.split(8, 8)["val"]["tokens"], split["val"]["tokens"])
+
+
+def _task_args(task):
+    if isinstance(task, tasks.AssociativeRetrievalTask):
+        return {"pairs": task.pairs, "num_segments": task.num_segments}
+    return {"length": task.length, "vocab_size": task.vocab_size,
+            "num_segments": task.num_segments}
+
+
+def test_retrieval_ids_and_layout():
+    task = tasks.AssociativeRetrievalTask(pairs=4, num_segments=5, seed=3)
+    # 8 input tokens, the marker, the query key: 10 model inputs in 5 segments of 2
+    assert (task.seq_len, task.segment_len, task.left_pad, task.vocab_size) == (10, 2, 0, 38)
+    b = task.train_batches(64)(0)
+    toks, tgts = b["tokens"], b["targets"]
+    keys, values = toks[:, 0:8:2], toks[:, 1:8:2]
+    assert ((keys >= 2) & (keys <= 27)).all() and ((values >= 28) & (values <= 37)).all()
+    assert (toks[:, 8] == tasks.START).all()          # the query marker before the query key
+    assert all(q in k for q, k in zip(toks[:, 9], keys))
+    assert ((tgts[:, -1] >= 28) & (tgts[:, -1] <= 37)).all()
+    # pairs of a 3-pair task in 4 segments of 3: left-padded by 4
+    padded = tasks.AssociativeRetrievalTask(pairs=3, num_segments=4, segment_len=3)
+    assert padded.left_pad == 4
+    p = padded.train_batches(2)(0)
+    assert (p["tokens"][:, :4] == tasks.PAD).all() and (p["targets"][:, :-1] == -100).all()
 
 
 # ---- the encoder through the public API ----

@@ -142,7 +142,9 @@ class Task:
 
 class CopyTask(Task):
     """Copy-L: x = randint(2, V, L); answer [1] + x + x (the input twice); loss on the last 2L
-    targets. Copy-24: V = 12, model input 72 tokens (1/3/6/9 segments of 72/24/12/8)."""
+    targets. Copy-24: V = 12, model input 72 tokens (1/3/6/9 segments of 72/24/12/8). SPEC
+    section 4 says 71: the stream x ++ y is 24 + 49 = 73 tokens and the model reads s[:-1], 72,
+    which 3, 6 and 9 divide; every answer target is inside it."""
 
     name = "copy"
 
