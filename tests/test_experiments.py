@@ -3,6 +3,8 @@ import json
 import math
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -786,11 +788,44 @@ def test_a_results_file_written_before_a_spec_key_existed_is_still_the_same_run(
 
 def test_the_committed_p1_results_are_the_runs_their_names_say():
     root = os.path.join(os.path.dirname(__file__), "..", "results")
-    files = [os.path.join(d, f) for d in (os.path.join(root, "p1"), os.path.join(root, "p1_lm"))
-             if os.path.isdir(d) for f in sorted(os.listdir(d)) if f.endswith(".json")]
-    assert files
+    folders = ("p1", "p1_copy120", "p1_lm", "p1_lm_long", "p1_quadratic")
+    files = [os.path.join(root, d, f) for d in folders
+             for f in sorted(os.listdir(os.path.join(root, d))) if f.endswith(".json")]
+    assert len(files) > 100
     for f in files:
         with open(f) as fh:
             r = json.load(fh)
         spec = ex.normalize_spec(r["spec"])
         assert ex.run_id(spec) == os.path.basename(f)[:-5] == r["run_id"]
+
+
+def _committed_results():
+    """Every results file of the runner under results/ (they carry an `engine` record)."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    for path in sorted(root.rglob("*.json")):
+        with open(path) as fh:
+            record = json.load(fh)
+        if isinstance(record, dict) and isinstance(record.get("engine"), dict):
+            yield path, record
+
+
+def _git(*args):
+    out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True)
+    return out.returncode, out.stdout.strip()
+
+
+def test_every_committed_result_names_the_engine_commit_that_produced_it():
+    records = list(_committed_results())
+    assert len(records) > 100
+    commits = set()
+    for path, record in records:
+        commit = record["engine"].get("commit")
+        assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit), path
+        commits.add(commit)
+    # In a full git checkout (CI's clone, a developer's), each of them is in the history; a
+    # shallow clone or an unpacked sdist has no history to look in.
+    code, shallow = _git("rev-parse", "--is-shallow-repository")
+    if code == 0 and shallow == "false":
+        missing = sorted(c for c in commits if _git("cat-file", "-e", c + "^{commit}")[0] != 0)
+        assert missing == []

@@ -694,10 +694,10 @@ def p1_lm() -> List[Dict[str, Any]]:
     """Byte-level language modelling on the default corpus (the shape of P1 Tables 2 and 4):
     segments of 64 bytes, windows of 4 segments (the BPTT unroll), 3 layers, C = 128, F = 512,
     batch 16 (4096 bytes a step), 1000 steps; Adam lr 1e-3, cosine, clip 0.25. Baseline; Tr-XL
-    with caches of 10, 20, 40, 64 and 128 rows (P1's enwik8 table has 10 to 200); RMT with memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at
-    depth 0 / 1 / 3 (3: the last segment's loss crosses every boundary of the window, but, by
-    the definition of SPEC section 3, not into the initial memory); Tr-XL+RMT [cache 64 +
-    memory 10]. Thirteen runs of 2-19 minutes each on one core (0.5-1.2 s a step, RMT the
+    with caches of 10, 20, 40, 64 and 128 rows (P1's enwik8 table has 10 to 200); RMT with
+    memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at depth 0 / 1 / 3 (3: the last segment's
+    loss crosses every boundary of the window, but, by the definition of SPEC section 3, not into
+    the initial memory); Tr-XL+RMT [cache 64 + memory 10]. Thirteen runs of 2-19 minutes each on one core (0.5-1.2 s a step, RMT the
     slowest, with the other core busy and an engine of 2026-12-02; a few times faster on the
     engines since)."""
     def lm(kind, memory=None, bptt=None, cache=None):
@@ -719,7 +719,8 @@ def p1_lm_long() -> List[Dict[str, Any]]:
     stretched to match): RMT [10] at BPTT depth 2 and 0, Tr-XL [10], Baseline. At 1000 steps a
     cell moves by up to 0.033 bpc from seed to seed and P1's orderings (deeper BPTT helps RMT;
     RMT approaches a Transformer-XL cache) do not show; this asks whether they appear with more
-    training. 30-100 minutes a run on one core."""
+    training. 8-27 minutes a run on one core of the Zen 5 machine (the wall times in
+    results/p1_lm_long/)."""
     wanted = [("rmt", 10, 2), ("rmt", 10, 0), ("txl", 10, None), ("transformer", 0, None)]
     by_cell = {(s["kind"], s["memory"], s["bptt_depth"]): s for s in map(normalize_spec, p1_lm())}
     return [with_steps(by_cell[cell], LM_LONG_STEPS) for cell in wanted]
