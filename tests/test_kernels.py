@@ -160,6 +160,11 @@ def test_add_bias_rows(isa, rng, rows, cols, ld, dtype):
         np.testing.assert_array_equal(out, x[:, :cols] + bias)
     with pytest.raises(ValueError, match="bias"):
         k.vec_add_bias_rows(x, cols, np.zeros(cols + 1, dtype))
+    for bad in (-1, ld + 1):
+        with pytest.raises(ValueError, match="cols must be in"):
+            k.vec_add_bias_rows(x, bad, bias)
+        with pytest.raises(ValueError, match="cols must be in"):
+            k.vec_add_rows(x, bad, y=np.zeros((rows, ld + 2), dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

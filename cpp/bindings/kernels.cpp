@@ -30,6 +30,16 @@ py::array_t<T> copy_of(const NumpyView<T>& v) {
     return out;
 }
 
+// A 2-D array of dtype T (rows x ldx, empty allowed) whose first `cols` columns a row kernel
+// reads: cols in [0, ldx].
+template <typename T>
+NumpyView<T> rows_arg(py::handle x, int64_t cols) {
+    auto X = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
+    if (cols < 0 || cols > int64_t(X.shape()[1]))
+        throw py::value_error("cols must be in [0, x.shape[1]], got " + std::to_string(cols));
+    return X;
+}
+
 // dinp + an activation's gradient, on a copy of dinp (dinp, dout, x: 1-D, one length):
 // call(out, dout, x, n) runs the kernel, with T deduced from its pointers.
 template <class Call>
@@ -151,11 +161,8 @@ void register_kernels(py::module_& m) {
                              bool reference) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);
-            auto X = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
+            auto X = rows_arg<T>(x, cols);
             const int64_t rows = int64_t(X.shape()[0]), ldx = int64_t(X.shape()[1]);
-            if (cols < 0 || cols > ldx)
-                throw py::value_error("cols must be in [0, x.shape[1]], got " +
-                                      std::to_string(cols));
             py::object y_out = py::none(), s_out = py::none();
             T* yo = nullptr;
             T* so = nullptr;
@@ -187,11 +194,8 @@ void register_kernels(py::module_& m) {
     m.def("vec_add_bias_rows", [](py::handle x, int64_t cols, py::handle bias, bool reference) {
         return dispatch_float(x, "x", [&](auto tag) -> py::object {
             using T = decltype(tag);
-            auto X = checked<T>(x, "x", 2, {-1, -1}, /*allow_empty=*/true);
+            auto X = rows_arg<T>(x, cols);
             const int64_t rows = int64_t(X.shape()[0]), ldx = int64_t(X.shape()[1]);
-            if (cols < 0 || cols > ldx)
-                throw py::value_error("cols must be in [0, x.shape[1]], got " +
-                                      std::to_string(cols));
             auto Bs = vec_arg<T>(bias, "bias", cols);
             auto out = new_array<T>({rows, cols}, false);
             {
