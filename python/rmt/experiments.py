@@ -697,9 +697,10 @@ def p1_lm() -> List[Dict[str, Any]]:
     with caches of 10, 20, 40, 64 and 128 rows (P1's enwik8 table has 10 to 200); RMT with
     memory 5 / 10 / 20 at BPTT depth 2 and memory 10 at depth 0 / 1 / 3 (3: the last segment's
     loss crosses every boundary of the window, but, by the definition of SPEC section 3, not into
-    the initial memory); Tr-XL+RMT [cache 64 + memory 10]. Thirteen runs of 2-19 minutes each on one core (0.5-1.2 s a step, RMT the
-    slowest, with the other core busy and an engine of 2026-12-02; a few times faster on the
-    engines since)."""
+    the initial memory); Tr-XL+RMT [cache 64 + memory 10]. Thirteen runs of 2-19 minutes each
+    on one core: 0.5-1.1 s a step for the first ten (RMT the slowest; engines of 2026-12-01, the
+    other core busy), 0.12-0.15 s for the Tr-XL caches of 20, 40 and 128 (engine of 2026-12-04,
+    the other core partly busy)."""
     def lm(kind, memory=None, bptt=None, cache=None):
         return make_spec("lm", LM_SEGMENTS, kind, task_args={"segment_len": LM_SEGMENT_LEN},
                          memory=memory, bptt_depth=bptt, cache=cache, batch_size=16, n_val=200,
