@@ -305,9 +305,9 @@ void block_key_ends(int64_t* hi, int64_t Q, int64_t K, Row nonzero) {
 
 // The number of score columns a block computes: its key end rounded up to whole vectors (the
 // extra columns hold masked keys' scores, or the zero pad of k_t from K to Kp, and are never
-// read). The scores go to per-thread rows of Kp >= that
-// many columns, so head_gemm never takes its ragged-tail path (a scratch tile and a copy); the
-// softmax then reads them there and writes the K-wide rows of P.
+// read). The scores go to per-thread rows of Kp >= that many columns, so head_gemm never takes
+// its ragged-tail path (a scratch tile and a copy); the softmax then reads them there and
+// writes the K-wide rows of P.
 template <typename T>
 int64_t score_columns(int64_t hi) {
     return round_up(hi, kernels::pad_elements<T>());
